@@ -1,0 +1,1 @@
+"""Benchmarks: each compares crosslayer with a named peer in the same run."""

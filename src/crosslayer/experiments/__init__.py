@@ -1,0 +1,1 @@
+"""Study experiments: study A (crosslayer run) and study B (layers, contrast, interpret)."""

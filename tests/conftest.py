@@ -1,0 +1,24 @@
+"""Shared fixtures. Tests never touch the network."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The project's shared data directory (beside the repository, as in CI)."""
+    path = SHARED / "data"
+    if not path.is_dir():
+        pytest.fail(f"shared data not found at {path}: clone the repository beside shared/")
+    return path
