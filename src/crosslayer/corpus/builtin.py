@@ -5,8 +5,11 @@ from __future__ import annotations
 import bz2
 import functools
 from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
 
 from crosslayer.corpus.base import TextCorpus
+from crosslayer.corpus.files import fingerprint
 from crosslayer.corpus.wiki import clean_wiki, is_redirect
 from crosslayer.errors import CrosslayerError
 
@@ -58,5 +61,9 @@ def load_builtin(name: str) -> TextCorpus:
     return TextCorpus(
         name=f"builtin:{name}",
         records=records,  # type: ignore[arg-type]
-        source={"kind": "builtin", "files": [{"path": f"gensim/test/test_data/{file}"}]},
+        source={
+            "kind": "builtin",
+            "gensim": metadata.version("gensim"),  # the text ships with (and could change with) it
+            "files": [fingerprint(Path(_datapath(file)))],
+        },
     )

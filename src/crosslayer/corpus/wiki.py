@@ -28,7 +28,10 @@ _SPACE_PUNCT = re.compile(r"\s+([,.;:)])")
 _EMPTY_PARENS = re.compile(r"\(\s*[,;]?\s*\)")
 _LETTER = re.compile(r"[^\W\d_]")
 # Gallery lines and image captions that filter_wiki leaves: "File:X.jpg|caption", "...|alt=...".
-_MEDIA = re.compile(r"^(File|Image):|\|\s*(alt=|thumb|upright|\d+(x\d+)?px)", re.IGNORECASE)
+_MEDIA = re.compile(
+    r"^(File|Image):|\.(jpe?g|png|svg|gif|tiff?)\s*\||\|\s*(alt=|thumb|upright|\d+(x\d+)?px)",
+    re.IGNORECASE,
+)
 
 
 def is_redirect(markup: str) -> bool:
@@ -37,7 +40,7 @@ def is_redirect(markup: str) -> bool:
 
 
 def clean_wiki(markup: str) -> str:
-    """Plain text of one article: headings as their own lines, paragraphs split by one blank line."""
+    """Plain text of one article: headings on their own lines, one blank line between paragraphs."""
     text = html.unescape(filter_wiki(markup))
     text = _LEFTOVER.sub("", _MAGIC.sub("", _QUOTES.sub("", text)))
     lines: list[str] = []
@@ -53,7 +56,8 @@ def clean_wiki(markup: str) -> str:
             continue
         line = _LIST.sub("", line)
         line = _EMPTY_PARENS.sub("", _SPACE_PUNCT.sub(r"\1", line)).strip()
-        if dropping or _MEDIA.search(line) or not _LETTER.search(line):  # lines with no letter: table cells, bullets
+        # Lines with no letter are table cells or empty bullets; "= ..." is a formula's remnant.
+        if dropping or _MEDIA.search(line) or not _LETTER.search(line) or line[0] == "=":
             if lines and lines[-1]:
                 lines.append("")  # keep the paragraph break
             continue

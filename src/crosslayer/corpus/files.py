@@ -1,0 +1,166 @@
+"""Local text files: .txt, .jsonl, .json, .parquet, and directories of them.
+
+Document boundaries: a ``.txt`` file is ONE document (its title is the file's path);
+``.jsonl`` has one record per line, ``.json`` is a list of records, ``.parquet`` one
+record per row. A record is an object whose ``text_field`` holds the text (its "title"
+field, if any, becomes the title) or, in .jsonl/.json, a bare string. A directory is read
+recursively in sorted path order, so the document order is the same on every machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from crosslayer.corpus.base import TextCorpus
+from crosslayer.errors import CrosslayerError
+
+SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
+_HASH_LIMIT = 256 * 2**20  # hash files up to this size for the identity; bigger: size + mtime
+
+
+def _record_text(record: Any, text_field: str, where: str) -> tuple[str, str]:
+    """(title, text) of one JSON record: a string, or an object with ``text_field``."""
+    if isinstance(record, str):
+        return "", record
+    if not isinstance(record, dict):
+        raise CrosslayerError(
+            f"{where} is a {type(record).__name__}, not an object or a string",
+            "make each record a JSON object with a text field, or a string",
+        )
+    if text_field not in record:
+        raise CrosslayerError(
+            f"{where} has no field {text_field!r} (fields: {', '.join(map(str, record))})",
+            "pass --text-field with one of those",
+        )
+    text = record[text_field]
+    if not isinstance(text, str):
+        raise CrosslayerError(
+            f"{where}: field {text_field!r} is a {type(text).__name__}, not a string",
+            "point --text-field at a field that holds text",
+        )
+    title = record.get("title")
+    return (title if isinstance(title, str) else ""), text
+
+
+def _read_txt(path: Path, root: Path) -> Iterator[tuple[str, str]]:
+    yield str(path.relative_to(root)) if path != root else path.name, path.read_text("utf-8")
+
+
+def _read_jsonl(path: Path, text_field: str) -> Iterator[tuple[str, str]]:
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise CrosslayerError(
+                    f"{path} line {lineno} is not valid JSON ({e.msg})",
+                    "fix that line: each line must be one JSON object or string",
+                ) from None
+            yield _record_text(record, text_field, f"{path} line {lineno}")
+
+
+def _read_json(path: Path, text_field: str) -> Iterator[tuple[str, str]]:
+    try:
+        records = json.loads(path.read_text("utf-8"))
+    except json.JSONDecodeError as e:
+        raise CrosslayerError(
+            f"{path} is not valid JSON (line {e.lineno}: {e.msg})", "fix the file"
+        ) from None
+    if not isinstance(records, list):
+        raise CrosslayerError(
+            f"{path} holds a JSON {type(records).__name__}, not a list of records",
+            "make it a list of objects or strings, or use .jsonl (one record per line)",
+        )
+    for i, record in enumerate(records):
+        yield _record_text(record, text_field, f"{path} record {i}")
+
+
+def _read_parquet(path: Path, text_field: str) -> Iterator[tuple[str, str]]:
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    names = pf.schema_arrow.names
+    if text_field not in names:
+        raise CrosslayerError(
+            f"{path} has no column {text_field!r} (columns: {', '.join(names)})",
+            "pass --text-field with one of those",
+        )
+    columns = [text_field] + (["title"] if "title" in names and text_field != "title" else [])
+    for batch in pf.iter_batches(batch_size=1024, columns=columns):
+        texts = batch.column(text_field).to_pylist()
+        titles = batch.column("title").to_pylist() if len(columns) > 1 else [""] * len(texts)
+        for title, text in zip(titles, texts, strict=True):
+            yield (title if isinstance(title, str) else ""), (text or "")
+
+
+def read_file(path: Path, text_field: str, root: Path) -> Iterator[tuple[str, str]]:
+    """(title, text) records of one file, by its suffix."""
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        return _read_txt(path, root)
+    if suffix == ".jsonl":
+        return _read_jsonl(path, text_field)
+    if suffix == ".json":
+        return _read_json(path, text_field)
+    if suffix == ".parquet":
+        return _read_parquet(path, text_field)
+    raise CrosslayerError(
+        f"{path}: unknown file type {path.suffix or '(no suffix)'!r}",
+        f"use one of {', '.join(SUFFIXES)}, a directory of them, builtin:NAME or hf:PATH",
+    )
+
+
+def list_files(path: Path) -> list[Path]:
+    """The file itself, or every supported file under a directory, sorted."""
+    if path.is_file():
+        read_file(path, "text", path)  # raises early for an unknown suffix
+        if path.stat().st_size == 0:
+            raise CrosslayerError(f"{path} is empty", "point the corpus at a file with text")
+        return [path]
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
+    if not files:
+        raise CrosslayerError(
+            f"directory {path} holds no {', '.join(SUFFIXES)} files",
+            "point the corpus at a directory with text files",
+        )
+    return files
+
+
+def fingerprint(path: Path) -> dict[str, Any]:
+    """Absolute path, size and SHA-256 of a file (size and mtime only for very large files)."""
+    stat = path.stat()
+    info: dict[str, Any] = {"path": str(path.resolve()), "bytes": stat.st_size}
+    if stat.st_size <= _HASH_LIMIT:
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            while chunk := f.read(2**20):
+                h.update(chunk)
+        info["sha256"] = h.hexdigest()
+    else:
+        info["mtime"] = stat.st_mtime
+    return info
+
+
+def load_files(path: Path, text_field: str) -> TextCorpus:
+    """A corpus over one file or a directory of files."""
+    files = list_files(path)
+
+    def records() -> Iterator[tuple[str, str]]:
+        for f in files:
+            yield from read_file(f, text_field, path)
+
+    return TextCorpus(
+        name=str(path),
+        records=records,
+        source={
+            "kind": "directory" if path.is_dir() else "file",
+            "text_field": text_field,
+            "files": [fingerprint(f) for f in files],
+        },
+    )
