@@ -1,0 +1,44 @@
+"""``crosslayer contrast``: are direct answers closer to the question than evasive ones?"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from crosslayer.cli.app import app, console
+
+
+@app.command("contrast")
+def contrast_command(
+    out: Path = typer.Option(..., "--out", help="Output directory (results.json + PNGs)"),
+    items: str = typer.Option(
+        "builtin", "--items", help="builtin (68 shipped triples), or a .json / .jsonl file"
+    ),
+    model: str = typer.Option("gemma-3-270m", "--model", help="Model alias, path or HF id"),
+    layers: str = typer.Option("", "--layers", help="Blocks, e.g. 0,6,12 or 0-17 (default all)"),
+    sae: list[str] = typer.Option([], "--sae", help="LAYER=SAE spec (repeatable)"),
+    sae_dir: Path | None = typer.Option(None, "--sae-dir", help="Gemma Scope clone directory"),
+    sae_on_residual: bool = typer.Option(
+        False, "--sae-on-residual", help="Study B's choice: feed SAEs the residual (warned)"
+    ),
+    alpha: float = typer.Option(0.05, "--alpha", help="Significance level (BH across layers)"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap and CV folds"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar"),
+) -> None:
+    """Per layer: cos(q, direct) - cos(q, evasive) with bootstrap CI, Wilcoxon p, AUROC, and
+    whether it adds to the model's own log-likelihood of the answers."""
+    from crosslayer.experiments.contrast import read_items, run_contrast, summary_lines
+    from crosslayer.experiments.reps import parse_layers, parse_sae_args
+    from crosslayer.model import load_model
+
+    read_items(items)  # a bad file fails before the model loads
+    lm = load_model(model)
+    result = run_contrast(
+        lm, items, layers=parse_layers(layers),
+        saes=sae_dir if sae_dir else (parse_sae_args(sae) or None),
+        sae_on_residual=sae_on_residual, alpha=alpha, seed=seed, out=out, progress=progress,
+    )  # fmt: skip
+    for line in summary_lines(result):
+        console.print(line, highlight=False)
+    console.print(f"wrote {out}/results.json and plots")

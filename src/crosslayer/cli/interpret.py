@@ -1,0 +1,48 @@
+"""``crosslayer interpret``: top SAE latents on PARAREL facts, and what they mean."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from crosslayer.cli.app import app, console
+
+
+@app.command("interpret")
+def interpret_command(
+    facts: Path = typer.Option(..., "--facts", help="PARAREL file, e.g. data_nm.json"),
+    out: Path = typer.Option(..., "--out", help="Output directory (results.json, PNGs, HTML)"),
+    model: str = typer.Option("gemma-3-270m", "--model", help="Model alias, path or HF id"),
+    relation: str | None = typer.Option(None, "--relation", help="e.g. P101 (default: all)"),
+    groups: int = typer.Option(100, "--groups", min=1, help="First N fact groups"),
+    layers: str = typer.Option("", "--layers", help="Blocks with an SAE (default: all given)"),
+    sae: list[str] = typer.Option([], "--sae", help="LAYER=SAE spec (repeatable)"),
+    sae_dir: Path | None = typer.Option(None, "--sae-dir", help="Gemma Scope clone directory"),
+    sae_on_residual: bool = typer.Option(
+        False, "--sae-on-residual", help="Study B's choice: feed SAEs the residual (warned)"
+    ),
+    top_k: int = typer.Option(10, "--top-k", min=1, help="Latents shown per fact group"),
+    before: bool = typer.Option(False, "--before", help="Also read the token before the answer"),
+    store: Path | None = typer.Option(None, "--store", help="Store for top-activating contexts"),
+) -> None:
+    """Top-k latents per fact group at the first answer token; topic/prompt/layer cosine maps;
+    per latent: promoted tokens, density, contexts, Neuronpedia link."""
+    from crosslayer.errors import CrosslayerError
+    from crosslayer.experiments.interpret import run_interpret, summary_lines
+    from crosslayer.experiments.pararel import read_facts
+    from crosslayer.experiments.reps import parse_layers, parse_sae_args
+    from crosslayer.model import load_model
+
+    read_facts(facts, relation=relation, n_groups=groups)  # fail before the model loads
+    saes = sae_dir if sae_dir else parse_sae_args(sae)
+    if not saes:
+        raise CrosslayerError("interpret needs SAEs", "pass --sae LAYER=SPEC or --sae-dir CLONE")
+    lm = load_model(model)
+    result = run_interpret(
+        lm, facts, saes, relation=relation, n_groups=groups, layers=parse_layers(layers),
+        top_k=top_k, before=before, sae_on_residual=sae_on_residual, store=store, out=out,
+    )  # fmt: skip
+    for line in summary_lines(result):
+        console.print(line, highlight=False)
+    console.print(f"wrote {out}/results.json, plots and latents.html")

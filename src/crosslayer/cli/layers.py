@@ -1,0 +1,40 @@
+"""``crosslayer layers``: cosine maps across layers and tokens, corpus CKA and depth curve."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from crosslayer.cli.app import app, console
+
+
+@app.command("layers")
+def layers_command(
+    out: Path = typer.Option(..., "--out", help="Output directory (results.json + PNGs)"),
+    model: str = typer.Option("gemma-3-270m", "--model", help="Model alias, path or HF id"),
+    prompt: list[str] = typer.Option([], "--prompt", help="A prompt (repeatable)"),
+    layers: str = typer.Option("", "--layers", help="Blocks, e.g. 0,6,12 or 0-17 (default all)"),
+    sae: list[str] = typer.Option([], "--sae", help="LAYER=SAE spec (repeatable)"),
+    sae_dir: Path | None = typer.Option(None, "--sae-dir", help="Gemma Scope clone directory"),
+    sae_on_residual: bool = typer.Option(
+        False, "--sae-on-residual", help="Study B's choice: feed SAEs the residual (warned)"
+    ),
+    store: Path | None = typer.Option(None, "--store", help="Store for corpus CKA + depth curve"),
+    max_tokens: int = typer.Option(4096, "--max-tokens", min=2, help="Tokens for corpus CKA"),
+) -> None:
+    """Layer x layer cosine per token and token x token per layer, on residuals and SAE latents;
+    with --store, linear CKA between layers and the embedding depth curve."""
+    from crosslayer.experiments.layers import DEFAULT_PROMPTS, run_layers, summary_lines
+    from crosslayer.experiments.reps import parse_layers, parse_sae_args
+    from crosslayer.model import load_model
+
+    lm = load_model(model)
+    result = run_layers(
+        lm, prompt or list(DEFAULT_PROMPTS), layers=parse_layers(layers),
+        saes=sae_dir if sae_dir else (parse_sae_args(sae) or None),
+        sae_on_residual=sae_on_residual, store=store, max_tokens=max_tokens, out=out,
+    )  # fmt: skip
+    for line in summary_lines(result):
+        console.print(line, highlight=False)
+    console.print(f"wrote {out}/results.json and plots")
