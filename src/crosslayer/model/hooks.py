@@ -92,7 +92,7 @@ def decoder_layers(model: nn.Module, n_layers: int) -> nn.ModuleList:
     )
 
 
-def _sublayer(layer: nn.Module, kind: str) -> nn.Module | None:
+def sublayer(layer: nn.Module, kind: str) -> nn.Module | None:
     """The module whose output is ``attn_out`` / ``mlp_out`` in one decoder layer, if any."""
     # Gemma 2/3 use sandwich norms: the residual adds the *normed* sub-layer output. Llama also
     # has a `post_attention_layernorm`, but it is the pre-MLP norm, so test for the Gemma pair.
@@ -100,7 +100,9 @@ def _sublayer(layer: nn.Module, kind: str) -> nn.Module | None:
         gemma = {"attn_out": "post_attention_layernorm", "mlp_out": "post_feedforward_layernorm"}
         return getattr(layer, gemma[kind], None)
     names = ("self_attn", "attn", "attention") if kind == "attn_out" else ("mlp", "feed_forward")
-    return next((getattr(layer, n) for n in names if isinstance(getattr(layer, n, None), nn.Module)), None)
+    return next(
+        (getattr(layer, n) for n in names if isinstance(getattr(layer, n, None), nn.Module)), None
+    )
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,7 @@ def site(layers: nn.ModuleList, point: HookPoint) -> _Site:
         return _Site(layer, is_input=True)
     if point.kind == "resid_post":
         return _Site(layer, is_input=False)
-    sub = _sublayer(layer, point.kind)
+    sub = sublayer(layer, point.kind)
     if sub is None:
         raise CrosslayerError(
             f"{point.name} is not available for {type(layer).__name__}",
