@@ -1,0 +1,57 @@
+"""``crosslayer eval-sae``: explained variance, L0, dead/dense latents and CE loss recovered."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from crosslayer.cli.app import app, console
+
+
+@app.command("eval-sae")
+def eval_sae_command(
+    sae: str = typer.Option(..., "--sae", help="SAE folder/file, Gemma Scope clone or release/id"),
+    store: Path = typer.Option(..., "--store", help="Store whose held-out tokens are used"),
+    hook: str = typer.Option(None, "--hook", help="Hook (default: the SAE's own)"),
+    model: str = typer.Option(
+        None, "--model", help="Model for CE loss recovered (e.g. gemma-3-270m)"
+    ),
+    n_contexts: int = typer.Option(16, "--contexts", help="Held-out contexts for CE loss"),
+    out: Path = typer.Option(None, "--out", help="Write the metrics as JSON here"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
+) -> None:
+    """Evaluate an SAE on a store's held-out tokens (and, with --model, by splicing it in)."""
+    from crosslayer.fs import atomic_write_json
+    from crosslayer.provenance import versions
+    from crosslayer.sae import evaluate_sae, load_sae
+    from crosslayer.store import open_store
+
+    acts = open_store(store)
+    lm = None
+    if model is not None:
+        from crosslayer.model import load_model
+
+        lm = load_model(model, device=device)
+    loaded = load_sae(sae, model=lm, device=device, hook=hook)
+    metrics = evaluate_sae(loaded, acts, lm, hook=hook, n_contexts=n_contexts)
+    for key in (
+        "hook",
+        "n_tokens",
+        "explained_variance",
+        "fvu",
+        "l0",
+        "dead_fraction",
+        "dense_fraction",
+        "ce_loss_recovered",
+        "delta_lm_loss",
+    ):
+        if key in metrics:
+            value = metrics[key]
+            console.print(
+                f"{key:20s} {value:.4f}" if isinstance(value, float) else f"{key:20s} {value}"
+            )
+    if out is not None:
+        atomic_write_json(
+            out, {"sae": sae, "store": str(store), "metrics": metrics, "versions": versions()}
+        )

@@ -1,0 +1,65 @@
+"""``crosslayer train-sae``: train a JumpReLU or TopK SAE on one hook of an activation store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from crosslayer.cli.app import app, console
+
+
+@app.command("train-sae")
+def train_sae_command(
+    store: Path = typer.Option(
+        ..., "--store", help="Activation store directory (crosslayer collect)"
+    ),
+    hook: str = typer.Option(
+        ..., "--hook", help="Hook to train on, e.g. blocks.12.hook_resid_post"
+    ),
+    out: Path = typer.Option(
+        None, "--out", help="SAE folder (default: STORE/saes/HOOK-ARCH-WIDTH)"
+    ),
+    width: int = typer.Option(4096, "--width", help="Number of latents"),
+    arch: str = typer.Option("jumprelu", "--arch", help="jumprelu or topk"),
+    target_l0: float = typer.Option(64, "--target-l0", help="Target L0 (TopK: k)"),
+    epochs: int = typer.Option(4, "--epochs", help="Passes over the store's training tokens"),
+    tokens: int = typer.Option(None, "--tokens", help="Training tokens (overrides --epochs)"),
+    batch_size: int = typer.Option(4096, "--batch-size", help="Tokens per step"),
+    lr: float = typer.Option(3e-3, "--lr", help="Adam learning rate"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the initial weights and data order"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar"),
+) -> None:
+    """Train an SAE with sae-lens's SAETrainer; rerun the same command to resume after a crash.
+
+    Example: crosslayer train-sae --store runs/demo --hook blocks.12.hook_resid_post
+    --width 4096 --arch jumprelu --target-l0 64
+    """
+    from crosslayer.errors import CrosslayerError
+    from crosslayer.sae import train_sae
+    from crosslayer.store import open_store
+
+    if arch not in ("jumprelu", "topk"):
+        raise CrosslayerError(f"unknown architecture {arch!r}", "use --arch jumprelu or topk")
+    acts = open_store(store)
+    out = out or store / "saes" / f"{hook}-{arch}-{width}"
+    cfg = {
+        "arch": arch,
+        "width": width,
+        "target_l0": target_l0,
+        "epochs": epochs,
+        "n_tokens": tokens,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "device": device,
+    }
+    sae = train_sae(acts, cfg, out, hook=hook, overwrite=overwrite, progress=progress)
+    meta = sae.cfg.metadata
+    console.print(
+        f"saved {out}  (d_in {sae.cfg.d_in}, {sae.cfg.d_sae} latents, "
+        f"training L0 {meta.l0:.1f}, dead {meta.num_dead_features})"
+    )
+    console.print(f"evaluate: crosslayer eval-sae --sae {out} --store {store}")
