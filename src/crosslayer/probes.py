@@ -1,0 +1,387 @@
+"""Per-feature probes: how well an early layer predicts every alive feature of an SAE.
+
+For each feature column ``f_j`` of ``F [n_tokens, n_features]`` (SAE activations at a late hook)
+and inputs ``X [n_tokens, d]`` (an early hook), two probes are fitted on the standardised X:
+
+* a ridge regression ``f_j ≈ w·x + b``, closed form from one eigendecomposition of X'X shared by
+  all features (:class:`crosslayer.transcoder.RidgeEigen`, the transcoder's code), scored by
+  held-out R²;
+* an active/inactive logistic classifier (active = ``f_j > threshold``), class-balanced by
+  weights (scikit-learn's ``class_weight="balanced"``) with L2 penalty ``||w||²/(2C)``, scored
+  by held-out balanced accuracy and AUROC.
+
+Both run over ``feature_chunk`` features per matrix product. The logistic problems of a chunk
+are one sum of independent convex problems, minimised together by L-BFGS; this equals
+``StandardScaler`` + ``LogisticRegression(C=C, class_weight="balanced")`` per feature.
+
+:func:`study_protocol_probe` reproduces seed study A's protocol (threshold 0.1, subsample to
+balance, 80/20 split, plain accuracy) with scikit-learn, one feature at a time, for comparison.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.stats import rankdata
+from sklearn.base import BaseEstimator
+from sklearn.linear_model import LogisticRegression
+
+from crosslayer.device import resolve_device
+from crosslayer.errors import CrosslayerError
+from crosslayer.metrics import ArrayLike, RegressionAccumulator, as_tensor, check_2d
+from crosslayer.transcoder import RidgeEigen, SufficientStats, load_rows
+
+# Why a feature has NaN metrics; "ok" otherwise.
+DEAD = "dead in train (never active)"
+ALWAYS = "always active in train (no inactive token)"
+ONE_CLASS_HELDOUT = "one class only in held-out"
+
+
+class _Columns:
+    """Feature activations as column blocks: an array [n, m] or ``fn(start, stop) -> [n, k]``."""
+
+    def __init__(
+        self, F: ArrayLike | Callable[[int, int], Any], n: int, n_features: int | None
+    ) -> None:
+        if callable(F):
+            if n_features is None or n_features < 1:
+                raise CrosslayerError(
+                    "F is a function but n_features was not given",
+                    "pass n_features=<number of SAE features> with it",
+                )
+            self.get, self.m = F, n_features
+            return
+        rows, self.m = check_2d("F", F)
+        if rows != n:
+            raise CrosslayerError(
+                f"X has {n} rows but F has {rows}",
+                "pass feature activations for the same tokens as X",
+            )
+        self.get = lambda j0, j1: F[:, j0:j1]
+
+    def block(self, j0: int, j1: int, n: int, device: torch.device) -> torch.Tensor:
+        f = as_tensor(self.get(j0, j1), device)
+        if f.shape != (n, j1 - j0):
+            raise CrosslayerError(
+                f"feature block {j0}:{j1} has shape {tuple(f.shape)}, expected {(n, j1 - j0)}",
+                "return [n_tokens, stop - start] blocks",
+            )
+        return f
+
+
+@dataclass
+class ProbeResults:
+    """Held-out metrics per feature (NaN where undefined; ``status`` says why)."""
+
+    r2: np.ndarray
+    balanced_accuracy: np.ndarray
+    auroc: np.ndarray
+    density: np.ndarray  # fraction of train tokens where the feature is active
+    n_active: np.ndarray  # active train tokens
+    n_active_heldout: np.ndarray
+    status: np.ndarray  # "ok" or the reason for NaN
+    definitions: dict[str, str] = field(
+        default_factory=lambda: {
+            "r2": "held-out 1 - SS_res/SS_tot of the ridge probe, SS_tot around the held-out mean",
+            "balanced_accuracy": "held-out (TPR + TNR)/2 of the logistic probe at logit 0",
+            "auroc": "held-out area under the ROC curve of the logistic probe's logit",
+            "density": "fraction of train tokens with activation > threshold",
+        }
+    )
+
+    def summary(self) -> dict[str, Any]:
+        """Counts by status and the mean/median of each metric over features where it is defined."""
+        out: dict[str, Any] = {
+            "n_features": len(self.status),
+            "status": dict(Counter(self.status.tolist())),
+        }
+        for name in ("r2", "balanced_accuracy", "auroc"):
+            v = getattr(self, name)
+            v = v[np.isfinite(v)]
+            out[name] = {
+                "n": int(v.size),
+                "mean": float(v.mean()) if v.size else None,
+                "median": float(np.median(v)) if v.size else None,
+            }
+        return out
+
+
+class FeatureProbes(BaseEstimator):
+    """Vectorised ridge and class-balanced logistic probes for every feature of an SAE.
+
+    Parameters
+    ----------
+    alpha: relative ridge strength (penalty ``alpha * trace(Cxx)/d``; on standardised X this is
+        scikit-learn ``Ridge(alpha=alpha * n_tokens)``).
+    C: inverse L2 strength of the logistic probes, as in scikit-learn.
+    threshold: a feature is active where its activation is ``> threshold``.
+    max_iter: L-BFGS iterations per chunk of features.
+    feature_chunk: features per matrix product.
+
+    Learned: ``mean_``, ``scale_`` (standardisation of X), ``ridge_coef_ [m, d]``,
+    ``ridge_intercept_ [m]``, ``logit_coef_ [m, d]``, ``logit_intercept_ [m]`` (both on
+    standardised X; NaN for features without both classes), ``density_``, ``n_active_``,
+    ``status_``.
+    """
+
+    def __init__(
+        self,
+        alpha: float = 1e-4,
+        C: float = 1.0,
+        threshold: float = 0.0,
+        max_iter: int = 100,
+        feature_chunk: int = 512,
+        chunk_size: int = 8192,
+        device: str | None = None,
+    ) -> None:
+        self.alpha = alpha
+        self.C = C
+        self.threshold = threshold
+        self.max_iter = max_iter
+        self.feature_chunk = feature_chunk
+        self.chunk_size = chunk_size
+        self.device = device
+
+    def fit(
+        self,
+        X: ArrayLike,
+        F: ArrayLike | Callable[[int, int], Any],
+        *,
+        n_features: int | None = None,
+    ) -> FeatureProbes:
+        """Fit both probes for every feature; ``F`` is [n, m] or ``fn(start, stop)``."""
+        self._check_params()
+        dev = resolve_device(self.device)
+        x = load_rows(X, dev, self.chunk_size)
+        n, d = x.shape
+        cols = _Columns(F, n, n_features)
+        x64 = x.double()
+        self.mean_ = x64.mean(0)
+        self.scale_ = x64.std(0, correction=0).clamp(min=1e-12)
+        xs = self._standardise(x)
+        del x, x64
+        f0 = cols.block(0, min(self.feature_chunk, cols.m), n, dev)
+        base = SufficientStats(dev, matmul_dtype=torch.float32).update(xs, f0)
+        eig = RidgeEigen(base)
+        # Whitening X (with the same eigendecomposition) makes each logistic problem nearly
+        # isotropic, so L-BFGS needs far fewer passes; the floor keeps null directions finite.
+        lam = eig.evals + 1e-3 * eig.scale
+        whiten = (eig.V * lam.rsqrt()).float()  # P, [d, d]: xw = xs P, w = P u
+        xw, penalty = xs @ whiten, (1.0 / lam).float()  # ||P u||² = Σ u_k² / lam_k
+        m = cols.m
+        self.ridge_coef_ = np.full((m, d), np.nan, dtype=np.float32)
+        self.ridge_intercept_ = np.full(m, np.nan, dtype=np.float32)
+        self.logit_coef_ = np.full((m, d), np.nan, dtype=np.float32)
+        self.logit_intercept_ = np.full(m, np.nan, dtype=np.float32)
+        self.n_active_ = np.zeros(m, dtype=np.int64)
+        for j0 in range(0, m, self.feature_chunk):
+            j1 = min(j0 + self.feature_chunk, m)
+            f = f0 if j0 == 0 else cols.block(j0, j1, n, dev)
+            q, mean_f = eig.project(base.with_targets(xs, f))
+            self.ridge_coef_[j0:j1] = eig.coef(q, self.alpha).T.cpu().numpy()
+            self.ridge_intercept_[j0:j1] = mean_f.cpu().numpy()
+            active = f > self.threshold
+            n_act = active.sum(0)
+            self.n_active_[j0:j1] = n_act.cpu().numpy()
+            both = ((n_act > 0) & (n_act < n)).nonzero().squeeze(1)
+            if both.numel():
+                u = self._fit_logistic(xw, penalty, active[:, both])
+                w = torch.cat([whiten @ u[:-1], u[-1:]])
+                idx = (j0 + both).cpu().numpy()
+                self.logit_coef_[idx] = w[:-1].T.cpu().numpy()
+                self.logit_intercept_[idx] = w[-1].cpu().numpy()
+        self.density_ = self.n_active_ / n
+        self.status_ = np.where(
+            self.n_active_ == 0, DEAD, np.where(self.n_active_ == n, ALWAYS, "ok")
+        ).astype(object)
+        if not (self.n_active_ > 0).any():
+            raise CrosslayerError(
+                f"none of the {m} features is ever active (> {self.threshold}) "
+                "in the training tokens",
+                "check the SAE matches the hook, or lower the threshold",
+            )
+        self.n_features_in_ = d
+        return self
+
+    def _fit_logistic(
+        self, xw: torch.Tensor, penalty: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
+        """Class-balanced L2 logistic regression for the columns of ``y``: weights ``[d+1, k]``.
+
+        Minimises ``Σ_j [Σ_i s_ij ℓ(z_ij, y_ij) + ||w_j||²/(2C)] / n`` (scikit-learn's objective
+        divided by ``C·n``, which keeps the minimiser and scales gradients to O(1)), in whitened
+        coordinates ``xw = xs P`` (see :meth:`fit`) where ``||w||² = Σ_k penalty_k u_k²``.
+        Returns the weights ``u`` in those coordinates.
+        """
+        n, d = xw.shape
+        yf = y.float()
+        n_pos = yf.sum(0)
+        # scikit-learn "balanced": weight n / (2 · count of the sample's class)
+        sw = torch.where(y, n / (2 * n_pos), n / (2 * (n - n_pos)))
+        w = torch.zeros(d + 1, y.shape[1], device=xw.device, requires_grad=True)
+        opt = torch.optim.LBFGS(
+            [w],
+            lr=1.0,
+            max_iter=self.max_iter,
+            history_size=20,
+            tolerance_grad=1e-6,
+            tolerance_change=1e-10,
+            line_search_fn="strong_wolfe",
+        )
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            z = torch.addmm(w[-1], xw, w[:-1])
+            nll = torch.nn.functional.binary_cross_entropy_with_logits(
+                z, yf, weight=sw, reduction="sum"
+            )
+            loss = (nll + (penalty[:, None] * w[:-1] ** 2).sum() / (2 * self.C)) / n
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        return w.detach()
+
+    def evaluate(
+        self,
+        X: ArrayLike,
+        F: ArrayLike | Callable[[int, int], Any],
+        *,
+        n_features: int | None = None,
+    ) -> ProbeResults:
+        """Held-out R², balanced accuracy and AUROC of every feature."""
+        self._check_fitted()
+        dev = resolve_device(self.device)
+        x = load_rows(X, dev, self.chunk_size)
+        n, d = x.shape
+        if d != self.n_features_in_:
+            raise CrosslayerError(
+                f"X has {d} dimensions, the probes were fitted on {self.n_features_in_}",
+                "pass the same source hook",
+            )
+        cols = _Columns(F, n, n_features)
+        m = len(self.n_active_)
+        if cols.m != m:
+            raise CrosslayerError(
+                f"F has {cols.m} features, the probes were fitted on {m}",
+                "pass the same SAE's features",
+            )
+        xs = self._standardise(x)
+        r2, bacc, auc = (np.full(m, np.nan) for _ in range(3))
+        n_act_h = np.zeros(m, dtype=np.int64)
+        status = self.status_.copy()
+        for j0 in range(0, m, self.feature_chunk):
+            j1 = min(j0 + self.feature_chunk, m)
+            f = cols.block(j0, j1, n, dev)
+            pred = torch.addmm(
+                self._t(self.ridge_intercept_[j0:j1], dev),
+                xs,
+                self._t(self.ridge_coef_[j0:j1], dev).T,
+            )
+            acc = RegressionAccumulator(dev)
+            acc.update(f, pred)
+            r2[j0:j1] = acc.result().r2_per_dim
+            lab = (f > self.threshold).cpu().numpy()
+            n_act_h[j0:j1] = lab.sum(0)
+            ok = np.isfinite(self.logit_intercept_[j0:j1]) & (lab.any(0)) & (~lab.all(0))
+            for j in np.nonzero(np.isfinite(self.logit_intercept_[j0:j1]) & ~ok)[0]:
+                status[j0 + j] = ONE_CLASS_HELDOUT
+            if not ok.any():
+                continue
+            z = (
+                torch.addmm(
+                    self._t(self.logit_intercept_[j0:j1][ok], dev),
+                    xs,
+                    self._t(self.logit_coef_[j0:j1][ok], dev).T,
+                )
+                .cpu()
+                .numpy()
+            )
+            bacc[j0:j1][ok], auc[j0:j1][ok] = (
+                _balanced_accuracy(z, lab[:, ok]),
+                _auroc(z, lab[:, ok]),
+            )
+        r2[self.n_active_ == 0] = np.nan  # a dead feature has no probe worth scoring
+        return ProbeResults(
+            r2, bacc, auc, self.density_.copy(), self.n_active_.copy(), n_act_h, status
+        )
+
+    def score(self, X: ArrayLike, F: ArrayLike) -> float:
+        """Mean held-out balanced accuracy over the features where it is defined."""
+        return float(np.nanmean(self.evaluate(X, F).balanced_accuracy))
+
+    def _standardise(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x.double() - self.mean_) / self.scale_).float()
+
+    @staticmethod
+    def _t(a: np.ndarray, dev: torch.device) -> torch.Tensor:
+        return torch.as_tensor(a, dtype=torch.float32, device=dev)
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "status_"):
+            raise CrosslayerError("these FeatureProbes are not fitted yet", "call fit(X, F) first")
+
+    def _check_params(self) -> None:
+        if not (self.alpha >= 0 and self.C > 0 and self.max_iter >= 1 and self.feature_chunk >= 1):
+            raise CrosslayerError(
+                f"bad probe settings alpha={self.alpha}, C={self.C}, max_iter={self.max_iter}, "
+                f"feature_chunk={self.feature_chunk}",
+                "use alpha >= 0, C > 0, max_iter >= 1, feature_chunk >= 1",
+            )
+
+
+def _balanced_accuracy(z: np.ndarray, lab: np.ndarray) -> np.ndarray:
+    """Per column: mean of the recall of each class, predicting active where ``z > 0``."""
+    pred = z > 0
+    tpr = (pred & lab).sum(0) / lab.sum(0)
+    tnr = (~pred & ~lab).sum(0) / (~lab).sum(0)
+    return 0.5 * (tpr + tnr)
+
+
+def _auroc(z: np.ndarray, lab: np.ndarray) -> np.ndarray:
+    """Per column AUROC via the Mann-Whitney U statistic (average ranks for ties)."""
+    ranks = rankdata(z, axis=0)
+    n_pos = lab.sum(0)
+    n_neg = lab.shape[0] - n_pos
+    u = (ranks * lab).sum(0) - n_pos * (n_pos + 1) / 2
+    return u / (n_pos * n_neg)
+
+
+def study_protocol_probe(
+    X: ArrayLike,
+    f: ArrayLike,
+    *,
+    threshold: float = 0.1,
+    seed: int = 0,
+    test_size: float = 0.2,
+    max_iter: int = 1000,
+) -> dict[str, float]:
+    """Seed study A's probe for one feature, with scikit-learn, for comparison.
+
+    Active = ``f > threshold``; ``k = min(#active, #inactive)`` tokens of each class are drawn
+    (seeded); 80/20 split; ``LogisticRegression`` on raw X; plain accuracy on the 20 %.
+    Returns NaN accuracy when a class is empty.
+    """
+    x = np.asarray(X, dtype=np.float32)
+    lab = np.asarray(f).reshape(-1) > threshold
+    if x.ndim != 2 or len(x) != len(lab):
+        raise CrosslayerError(
+            f"X {x.shape} and f {np.shape(f)} do not match",
+            "pass X [n, d] and one feature's activations [n]",
+        )
+    rng = np.random.default_rng(seed)
+    pos, neg = np.nonzero(lab)[0], np.nonzero(~lab)[0]
+    k = min(len(pos), len(neg))
+    if k < 2:
+        return {"accuracy": float("nan"), "n_per_class": float(k)}
+    idx = np.concatenate([rng.choice(pos, k, replace=False), rng.choice(neg, k, replace=False)])
+    rng.shuffle(idx)
+    n_test = max(1, round(test_size * len(idx)))
+    test, train = idx[:n_test], idx[n_test:]
+    clf = LogisticRegression(max_iter=max_iter).fit(x[train], lab[train])
+    return {"accuracy": float(clf.score(x[test], lab[test])), "n_per_class": float(k)}

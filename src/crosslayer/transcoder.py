@@ -1,0 +1,610 @@
+"""Predict one layer from another: the affine cross-layer transcoder ``y = W x + b``.
+
+The default solver is exact ridge regression from sufficient statistics (Σx, Σy, X'X, X'Y, Σy²)
+streamed in float64, so activations never need to fit in memory. The ridge strength is chosen
+on held-out data in one pass: the train covariance is eigendecomposed once, ``Cxx = V Λ Vᵀ``,
+and for every alpha the held-out squared error follows from the held-out statistics alone
+(see :meth:`RidgeEigen.sse_path`). Without held-out data, generalised cross-validation on the
+train statistics picks alpha instead.
+
+Alphas are relative: the penalty added to the covariance is ``alpha * trace(Cxx) / d_in``, so
+one grid serves any activation scale and any number of tokens. The intercept is not penalised
+(the fit is on statistics centred around the train means).
+
+``solver="adam"`` reproduces seed study A's recipe (``nn.Linear``, Adam lr 1e-4, 20 epochs,
+batch 256, MSE) for comparison. :class:`MLPTranscoder` measures how much more a one-hidden-layer
+network explains from the same source layer.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, RegressorMixin
+
+from crosslayer.device import resolve_device
+from crosslayer.errors import CrosslayerError
+from crosslayer.metrics import (
+    ArrayLike,
+    RegressionAccumulator,
+    RegressionReport,
+    as_tensor,
+    check_2d,
+    check_pair,
+    report_from_sums,
+    row_chunks,
+)
+
+DEFAULT_ALPHAS: tuple[float, ...] = tuple(float(a) for a in np.logspace(-8, 2, 21))
+
+
+class SufficientStats:
+    """Σx, Σy, X'X, X'Y, per-dimension Σy² and n, accumulated in float64.
+
+    ``matmul_dtype=torch.float32`` computes each batch's products in float32 (still summed in
+    float64); only safe when the inputs are already centred, as the probes' standardised X is.
+    """
+
+    def __init__(
+        self, device: str | torch.device | None = None, matmul_dtype: torch.dtype = torch.float64
+    ) -> None:
+        self.device = resolve_device(device)
+        self.matmul_dtype = matmul_dtype
+        self.n = 0
+        self.sum_x = self.sum_y = self.sum_y2 = self.xtx = self.xty = torch.empty(0)
+
+    def update(self, X: ArrayLike, Y: ArrayLike) -> SufficientStats:
+        """Add one in-memory batch of row-aligned ``X [b, d_in]`` and ``Y [b, d_out]``."""
+        check_pair(X, Y)
+        x = as_tensor(X, self.device, self.matmul_dtype)
+        y = as_tensor(Y, self.device, self.matmul_dtype)
+        if self.n == 0:
+            d_in, d_out = x.shape[1], y.shape[1]
+
+            def zeros(*shape: int) -> torch.Tensor:
+                return torch.zeros(*shape, dtype=torch.float64, device=self.device)
+
+            self.sum_x, self.sum_y, self.sum_y2 = zeros(d_in), zeros(d_out), zeros(d_out)
+            self.xtx, self.xty = zeros(d_in, d_in), zeros(d_in, d_out)
+        elif (x.shape[1], y.shape[1]) != (self.sum_x.numel(), self.sum_y.numel()):
+            raise CrosslayerError(
+                f"batch widths {x.shape[1]}→{y.shape[1]} differ from earlier batches "
+                f"{self.sum_x.numel()}→{self.sum_y.numel()}",
+                "stream batches of the same source and target hooks",
+            )
+        self.n += x.shape[0]
+        self.sum_x += x.sum(0, dtype=torch.float64)
+        self.sum_y += y.sum(0, dtype=torch.float64)
+        self.sum_y2 += (y.double() ** 2).sum(0)
+        self.xtx += (x.T @ x).double()
+        self.xty += (x.T @ y).double()
+        return self
+
+    def with_targets(self, X: ArrayLike, Y: ArrayLike) -> SufficientStats:
+        """A copy with the target statistics of ``Y`` and this object's input statistics.
+
+        For in-memory data: ``X`` must be the same rows this object accumulated, so that X'X
+        is computed once and reused for many blocks of targets (the per-feature probes).
+        """
+        x = as_tensor(X, self.device, self.matmul_dtype)
+        y = as_tensor(Y, self.device, self.matmul_dtype)
+        if x.shape[0] != self.n or y.shape[0] != self.n:
+            raise CrosslayerError(
+                f"with_targets got {y.shape[0]} rows, the statistics hold {self.n}",
+                "pass the same rows that were accumulated",
+            )
+        out = copy.copy(self)
+        out.sum_y, out.sum_y2 = y.sum(0, dtype=torch.float64), (y.double() ** 2).sum(0)
+        out.xty = (x.T @ y).double()
+        return out
+
+    def outputs(self, cols: slice) -> SufficientStats:
+        """The statistics of a block of output columns (shares the input statistics)."""
+        out = copy.copy(self)
+        out.sum_y, out.sum_y2, out.xty = self.sum_y[cols], self.sum_y2[cols], self.xty[:, cols]
+        return out
+
+    def centered(
+        self, mean_x: torch.Tensor, mean_y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``Σ(x-μ)(x-μ)ᵀ``, ``Σ(x-μ)(y-ν)ᵀ`` and per-dim ``Σ(y-ν)²`` around given means."""
+        sx, n = self.sum_x, self.n
+        g = self.xtx - torch.outer(sx, mean_x) - torch.outer(mean_x, sx)
+        g += n * torch.outer(mean_x, mean_x)
+        h = self.xty - torch.outer(sx, mean_y) - torch.outer(mean_x, self.sum_y)
+        h += n * torch.outer(mean_x, mean_y)
+        c = self.sum_y2 - 2 * mean_y * self.sum_y + n * mean_y**2
+        return g, h, c
+
+
+def accumulate(
+    X: ArrayLike, Y: ArrayLike, stats: SufficientStats, chunk_size: int = 8192
+) -> SufficientStats:
+    """Stream two row-aligned arrays (memmaps are read ``chunk_size`` rows at a time)."""
+    n, _, _ = check_pair(X, Y)
+    for rows in row_chunks(n, chunk_size):
+        stats.update(X[rows], Y[rows])
+    return stats
+
+
+class RidgeEigen:
+    """The train covariance ``Cxx = V Λ Vᵀ``, decomposed once; ridge for any alpha and targets.
+
+    With ``Q = Vᵀ Cxy`` the ridge coefficients are ``B(α) = V diag(1/(λ+αs)) Q`` (``[d_in,
+    d_out]``, ``s = trace(Cxx)/d_in``), so each alpha and each block of targets costs a
+    diagonal scaling instead of a new solve. Shared by the transcoder, the depth sweep and the
+    per-feature regression probes.
+    """
+
+    def __init__(self, train: SufficientStats) -> None:
+        if train.n < 2:
+            raise CrosslayerError(
+                "fewer than two training tokens",
+                "fit on at least two tokens (many more than d_in in practice)",
+            )
+        self.n = train.n
+        self.mean_x = train.sum_x / train.n
+        g = train.xtx - train.n * torch.outer(self.mean_x, self.mean_x)
+        evals, self.V = torch.linalg.eigh(g / train.n)
+        self.evals = evals.clamp(min=0.0)  # round-off can make a null direction slightly < 0
+        self.scale = float(self.evals.sum()) / self.evals.numel()
+        if self.scale <= 0:
+            raise CrosslayerError(
+                "the source activations are constant over the training tokens",
+                "check the source hook and that the store holds real data",
+            )
+
+    def project(self, train: SufficientStats) -> tuple[torch.Tensor, torch.Tensor]:
+        """``Q = Vᵀ Cxy`` for the targets in ``train``, and their train means."""
+        mean_y = train.sum_y / train.n
+        h = train.xty - train.n * torch.outer(self.mean_x, mean_y)
+        return self.V.T @ (h / train.n), mean_y
+
+    def shrink(self, alpha: float) -> torch.Tensor:
+        """``1/(λ + α s)`` per eigen-direction."""
+        return 1.0 / (self.evals + alpha * self.scale)
+
+    def coef(self, q: torch.Tensor, alpha: float) -> torch.Tensor:
+        """Ridge coefficients ``[d_in, d_out]`` on centred data."""
+        return self.V @ (self.shrink(alpha)[:, None] * q)
+
+    def sse_path(
+        self, q: torch.Tensor, mean_y: torch.Tensor, val: SufficientStats, alphas: np.ndarray
+    ) -> np.ndarray:
+        """Σ squared error on ``val`` for every alpha, from ``val``'s statistics alone.
+
+        ``SSE(α) = c - 2 Σ_k D_k a_k + Dᵀ M D`` with ``D = 1/(λ+αs)``, ``a_k = Σ_j Q_kj (VᵀH)_kj``
+        and ``M = (VᵀGV) ∘ (QQᵀ)``, where G, H, c are val's statistics centred on the train
+        means: O(d_in²) per alpha after one O(d_in²·d_out) set-up.
+        """
+        g, h, c = val.centered(self.mean_x, mean_y)
+        a = (q * (self.V.T @ h)).sum(1)
+        m = (self.V.T @ g @ self.V) * (q @ q.T)
+        out = []
+        for alpha in alphas:
+            d = self.shrink(float(alpha))
+            out.append(float(c.sum() - 2 * d @ a + d @ m @ d))
+        return np.asarray(out)
+
+    def gcv_path(
+        self, q: torch.Tensor, mean_y: torch.Tensor, train: SufficientStats, alphas: np.ndarray
+    ) -> np.ndarray:
+        """Generalised cross-validation ``(SSE/n) / (1 - df/n)²`` on the train statistics."""
+        sse = self.sse_path(q, mean_y, train, alphas)
+        df = np.array([float((self.evals * self.shrink(float(a))).sum()) for a in alphas])
+        return (sse / self.n) / np.maximum(1.0 - df / self.n, 1e-12) ** 2
+
+    def sse_per_dim(
+        self, coef: torch.Tensor, mean_y: torch.Tensor, val: SufficientStats
+    ) -> torch.Tensor:
+        """Per-output Σ squared error of centred coefficients ``coef`` on ``val``'s statistics."""
+        g, h, c = val.centered(self.mean_x, mean_y)
+        return c - 2 * (coef * h).sum(0) + (coef * (g @ coef)).sum(0)
+
+
+@dataclass
+class RidgeSolution:
+    """A ridge fit for one block of targets, with the criterion that chose its alpha."""
+
+    coef: torch.Tensor  # [d_in, d_out], applied to x - mean_x
+    mean_y: torch.Tensor  # intercept in centred form
+    alpha: float  # relative (times trace(Cxx)/d_in)
+    criterion: str  # "heldout" | "gcv" | "single"
+    scores: np.ndarray  # held-out SSE or GCV per alpha
+    train_report: RegressionReport
+    heldout_report: RegressionReport | None
+
+
+def solve_ridge(
+    eig: RidgeEigen, train: SufficientStats, val: SufficientStats | None, alphas: np.ndarray
+) -> RidgeSolution:
+    """Pick alpha (held-out SSE, else GCV) and report both splits from statistics alone."""
+    q, mean_y = eig.project(train)
+    if len(alphas) == 1:
+        scores, criterion = np.array([np.nan]), "single"
+    elif val is not None and val.n > 0:
+        scores, criterion = eig.sse_path(q, mean_y, val, alphas), "heldout"
+    else:
+        scores, criterion = eig.gcv_path(q, mean_y, train, alphas), "gcv"
+    alpha = float(alphas[0] if criterion == "single" else alphas[int(np.nanargmin(scores))])
+    coef = eig.coef(q, alpha)
+
+    def report(stats: SufficientStats) -> RegressionReport:
+        sse = eig.sse_per_dim(coef, mean_y, stats).clamp(min=0.0)
+        return report_from_sums(stats.n, stats.sum_y, stats.sum_y2, sse)
+
+    return RidgeSolution(
+        coef,
+        mean_y,
+        alpha,
+        criterion,
+        scores,
+        report(train),
+        report(val) if val is not None and val.n > 1 else None,
+    )
+
+
+def load_rows(X: ArrayLike, device: torch.device, chunk_size: int = 8192) -> torch.Tensor:
+    """Read a whole (possibly memmapped, float16) array into one float32 tensor, by chunks."""
+    n, d = check_2d("X", X)
+    out = torch.empty(n, d, dtype=torch.float32, device=device)
+    for rows in row_chunks(n, chunk_size):
+        out[rows] = as_tensor(X[rows], device)
+    return out
+
+
+class AffineTranscoder(RegressorMixin, BaseEstimator):
+    """``y = W x + b`` from a source layer to a target layer (scikit-learn API).
+
+    Parameters
+    ----------
+    alphas: relative ridge strengths (penalty ``alpha * trace(Cxx)/d_in``); the best on held-out
+        data (``fit(..., X_val, Y_val)`` or ``partial_fit(..., heldout=True)``) wins, else GCV.
+    solver: ``"ridge"`` (exact, streamed) or ``"adam"`` (seed study A's recipe).
+    lr, epochs, batch_size, seed: the Adam recipe (lr 1e-4, 20 epochs, batch 256, MSE).
+    chunk_size: rows read at a time from array inputs.
+    device: ``"auto"``/None = CUDA when present.
+
+    Learned: ``coef_ [d_out, d_in]``, ``intercept_ [d_out]``, ``alpha_``, ``penalty_``
+    (absolute, on the covariance), ``alpha_criterion_``, ``alpha_scores_``, ``train_report_``
+    (on the training split, as the seed study measured; cosine is NaN when computed from
+    statistics) and ``heldout_report_`` (None without held-out data).
+    """
+
+    def __init__(
+        self,
+        alphas: tuple[float, ...] | list[float] = DEFAULT_ALPHAS,
+        solver: str = "ridge",
+        *,
+        lr: float = 1e-4,
+        epochs: int = 20,
+        batch_size: int = 256,
+        seed: int = 0,
+        chunk_size: int = 8192,
+        device: str | None = None,
+    ) -> None:
+        self.alphas = alphas
+        self.solver = solver
+        self.lr = lr
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.seed = seed
+        self.chunk_size = chunk_size
+        self.device = device
+
+    # -- fitting ---------------------------------------------------------------------------
+
+    def fit(
+        self,
+        X: ArrayLike,
+        Y: ArrayLike,
+        X_val: ArrayLike | None = None,
+        Y_val: ArrayLike | None = None,
+    ) -> AffineTranscoder:
+        """Fit on row-aligned arrays ``X [n, d_in]``, ``Y [n, d_out]`` (memmaps welcome)."""
+        self._check_params()
+        check_pair(X, Y)
+        if (X_val is None) != (Y_val is None):
+            raise CrosslayerError(
+                "only one of X_val and Y_val was given", "pass both held-out arrays or neither"
+            )
+        if self.solver == "adam":
+            return self._fit_adam(X, Y, X_val, Y_val)
+        self._reset()
+        accumulate(X, Y, self.train_stats_, self.chunk_size)
+        if X_val is not None:
+            accumulate(X_val, Y_val, self.heldout_stats_, self.chunk_size)
+        return self.finalize()
+
+    def partial_fit(self, X: ArrayLike, Y: ArrayLike, *, heldout: bool = False) -> AffineTranscoder:
+        """Accumulate one batch (train, or held-out for choosing alpha); then :meth:`finalize`."""
+        self._check_params()
+        if self.solver != "ridge":
+            raise CrosslayerError(
+                f"partial_fit needs solver='ridge', not {self.solver!r}",
+                "use fit(X, Y) for the Adam recipe",
+            )
+        if not hasattr(self, "train_stats_"):
+            self._reset()
+        (self.heldout_stats_ if heldout else self.train_stats_).update(X, Y)
+        return self
+
+    def finalize(self) -> AffineTranscoder:
+        """Solve from the accumulated statistics: choose alpha, set ``coef_`` and reports."""
+        if not hasattr(self, "train_stats_") or self.train_stats_.n == 0:
+            raise CrosslayerError(
+                "no training batches were accumulated",
+                "call partial_fit(X, Y) on the training batches first",
+            )
+        eig = RidgeEigen(self.train_stats_)
+        val = self.heldout_stats_ if self.heldout_stats_.n > 0 else None
+        if val is not None and val.sum_x.numel() != eig.mean_x.numel():
+            raise CrosslayerError(
+                "held-out batches have a different width from train batches",
+                "stream the same hooks for both splits",
+            )
+        sol = solve_ridge(eig, self.train_stats_, val, np.asarray(self.alphas, dtype=float))
+        coef = sol.coef.T  # [d_out, d_in]
+        self.coef_ = coef.cpu().numpy()
+        self.intercept_ = (sol.mean_y - coef @ eig.mean_x).cpu().numpy()
+        self.alpha_, self.penalty_ = sol.alpha, sol.alpha * eig.scale
+        self.alpha_criterion_, self.alpha_scores_ = sol.criterion, sol.scores
+        self.train_report_, self.heldout_report_ = sol.train_report, sol.heldout_report
+        self.n_features_in_ = coef.shape[1]
+        return self
+
+    def _fit_adam(
+        self, X: ArrayLike, Y: ArrayLike, X_val: ArrayLike | None, Y_val: ArrayLike | None
+    ) -> AffineTranscoder:
+        """Seed study A's recipe: nn.Linear, Adam, shuffled mini-batches, mean squared error."""
+        dev = resolve_device(self.device)
+        x, y = load_rows(X, dev, self.chunk_size), load_rows(Y, dev, self.chunk_size)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            lin = torch.nn.Linear(x.shape[1], y.shape[1]).to(dev)
+        opt = torch.optim.Adam(lin.parameters(), lr=self.lr)
+        gen = torch.Generator().manual_seed(self.seed)
+        for _ in range(self.epochs):
+            for idx in torch.randperm(x.shape[0], generator=gen).split(self.batch_size):
+                idx = idx.to(dev)
+                loss = torch.nn.functional.mse_loss(lin(x[idx]), y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        self.coef_ = lin.weight.detach().double().cpu().numpy()
+        self.intercept_ = lin.bias.detach().double().cpu().numpy()
+        self.alpha_, self.penalty_, self.alpha_criterion_ = 0.0, 0.0, "none"
+        self.alpha_scores_ = np.array([np.nan])
+        self.n_features_in_ = x.shape[1]
+        self.train_report_ = self.evaluate(X, Y)
+        self.heldout_report_ = None if X_val is None else self.evaluate(X_val, Y_val)
+        return self
+
+    # -- using the fit ---------------------------------------------------------------------
+
+    def predict(self, X: ArrayLike) -> np.ndarray:
+        """Predicted target activations ``[n, d_out]`` (float32)."""
+        return np.concatenate([p.cpu().numpy() for p in self._predict_chunks(X)])
+
+    def evaluate(self, X: ArrayLike, Y: ArrayLike) -> RegressionReport:
+        """Every metric of :mod:`crosslayer.metrics` on ``(X, Y)``, streamed by chunks."""
+        n, _, d_out = check_pair(X, Y)
+        self._check_fitted()
+        if d_out != self.coef_.shape[0]:
+            raise CrosslayerError(
+                f"Y has {d_out} dimensions, the fit predicts {self.coef_.shape[0]}",
+                "score on the hook it was fitted on",
+            )
+        acc = RegressionAccumulator(self.device)
+        chunks = row_chunks(n, self.chunk_size)
+        for rows, pred in zip(chunks, self._predict_chunks(X), strict=True):
+            acc.update(Y[rows], pred)
+        return acc.result()
+
+    def score(self, X: ArrayLike, Y: ArrayLike, sample_weight: None = None) -> float:
+        """Explained variance around per-dimension means (SAELens) on ``(X, Y)``."""
+        return self.evaluate(X, Y).explained_variance
+
+    def _predict_chunks(self, X: ArrayLike) -> Any:
+        self._check_fitted()
+        n, d = check_2d("X", X)
+        if d != self.n_features_in_:
+            raise CrosslayerError(
+                f"X has {d} dimensions but the transcoder was fitted on {self.n_features_in_}",
+                "pass activations of the source hook",
+            )
+        dev = resolve_device(self.device)
+        w = torch.as_tensor(self.coef_, dtype=torch.float32, device=dev)
+        b = torch.as_tensor(self.intercept_, dtype=torch.float32, device=dev)
+        for rows in row_chunks(n, self.chunk_size):
+            yield torch.addmm(b, as_tensor(X[rows], dev), w.T)
+
+    # -- validation ------------------------------------------------------------------------
+
+    def _reset(self) -> None:
+        self.train_stats_ = SufficientStats(self.device)
+        self.heldout_stats_ = SufficientStats(self.device)
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "coef_"):
+            raise CrosslayerError(
+                "this AffineTranscoder is not fitted yet",
+                "call fit(X, Y), or partial_fit(...) then finalize(), first",
+            )
+
+    def _check_params(self) -> None:
+        if self.solver not in ("ridge", "adam"):
+            raise CrosslayerError(f"unknown solver {self.solver!r}", "use 'ridge' or 'adam'")
+        a = np.asarray(self.alphas, dtype=float)
+        if a.ndim != 1 or a.size == 0 or not np.all(np.isfinite(a)) or np.any(a < 0):
+            raise CrosslayerError(
+                f"alphas must be a non-empty list of numbers >= 0, got {self.alphas!r}",
+                "pass e.g. alphas=(1e-6, 1e-4, 1e-2)",
+            )
+        if self.chunk_size < 1 or self.batch_size < 1 or self.epochs < 0:
+            raise CrosslayerError(
+                "chunk_size and batch_size must be >= 1 and epochs >= 0", "pass positive sizes"
+            )
+
+
+class MLPTranscoder(RegressorMixin, BaseEstimator):
+    """``y = affine(x) + W2 relu(W1 x + b1)``: how much more a nonlinear map explains.
+
+    The affine part starts at the ridge solution (:class:`AffineTranscoder`) and the hidden
+    layer at zero output, so training starts from the affine fit; Adam then trains all of it
+    and early stopping on held-out error keeps the best epoch. It can therefore only match or
+    beat the affine map on the held-out data used for stopping. Inputs are standardised per
+    dimension; outputs are centred and divided by ONE global scale, so the loss weighs
+    dimensions like the explained-variance metric does. Loads ``X`` and ``Y`` into memory.
+    """
+
+    def __init__(
+        self,
+        hidden: int = 1024,
+        *,
+        lr: float = 1e-3,
+        batch_size: int = 512,
+        max_epochs: int = 30,
+        patience: int = 3,
+        weight_decay: float = 0.0,
+        validation_fraction: float = 0.1,
+        alphas: tuple[float, ...] = DEFAULT_ALPHAS,
+        seed: int = 0,
+        chunk_size: int = 8192,
+        device: str | None = None,
+    ) -> None:
+        self.hidden = hidden
+        self.lr = lr
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.weight_decay = weight_decay
+        self.validation_fraction = validation_fraction
+        self.alphas = alphas
+        self.seed = seed
+        self.chunk_size = chunk_size
+        self.device = device
+
+    def fit(
+        self,
+        X: ArrayLike,
+        Y: ArrayLike,
+        X_val: ArrayLike | None = None,
+        Y_val: ArrayLike | None = None,
+    ) -> MLPTranscoder:
+        """Fit on arrays; without ``X_val``/``Y_val``, ``validation_fraction`` is held out."""
+        n, _, _ = check_pair(X, Y)
+        if self.hidden < 1 or not 0 < self.validation_fraction < 1:
+            raise CrosslayerError(
+                "hidden must be >= 1 and 0 < validation_fraction < 1",
+                "pass e.g. hidden=1024, validation_fraction=0.1",
+            )
+        dev = resolve_device(self.device)
+        x, y = load_rows(X, dev, self.chunk_size), load_rows(Y, dev, self.chunk_size)
+        if X_val is None or Y_val is None:
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed)).to(dev)
+            n_val = max(1, round(n * self.validation_fraction))
+            xv, yv, x, y = x[perm[:n_val]], y[perm[:n_val]], x[perm[n_val:]], y[perm[n_val:]]
+        else:
+            check_pair(X_val, Y_val, ("X_val", "Y_val"))
+            xv, yv = load_rows(X_val, dev, self.chunk_size), load_rows(Y_val, dev, self.chunk_size)
+        affine = AffineTranscoder(self.alphas, device=self.device).fit(x, y, xv, yv)
+        self.x_mean_, self.x_scale_ = x.mean(0), x.std(0).clamp(min=1e-6)
+        self.y_mean_, self.y_scale_ = y.mean(0), float(y.var(0).mean().sqrt().clamp(min=1e-6))
+        net = self._init_net(affine, x.shape[1], y.shape[1], dev)
+        xs, ys = self._scale_x(x), (y - self.y_mean_) / self.y_scale_
+        xvs, yvs = self._scale_x(xv), (yv - self.y_mean_) / self.y_scale_
+        opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        gen = torch.Generator().manual_seed(self.seed)
+        best, best_state, bad = self._val_loss(net, xvs, yvs), copy.deepcopy(net.state_dict()), 0
+        self.val_losses_ = [best]
+        for _ in range(self.max_epochs):
+            net.train()
+            for idx in torch.randperm(xs.shape[0], generator=gen).split(self.batch_size):
+                idx = idx.to(dev)
+                loss = torch.nn.functional.mse_loss(net(xs[idx]), ys[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            self.val_losses_.append(self._val_loss(net, xvs, yvs))
+            if self.val_losses_[-1] < best:
+                best, best_state, bad = self.val_losses_[-1], copy.deepcopy(net.state_dict()), 0
+            else:
+                bad += 1
+                if bad >= self.patience:
+                    break
+        net.load_state_dict(best_state)
+        self.net_ = net.eval()
+        self.affine_ = affine
+        self.n_features_in_ = x.shape[1]
+        return self
+
+    def _init_net(
+        self, affine: AffineTranscoder, d_in: int, d_out: int, dev: torch.device
+    ) -> torch.nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            net = _SkipMLP(d_in, self.hidden, d_out).to(dev)
+        # Express the ridge map in standardised units: y_s = (C diag(sd) x_s + C mu + b - my)/g.
+        c = torch.as_tensor(affine.coef_, dtype=torch.float32, device=dev)
+        b = torch.as_tensor(affine.intercept_, dtype=torch.float32, device=dev)
+        with torch.no_grad():
+            net.skip.weight.copy_(c * self.x_scale_ / self.y_scale_)
+            net.skip.bias.copy_((c @ self.x_mean_ + b - self.y_mean_) / self.y_scale_)
+            net.out.weight.zero_()
+        return net
+
+    def _scale_x(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.x_mean_) / self.x_scale_
+
+    @staticmethod
+    def _val_loss(net: torch.nn.Module, xv: torch.Tensor, yv: torch.Tensor) -> float:
+        net.eval()
+        with torch.no_grad():
+            return float(torch.nn.functional.mse_loss(net(xv), yv))
+
+    def predict(self, X: ArrayLike) -> np.ndarray:
+        """Predicted target activations ``[n, d_out]``."""
+        if not hasattr(self, "net_"):
+            raise CrosslayerError("this MLPTranscoder is not fitted yet", "call fit(X, Y) first")
+        n, d = check_2d("X", X)
+        if d != self.n_features_in_:
+            raise CrosslayerError(
+                f"X has {d} dimensions, the fit expects {self.n_features_in_}",
+                "pass activations of the source hook",
+            )
+        dev = resolve_device(self.device)
+        out = []
+        with torch.no_grad():
+            for rows in row_chunks(n, self.chunk_size):
+                ys = self.net_(self._scale_x(as_tensor(X[rows], dev)))
+                out.append((ys * self.y_scale_ + self.y_mean_).cpu().numpy())
+        return np.concatenate(out)
+
+    def evaluate(self, X: ArrayLike, Y: ArrayLike) -> RegressionReport:
+        """Every metric of :mod:`crosslayer.metrics` on ``(X, Y)``."""
+        check_pair(X, Y)
+        acc = RegressionAccumulator(self.device)
+        acc.update(Y, self.predict(X))
+        return acc.result()
+
+    def score(self, X: ArrayLike, Y: ArrayLike, sample_weight: None = None) -> float:
+        """Explained variance around per-dimension means on ``(X, Y)``."""
+        return self.evaluate(X, Y).explained_variance
+
+
+class _SkipMLP(torch.nn.Module):
+    """An affine skip path plus one ReLU hidden layer."""
+
+    def __init__(self, d_in: int, hidden: int, d_out: int) -> None:
+        super().__init__()
+        self.skip = torch.nn.Linear(d_in, d_out)
+        self.hid = torch.nn.Linear(d_in, hidden)
+        self.out = torch.nn.Linear(hidden, d_out, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.skip(x) + self.out(torch.relu(self.hid(x)))
