@@ -1,0 +1,95 @@
+"""The report in a real browser: headless Chromium renders it to a PNG that is not blank,
+and the page logs nothing to the console (no script errors, nothing blocked).
+
+Needs Debian's ``chromium`` (``scripts/install_browser.sh``). Skipped where it is absent,
+except in CI (``CI=true``), where a missing browser is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from crosslayer.model import tiny_model
+from crosslayer.report import write_report
+from tests.test_report import make_run
+
+pytestmark = pytest.mark.browser
+
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--disable-extensions",
+    "--no-first-run",
+    "--hide-scrollbars",
+    "--enable-logging=stderr",
+    "--v=0",
+]
+
+
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found:
+        return found
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail("chromium is missing in CI: run scripts/install_browser.sh")
+    pytest.skip("chromium not installed (scripts/install_browser.sh)")
+
+
+def render(page: Path, png: Path, tmp: Path, height: int = 2400) -> list[str]:
+    """Screenshot ``page`` to ``png``; return the console messages the page logged."""
+    proc = subprocess.run(
+        [chromium(), *FLAGS, f"--user-data-dir={tmp / 'profile'}", f"--window-size=1200,{height}",
+         f"--screenshot={png}", page.resolve().as_uri()],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(tmp)},
+    )  # fmt: skip
+    assert png.is_file(), f"no screenshot (exit {proc.returncode}): {proc.stderr[-2000:]}"
+    return [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
+
+
+def ink(png: Path) -> tuple[float, int]:
+    """Share of non-white pixels, and the number of distinct colours."""
+    import matplotlib.image
+
+    img = np.asarray(matplotlib.image.imread(png))[..., :3]
+    dark = float((img.min(axis=-1) < 0.95).mean())
+    colours = len(np.unique((img * 255).astype(np.uint8).reshape(-1, 3), axis=0))
+    return dark, colours
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    chromium()  # skip / fail before the run is built
+    lm: Any = tiny_model("gemma3", n_layers=3, d_model=32)
+    return write_report(make_run(tmp_path_factory.mktemp("browser"), lm), model=lm)
+
+
+def test_report_renders_in_chromium_without_console_errors(report: Path, tmp_path: Path) -> None:
+    png = tmp_path / "report.png"
+    console = render(report, png, tmp_path)
+    assert console == []
+    dark, colours = ink(png)
+    assert dark > 0.05 and colours > 50  # text, tables and embedded plots are drawn
+
+
+def test_the_checks_can_fail(tmp_path: Path) -> None:
+    """A page with a script error and a blank page are caught by the same checks."""
+    bad = tmp_path / "bad.html"
+    bad.write_text("<html><body><p>x</p><script>console.error('boom'); undefined_fn();</script>")
+    assert any("boom" in line for line in render(bad, tmp_path / "bad.png", tmp_path, 600))
+    blank = tmp_path / "blank.html"
+    blank.write_text("<html><body></body></html>")
+    assert render(blank, tmp_path / "blank.png", tmp_path, 600) == []
+    dark, colours = ink(tmp_path / "blank.png")
+    assert dark < 0.01 and colours < 5
