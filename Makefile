@@ -21,11 +21,13 @@ $(VENV)/.installed-dev: $(VENV)/.installed pyproject.toml
 demo: $(VENV)/.installed
 	$(VENV)/bin/crosslayer run
 
-## test: install with dev extras, lint, type-check and run the test suite
+## test: install with dev extras (+ headless Chromium for the report test), lint, type-check, test
 test: $(VENV)/.installed-dev
+	bash scripts/install_browser.sh
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/mypy
+	$(VENV)/bin/hadolint Dockerfile
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.installed-dev

@@ -27,7 +27,10 @@ def contrast_command(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar"),
 ) -> None:
     """Per layer: cos(q, direct) - cos(q, evasive) with bootstrap CI, Wilcoxon p, AUROC, and
-    whether it adds to the model's own log-likelihood of the answers."""
+    whether it adds to the model's own log-likelihood of the answers.
+
+    Example: crosslayer contrast --out runs/contrast --layers 0-17
+    """
     from crosslayer.experiments.contrast import read_items, run_contrast, summary_lines
     from crosslayer.experiments.reps import parse_layers, parse_sae_args
     from crosslayer.model import load_model

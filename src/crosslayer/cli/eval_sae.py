@@ -21,7 +21,10 @@ def eval_sae_command(
     out: Path = typer.Option(None, "--out", help="Write the metrics as JSON here"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
 ) -> None:
-    """Evaluate an SAE on a store's held-out tokens (and, with --model, by splicing it in)."""
+    """Evaluate an SAE on a store's held-out tokens (and, with --model, by splicing it in).
+
+    Example: crosslayer eval-sae --sae runs/demo/sae_baseline --store runs/demo/store --model gemma-3-270m
+    """
     from crosslayer.fs import atomic_write_json
     from crosslayer.provenance import versions
     from crosslayer.sae import evaluate_sae, load_sae

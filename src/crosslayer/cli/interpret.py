@@ -27,7 +27,11 @@ def interpret_command(
     store: Path | None = typer.Option(None, "--store", help="Store for top-activating contexts"),
 ) -> None:
     """Top-k latents per fact group at the first answer token; topic/prompt/layer cosine maps;
-    per latent: promoted tokens, density, contexts, Neuronpedia link."""
+    per latent: promoted tokens, density, contexts, Neuronpedia link.
+
+    Example: crosslayer interpret --out runs/interpret --facts ../shared/data/pararel/data_nm.json
+    --relation P101 --sae 12=runs/demo/sae_baseline
+    """
     from crosslayer.errors import CrosslayerError
     from crosslayer.experiments.interpret import run_interpret, summary_lines
     from crosslayer.experiments.pararel import read_facts

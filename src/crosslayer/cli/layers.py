@@ -24,7 +24,10 @@ def layers_command(
     max_tokens: int = typer.Option(4096, "--max-tokens", min=2, help="Tokens for corpus CKA"),
 ) -> None:
     """Layer x layer cosine per token and token x token per layer, on residuals and SAE latents;
-    with --store, linear CKA between layers and the embedding depth curve."""
+    with --store, linear CKA between layers and the embedding depth curve.
+
+    Example: crosslayer layers --out runs/layers --layers 0,6,12,17 --store runs/demo/store
+    """
     from crosslayer.experiments.layers import DEFAULT_PROMPTS, run_layers, summary_lines
     from crosslayer.experiments.reps import parse_layers, parse_sae_args
     from crosslayer.model import load_model
