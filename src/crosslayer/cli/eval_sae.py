@@ -23,7 +23,8 @@ def eval_sae_command(
 ) -> None:
     """Evaluate an SAE on a store's held-out tokens (and, with --model, by splicing it in).
 
-    Example: crosslayer eval-sae --sae runs/demo/sae_baseline --store runs/demo/store --model gemma-3-270m
+    Example: crosslayer eval-sae --sae runs/demo/sae_baseline --store runs/demo/store
+    --model gemma-3-270m
     """
     from crosslayer.fs import atomic_write_json
     from crosslayer.provenance import versions
