@@ -22,3 +22,16 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.fail(f"shared data not found at {path}: clone the repository beside shared/")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads(request: pytest.FixtureRequest):
+    """Tiny-model tests are dominated by per-op overhead, which extra threads only add to;
+    the real-model tests get every core."""
+    import torch
+
+    before = torch.get_num_threads()
+    real = request.node.get_closest_marker("real_model") is not None
+    torch.set_num_threads(before if real else 1)
+    yield
+    torch.set_num_threads(before)

@@ -16,9 +16,10 @@ from crosslayer.errors import CrosslayerError
 
 
 def _disk_error(path: Path, e: OSError) -> CrosslayerError:
-    if e.errno == errno.ENOSPC:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):  # no space, quota, size limit
         return CrosslayerError(
-            f"disk full while writing {path}", "free space or choose another --out directory"
+            f"disk full while writing {path} ({e.strerror})",
+            "free space or choose another --out directory",
         )
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return CrosslayerError(
@@ -73,4 +74,6 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
+    atomic_write_bytes(
+        path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode()
+    )

@@ -15,8 +15,18 @@ from crosslayer.errors import CrosslayerError
 
 # Sub-commands listed first in --help, in this order; any other module in this package
 # that is not private registers itself after them.
-_ORDER = ("run", "init", "collect", "train_sae", "eval_sae", "layers", "contrast", "interpret",
-          "report", "verify")
+_ORDER = (
+    "run",
+    "init",
+    "collect",
+    "train_sae",
+    "eval_sae",
+    "layers",
+    "contrast",
+    "interpret",
+    "report",
+    "verify",
+)
 
 
 def _register() -> None:

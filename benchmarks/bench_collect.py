@@ -1,0 +1,201 @@
+"""Collection throughput: ``crosslayer.collect`` against the studies' loop and TransformerLens.
+
+    python benchmarks/bench_collect.py --tokens 8192            # throughput, same run
+    python benchmarks/bench_collect.py --rss 100000 --rss 400000  # peak RSS, one process each
+
+All three read ``hook_embed`` and ``blocks.{mid}.hook_resid_post`` of the same weights on
+the same 128-token contexts of builtin:wiki and keep the activations in float32:
+(a) HF forward with ``output_hidden_states=True``, one document at a time (the studies);
+(b) TransformerLens ``run_with_cache(names_filter=..., stop_at_layer=mid + 1)`` in batches;
+(c) ``crosslayer.collect`` (batches, stops after the deepest hook, writes the store).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from crosslayer.corpus import iter_contexts, load_corpus
+from crosslayer.model import load_model
+from crosslayer.store import collect
+
+
+def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
+    """Best fp32 GFLOP/s of an n x n matmul on this machine, now."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = 0.0
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def flops_per_token(lm, n_layers: int, context_len: int) -> float:
+    """Forward FLOPs per token through ``n_layers`` blocks: 2 x block weights + attention."""
+    layers = lm.model.model.layers[:n_layers]
+    weights = sum(p.numel() for layer in layers for p in layer.parameters() if p.ndim == 2)
+    cfg = lm.model.config.get_text_config()
+    attn = 4 * cfg.num_attention_heads * cfg.head_dim * (context_len / 2) * n_layers  # QK^T, AV
+    return 2 * weights + attn
+
+
+def contexts(lm, n_tokens: int, context_len: int):
+    out, n = [], 0
+    for ctx in iter_contexts(load_corpus("builtin:wiki"), lm.tokenizer, context_len=context_len):
+        out.append(ctx)
+        n += int(ctx.sample.sum())
+        if n >= n_tokens:
+            return out
+    return out
+
+
+def bench_hf_per_document(lm, ctxs, mid: int) -> float:
+    """(a) The studies: one document (context) per forward, all hidden states, then pick."""
+    n, t = 0, time.perf_counter()
+    with torch.inference_mode():
+        for ctx in ctxs:
+            keep = np.flatnonzero(ctx.sample)
+            ids = torch.from_numpy(ctx.tokens[: keep[-1] + 1][None])
+            hs = lm.model(ids, output_hidden_states=True).hidden_states
+            _ = [hs[0][0, keep].numpy(), hs[mid + 1][0, keep].numpy()]
+            n += len(keep)
+    return n / (time.perf_counter() - t)
+
+
+def bench_transformer_lens(lm, ctxs, mid: int, batch_size: int) -> float:
+    """(b) TransformerLens on the same weights, names filter + stop_at_layer."""
+    from transformer_lens import HookedTransformer
+    from transformers import AutoTokenizer
+
+    lm.model.config.__dict__.pop("quantization_config", None)
+    # TransformerLens re-opens the tokenizer by its name_or_path to add BOS: give it a copy
+    # saved to a local directory, so that name is a path that works offline
+    tok_dir = tempfile.mkdtemp()
+    lm.tokenizer.save_pretrained(tok_dir)
+    tl = HookedTransformer.from_pretrained_no_processing(
+        "google/gemma-3-270m",
+        hf_model=lm.model,
+        tokenizer=AutoTokenizer.from_pretrained(tok_dir),
+        device="cpu",
+        dtype=torch.float32,
+    )
+    names = ["hook_embed", f"blocks.{mid}.hook_resid_post"]
+    n, t = 0, time.perf_counter()
+    with torch.inference_mode():
+        for i in range(0, len(ctxs), batch_size):
+            batch = ctxs[i : i + batch_size]
+            ids = torch.from_numpy(np.stack([c.tokens for c in batch]))
+            mask = torch.from_numpy(np.stack([c.sample for c in batch]))
+            _, cache = tl.run_with_cache(ids, names_filter=names, stop_at_layer=mid + 1)
+            _ = [cache[name][mask].numpy() for name in names]
+            n += int(mask.sum())
+    del tl
+    return n / (time.perf_counter() - t)
+
+
+def bench_ours(lm, n_tokens: int, mid: int, batch_size: int, out: Path) -> float:
+    t = time.perf_counter()
+    store = collect(
+        lm,
+        ["hook_embed", f"blocks.{mid}.hook_resid_post"],
+        corpus="builtin:wiki",
+        n_tokens=n_tokens,
+        out=out,
+        batch_size=batch_size,
+        progress=False,
+    )
+    return store.n_tokens / (time.perf_counter() - t)
+
+
+def rss_run(n_tokens: int, mid: int, batch_size: int) -> dict:
+    """Collect ``n_tokens`` in this process; report peak RSS (ru_maxrss) and tokens/s."""
+    lm = load_model("gemma-3-270m", device="cpu")
+    after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    with tempfile.TemporaryDirectory() as tmp:
+        rate = bench_ours(lm, n_tokens, mid, batch_size, Path(tmp) / "s")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "tokens": n_tokens,
+        "peak_rss_mb": peak,
+        "rss_after_load_mb": after_load,
+        "tokens_per_s": rate,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokens", type=int, default=8192)
+    ap.add_argument("--mid", type=int, default=8, help="resid_post block (Gemma 3 270M: 0..17)")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--rss", type=int, action="append", help="peak-RSS run(s) of N tokens")
+    ap.add_argument("--_rss-child", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    if args._rss_child:
+        print(json.dumps(rss_run(args._rss_child, args.mid, args.batch_size)))
+        return
+    if args.rss:
+        for n in args.rss:  # a fresh process per size, so ru_maxrss is that run's peak
+            cmd = [
+                sys.executable,
+                __file__,
+                "--_rss-child",
+                str(n),
+                "--mid",
+                str(args.mid),
+                "--batch-size",
+                str(args.batch_size),
+                "--threads",
+                str(args.threads),
+            ]
+            result = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            print(result.stdout.strip().splitlines()[-1], flush=True)
+        return
+
+    lm = load_model("gemma-3-270m", device="cpu")
+    ctxs = contexts(lm, args.tokens, 128)
+    peak = matmul_peak()
+    flops = flops_per_token(lm, args.mid + 1, 128)
+    with tempfile.TemporaryDirectory() as tmp:
+        bench_ours(lm, 512, args.mid, args.batch_size, Path(tmp) / "warmup")
+        ours = bench_ours(lm, args.tokens, args.mid, args.batch_size, Path(tmp) / "s")
+    print(f"crosslayer: {ours:.0f} tokens/s", file=sys.stderr, flush=True)
+    hf = bench_hf_per_document(lm, ctxs, args.mid)
+    print(f"HF per document: {hf:.0f} tokens/s", file=sys.stderr, flush=True)
+    tl = bench_transformer_lens(lm, ctxs, args.mid, args.batch_size)
+    result = {
+        "tokens": args.tokens,
+        "threads": args.threads,
+        "batch_size": args.batch_size,
+        "stop_layer": args.mid + 1,
+        "matmul_peak_gflops": round(peak, 1),
+        "mflop_per_token": round(flops / 1e6, 2),
+        "tokens_per_s": {
+            "crosslayer": round(ours),
+            "hf_per_document": round(hf),
+            "transformer_lens": round(tl),
+        },
+        "ratio_vs_hf": round(ours / hf, 2),
+        "ratio_vs_tl": round(ours / tl, 2),
+        "fraction_of_peak": round(ours * flops / (peak * 1e9), 3),
+        "load_average": os.getloadavg(),
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

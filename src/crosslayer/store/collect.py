@@ -1,0 +1,351 @@
+"""Collect activations at any set of hook points into a sharded, resumable store.
+
+The context stream of a corpus is deterministic, so its sample tokens form one fixed
+sequence. Shard ``k`` holds sample tokens ``[k * shard_tokens, (k + 1) * shard_tokens)`` of
+that sequence, and its contexts are run in batches that start at the shard's first context.
+A shard is therefore a pure function of the config and ``k``: a resumed run (or, later,
+ranks taking shards round-robin) writes byte-identical files. The one context that
+straddles a shard boundary is run twice, once per shard (under 1% extra work).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+from crosslayer.corpus import Context, Corpus, iter_contexts, load_corpus
+from crosslayer.errors import ConfigMismatchError, CrosslayerError, DataError
+from crosslayer.model import DEFAULT_MODEL, LoadedModel, load_model
+from crosslayer.provenance import config_hash, versions
+from crosslayer.store.format import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    read_manifest,
+    shard_name,
+    write_manifest,
+    write_shard,
+)
+from crosslayer.store.reader import ActivationStore, open_store
+
+StoreDtype = Literal["float32", "float16"]
+FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
+
+
+class CollectConfig(BaseModel):
+    """Everything ``crosslayer collect`` takes, as a config object (mirrors the CLI flags)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = DEFAULT_MODEL
+    hooks: list[str]
+    corpus: str = "builtin:wiki"
+    tokens: int = Field(gt=0, description="number of sample tokens to store")
+    out: Path
+    context_len: int = Field(128, ge=2)
+    dtype: StoreDtype = "float32"
+    batch_size: int = Field(8, gt=0)
+    heldout_frac: float = Field(0.1, ge=0.0, le=1.0)
+    seed: int = 0
+    device: str = "auto"
+    text_field: str = "text"
+    shard_tokens: int = Field(16384, gt=0)
+
+    def run(self, *, progress: bool = True) -> ActivationStore:
+        """Load the corpus and the model, then :func:`collect`."""
+        corpus = load_corpus(self.corpus, text_field=self.text_field)  # cheap: fail fast
+        model = load_model(self.model, device=self.device)
+        return collect(
+            model,
+            self.hooks,
+            corpus=corpus,
+            n_tokens=self.tokens,
+            out=self.out,
+            context_len=self.context_len,
+            heldout_frac=self.heldout_frac,
+            seed=self.seed,
+            dtype=self.dtype,
+            batch_size=self.batch_size,
+            shard_tokens=self.shard_tokens,
+            progress=progress,
+        )
+
+
+@dataclass
+class _Piece:
+    """The part of one context that belongs to one shard."""
+
+    context_id: int
+    context: Context
+    take: np.ndarray  # bool [context_len]: sample positions stored in this shard
+
+
+def _plan(contexts: Iterable[Context], n_tokens: int, shard_tokens: int) -> Iterator[list[_Piece]]:
+    """Cut the stream of sample tokens into shards of ``shard_tokens`` (the last one trimmed).
+
+    Yields one list of pieces per shard. Stops early if the corpus runs out.
+    """
+    shard: list[_Piece] = []
+    stored = 0
+    room = min(shard_tokens, n_tokens)
+    for context_id, context in enumerate(contexts):
+        positions = np.flatnonzero(context.sample)
+        while positions.size:
+            n = min(room, positions.size)
+            take = np.zeros_like(context.sample)
+            take[positions[:n]] = True
+            shard.append(_Piece(context_id, context, take))
+            positions, room, stored = positions[n:], room - n, stored + n
+            if room == 0:
+                yield shard
+                shard, room = [], min(shard_tokens, n_tokens - stored)
+                if room == 0:
+                    return
+    if shard:
+        yield shard
+
+
+def _check_values(x: torch.Tensor, hook: str, dtype: StoreDtype, pieces: list[_Piece]) -> None:
+    """Refuse NaN/inf, and values that float16 would turn into inf, before anything is written."""
+    peak = float(x.abs().amax()) if x.numel() else 0.0  # NaN and inf propagate through amax
+    if math.isfinite(peak) and (dtype == "float32" or peak <= FLOAT16_MAX):
+        return
+    where = f"contexts {pieces[0].context_id}..{pieces[-1].context_id}"
+    if not math.isfinite(peak):
+        raise DataError(
+            f"non-finite activations (NaN or inf) at {hook} in {where}",
+            "check the model weights; a float16/bfloat16 model may overflow, try --device cpu",
+        )
+    raise DataError(
+        f"activations at {hook} reach {peak:.3g} in {where}, beyond float16's range "
+        f"(±{FLOAT16_MAX:.0f})",
+        "use --dtype float32",
+    )
+
+
+def _run_shard(
+    model: LoadedModel,
+    hooks: Sequence[str],
+    pieces: list[_Piece],
+    *,
+    batch_size: int,
+    dtype: StoreDtype,
+) -> dict[str, np.ndarray]:
+    """Forward the shard's contexts in batches; return its metadata and activation arrays."""
+    out: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("tokens", "doc_ids", "positions", "context_ids", "split", *hooks)
+    }
+    torch_dtype = getattr(torch, dtype)
+    for i in range(0, len(pieces), batch_size):
+        batch = pieces[i : i + batch_size]
+        take = np.stack([p.take for p in batch])
+        # Contexts are right-padded and attention is causal, so positions after the last
+        # sample cannot influence the ones we keep: cut them, and pass no attention mask
+        # (which also keeps the fast causal attention kernel).
+        length = int(np.flatnonzero(take.any(axis=0))[-1]) + 1
+        take = take[:, :length]
+        ids = np.stack([p.context.tokens[:length] for p in batch])
+        acts = model.run_with_hooks(torch.from_numpy(ids), hooks=hooks)
+        mask = torch.from_numpy(take).to(model.device)
+        for hook in hooks:
+            rows = acts[hook][mask]  # [n, d], row-major order = np.nonzero order below
+            _check_values(rows, hook, dtype, batch)
+            out[hook].append(rows.to(torch_dtype).cpu().numpy())
+        row, pos = np.nonzero(take)
+        out["tokens"].append(ids[row, pos].astype(np.int32))
+        out["positions"].append(pos.astype(np.int32))
+        out["doc_ids"].append(np.array([p.context.doc_id for p in batch], np.int64)[row])
+        out["context_ids"].append(np.array([p.context_id for p in batch], np.int64)[row])
+        out["split"].append(np.array([p.context.split for p in batch], np.uint8)[row])
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def _open_or_start(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Resume the store at ``path`` if it has the same config, else start a new one.
+
+    The manifest (with the config hash) is written before any work, so a store made with
+    another config is detected at once and never mixed into.
+    """
+    if (path / MANIFEST).is_file():
+        old = read_manifest(path)
+        if old.get("config_hash") != manifest["config_hash"]:
+            differs = sorted(
+                k
+                for k in {*old.get("config", {}), *manifest["config"]}
+                if old.get("config", {}).get(k) != manifest["config"].get(k)
+            )
+            raise ConfigMismatchError(
+                f"store {path} was made with a different config "
+                f"(differs in: {', '.join(differs) or 'format'})",
+                "use another --out directory, or delete this one to start over",
+            )
+        for orphan in path.glob(".shard_*.tmp-*"):  # left by a killed run mid-write
+            shutil.rmtree(orphan, ignore_errors=True)
+        return old
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise CrosslayerError(
+            f"{path} exists and is not an activation store",
+            "choose a new or empty --out directory",
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    write_manifest(path, manifest)
+    return manifest
+
+
+class _Rate(ProgressColumn):
+    """Tokens per second."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.0f} tok/s" if speed else "– tok/s", style="progress.data.speed")
+
+
+def _progress_bar(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:,.0f}/{task.total:,.0f} tokens"),
+        _Rate(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        disable=not enabled,
+    )
+
+
+def collect(
+    model: LoadedModel,
+    hooks: Sequence[str],
+    *,
+    corpus: str | Corpus,
+    n_tokens: int,
+    out: str | Path,
+    context_len: int = 128,
+    heldout_frac: float = 0.1,
+    seed: int = 0,
+    dtype: StoreDtype = "float32",
+    batch_size: int = 8,
+    shard_tokens: int = 16384,
+    text_field: str = "text",
+    progress: bool = True,
+) -> ActivationStore:
+    """Run ``model`` over ``corpus`` and store the activations of ``hooks`` at ``n_tokens``
+    sample tokens (BOS, pad and special tokens excluded) in the store directory ``out``.
+
+    Running it again with the same arguments resumes an interrupted collection (finished
+    shards are kept) or returns the finished store. If the corpus has fewer sample tokens
+    than ``n_tokens``, the store holds all of them and a warning says so.
+    """
+    hooks = model.validate_hooks(hooks)
+    if dtype not in ("float32", "float16"):
+        raise CrosslayerError(f"unknown store dtype {dtype!r}", "use float32 or float16")
+    for name, value in (("n_tokens", n_tokens), ("batch_size", batch_size)):
+        if value < 1:
+            raise CrosslayerError(
+                f"{name} must be at least 1, got {value}", f"pass a larger {name}"
+            )
+    if shard_tokens < 1:
+        raise CrosslayerError(f"shard_tokens must be >= 1, got {shard_tokens}", "use e.g. 16384")
+    if isinstance(corpus, str):
+        corpus = load_corpus(corpus, text_field=text_field)
+    contexts = iter_contexts(
+        corpus, model.tokenizer, context_len=context_len, heldout_frac=heldout_frac, seed=seed
+    )
+    first = next(contexts, None)  # bad settings or an unusable corpus fail before any file
+    if first is None:
+        raise DataError(
+            f"corpus {corpus.name!r} gives no contexts of at least a few tokens",
+            "use a corpus with longer documents",
+        )
+
+    # What defines the stored data; its hash decides whether an existing store can be resumed.
+    config = {
+        "model": model.identity,
+        "hooks": hooks,
+        "corpus": corpus.identity(),
+        "n_tokens": n_tokens,
+        "context_len": context_len,
+        "heldout_frac": heldout_frac,
+        "seed": seed,
+        "dtype": dtype,
+        "shard_tokens": shard_tokens,
+    }
+    path = Path(out)
+    manifest = _open_or_start(
+        path,
+        {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "complete": False,
+            "config_hash": config_hash(config),
+            "config": config,
+            "hooks": hooks,
+            "dims": {h: model.d_model for h in hooks},
+            "dtype": dtype,
+            "n_tokens": None,  # set when complete
+            "n_shards": math.ceil(n_tokens / shard_tokens),  # planned; final count when complete
+            "shards": [],
+            "versions": versions(),
+        },
+    )
+    # A shard deleted after the fact (say, reported damaged by `crosslayer verify`) is redone.
+    present = [s for s in manifest["shards"] if (path / s["name"]).is_dir()]
+    if manifest["complete"] and len(present) == len(manifest["shards"]):
+        return open_store(path)
+    manifest.update(shards=present, complete=False)
+    done = {s["name"] for s in present}
+    bar = _progress_bar(progress)
+    with bar, torch.inference_mode():
+        task = bar.add_task(
+            "collecting",
+            total=n_tokens,
+            completed=sum(s["n_tokens"] for s in manifest["shards"]),
+        )
+        for index, pieces in enumerate(_plan(_chain(first, contexts), n_tokens, shard_tokens)):
+            if shard_name(index) in done:
+                continue
+            arrays = _run_shard(model, hooks, pieces, batch_size=batch_size, dtype=dtype)
+            entry = write_shard(path, index, arrays)
+            manifest["shards"] = sorted([*manifest["shards"], entry], key=lambda s: s["name"])
+            write_manifest(path, manifest)
+            bar.advance(task, entry["n_tokens"])
+
+    stored = sum(s["n_tokens"] for s in manifest["shards"])
+    if stored < n_tokens:
+        warnings.warn(
+            f"corpus {corpus.name!r} has only {stored:,} sample tokens; the store holds all "
+            f"of them instead of {n_tokens:,}",
+            stacklevel=2,
+        )
+    manifest.update(
+        complete=True,
+        n_tokens=stored,
+        n_shards=len(manifest["shards"]),
+        corpus_exhausted=stored < n_tokens,
+    )
+    write_manifest(path, manifest)
+    return open_store(path)
+
+
+def _chain(first: Context, rest: Iterator[Context]) -> Iterator[Context]:
+    yield first
+    yield from rest

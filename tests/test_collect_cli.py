@@ -1,0 +1,170 @@
+"""`crosslayer collect` / `verify` end to end: real interrupts, a real full disk, user errors.
+
+The CLI loads a tiny Gemma 3 saved to disk with ``save_pretrained``, the same code path
+as any local model directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from crosslayer.cli import main
+from crosslayer.model import tiny_model
+
+HOOKS = "hook_embed,blocks.2.hook_resid_post"
+# one thread: the CPU may be shared with other jobs, and OpenMP spin-waits badly then
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("models") / "tiny-gemma3"
+    lm = tiny_model()
+    lm.model.save_pretrained(path)
+    lm.tokenizer.save_pretrained(path)
+    return path
+
+
+def _args(model: Path, out: Path, tokens: int, *extra: str) -> list[str]:
+    return [
+        "collect", "--model", str(model), "--hooks", HOOKS, "--corpus", "builtin:news",
+        "--tokens", str(tokens), "--out", str(out), "--context-len", "32",
+        "--shard-tokens", "500", "--batch-size", "4", "--no-progress", *extra,
+    ]  # fmt: skip
+
+
+def _files(store: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(store)): p.read_bytes() for p in store.rglob("*") if p.is_file()}
+
+
+def _cli(args: list[str], **kw) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "crosslayer", *args], env=ENV, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw,
+    )  # fmt: skip
+
+
+def test_killed_collection_resumes_to_an_identical_store(tiny_dir, tmp_path, capsys):
+    n = 12_000  # 24 shards
+    reference = tmp_path / "reference"
+    assert main(_args(tiny_dir, reference, n)) == 0
+    assert "stored 12,000 tokens" in capsys.readouterr().out
+
+    out = tmp_path / "killed"
+    proc = _cli(_args(tiny_dir, out, n))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        manifest = out / "manifest.json"
+        if manifest.is_file() and json.loads(manifest.read_text())["shards"]:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "collection finished before it could be killed"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert not manifest["complete"] and 1 <= len(manifest["shards"]) < 24
+    kept = {p: p.stat().st_mtime_ns for p in out.glob("shard_00000/*")}
+    (out / ".shard_00009.tmp-planted").mkdir()  # as if killed mid-write: must be cleaned up
+
+    assert main(_args(tiny_dir, out, n)) == 0
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # finished shards were not redone
+    assert not list(out.glob(".*tmp*"))  # the half-written shard's temp dir is gone
+    assert _files(out) == _files(reference)  # byte for byte, manifest included
+
+    assert main(["verify", str(out)]) == 0
+    assert "ok:" in capsys.readouterr().out
+    (out / "shard_00003" / "doc_ids.npy").write_bytes(b"damaged")
+    assert main(["verify", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "shard_00003/doc_ids.npy damaged" in err
+
+
+def _limit_file_size():  # runs in the child: writes beyond 150 kB fail with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (150_000, 150_000))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
+def test_full_disk_during_a_shard_write(tiny_dir, tmp_path):
+    out = tmp_path / "full"
+    # --shard-tokens 1000: a 256 kB activation file, beyond the limit; the manifest fits
+    proc = _cli([*_args(tiny_dir, out, 3000), "--shard-tokens", "1000"],
+                preexec_fn=_limit_file_size)  # fmt: skip
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: disk full while writing")
+    assert "shard_00000" in lines[0] and "File too large" in lines[0]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json"]  # nothing half-written
+    # space is back: the same command finishes the store
+    assert main([*_args(tiny_dir, out, 3000), "--shard-tokens", "1000"]) == 0
+    assert json.loads((out / "manifest.json").read_text())["n_tokens"] == 3000
+
+
+def _write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing_model", r"model path \S+ does not exist"),
+        ("missing_corpus", r"corpus '\S+missing.jsonl' not found"),
+        ("empty_corpus", r"empty.txt"),
+        ("wrong_text_field", r"'text'"),
+        ("unknown_hook", r"unknown hook name 'blocks.1.hook_resid' — use one of the forms"),
+        ("layer_out_of_range", r"names layer 9 but the model has 4 layers"),
+        ("bad_dtype", r"unknown --dtype 'float8'"),
+        ("config_mismatch", r"was made with a different config \(differs in: context_len\)"),
+    ],
+)
+def test_user_errors_are_one_line_and_leave_nothing(tiny_dir, tmp_path, capsys, case, message):
+    out = tmp_path / "out"
+    args = _args(tiny_dir, out, 600)
+    swap = {
+        "missing_model": ("--model", str(tmp_path / "no-such-model")),
+        "missing_corpus": ("--corpus", str(tmp_path / "missing.jsonl")),
+        "empty_corpus": ("--corpus", _write(tmp_path / "empty.txt", "")),
+        "wrong_text_field": ("--corpus", _write(tmp_path / "c.jsonl", '{"body": "Some text."}\n')),
+        "unknown_hook": ("--hooks", "hook_embed,blocks.1.hook_resid"),
+        "layer_out_of_range": ("--hooks", "blocks.9.hook_resid_post"),
+        "bad_dtype": ("--dtype", "float8"),
+        "config_mismatch": ("--context-len", "48"),
+    }[case]
+    if swap[0] in args:
+        args[args.index(swap[0]) + 1] = swap[1]
+    else:
+        args += swap
+    if case == "config_mismatch":
+        assert main(_args(tiny_dir, out, 600)) == 0
+        before = _files(out)
+    capsys.readouterr()
+
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    assert err.startswith("error: ")
+    assert re.search(message, err), err
+    if case == "config_mismatch":
+        assert _files(out) == before  # the existing store is untouched
+    else:
+        assert not out.exists()
