@@ -35,3 +35,15 @@ def _torch_threads(request: pytest.FixtureRequest):
     torch.set_num_threads(before if real else 1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Gemma 3 saved with ``save_pretrained``: pass it as ``--model DIR``."""
+    from crosslayer.model import tiny_model
+
+    path = tmp_path_factory.mktemp("models") / "tiny-gemma3"
+    lm = tiny_model()
+    lm.model.save_pretrained(path)
+    lm.tokenizer.save_pretrained(path)
+    return path

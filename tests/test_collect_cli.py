@@ -1,4 +1,5 @@
-"""`crosslayer collect` / `verify` end to end: real interrupts, a real full disk, user errors.
+"""`crosslayer collect` end to end: a real full disk, user errors (interrupts:
+tests/test_crash_safety.py).
 
 The CLI loads a tiny Gemma 3 saved to disk with ``save_pretrained``, the same code path
 as any local model directory.
@@ -7,24 +8,18 @@ as any local model directory.
 from __future__ import annotations
 
 import json
-import os
 import re
 import resource
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from crosslayer.cli import main
-from crosslayer.model import tiny_model
-
-HOOKS = "hook_embed,blocks.2.hook_resid_post"
-# one thread: the CPU may be shared with other jobs, and OpenMP spin-waits badly then
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+from tests.cli_helpers import collect_args as _args
+from tests.cli_helpers import spawn_cli as _cli
+from tests.cli_helpers import store_files as _files
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -33,69 +28,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("models") / "tiny-gemma3"
-    lm = tiny_model()
-    lm.model.save_pretrained(path)
-    lm.tokenizer.save_pretrained(path)
-    return path
-
-
-def _args(model: Path, out: Path, tokens: int, *extra: str) -> list[str]:
-    return [
-        "collect", "--model", str(model), "--hooks", HOOKS, "--corpus", "builtin:news",
-        "--tokens", str(tokens), "--out", str(out), "--context-len", "32",
-        "--shard-tokens", "500", "--batch-size", "4", "--no-progress", *extra,
-    ]  # fmt: skip
-
-
-def _files(store: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(store)): p.read_bytes() for p in store.rglob("*") if p.is_file()}
-
-
-def _cli(args: list[str], **kw) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "crosslayer", *args], env=ENV, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw,
-    )  # fmt: skip
-
-
-def test_killed_collection_resumes_to_an_identical_store(tiny_dir, tmp_path, capsys):
-    n = 12_000  # 24 shards
-    reference = tmp_path / "reference"
-    assert main(_args(tiny_dir, reference, n)) == 0
-    assert "stored 12,000 tokens" in capsys.readouterr().out
-
-    out = tmp_path / "killed"
-    proc = _cli(_args(tiny_dir, out, n))
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        manifest = out / "manifest.json"
-        if manifest.is_file() and json.loads(manifest.read_text())["shards"]:
-            break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "collection finished before it could be killed"
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert not manifest["complete"] and 1 <= len(manifest["shards"]) < 24
-    kept = {p: p.stat().st_mtime_ns for p in out.glob("shard_00000/*")}
-    (out / ".shard_00009.tmp-planted").mkdir()  # as if killed mid-write: must be cleaned up
-
-    assert main(_args(tiny_dir, out, n)) == 0
-    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # finished shards were not redone
-    assert not list(out.glob(".*tmp*"))  # the half-written shard's temp dir is gone
-    assert _files(out) == _files(reference)  # byte for byte, manifest included
-
-    assert main(["verify", str(out)]) == 0
-    assert "ok:" in capsys.readouterr().out
-    (out / "shard_00003" / "doc_ids.npy").write_bytes(b"damaged")
-    assert main(["verify", str(out)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "shard_00003/doc_ids.npy damaged" in err
 
 
 def _limit_file_size():  # runs in the child: writes beyond 150 kB fail with EFBIG

@@ -52,7 +52,12 @@ def collect_command(
         --corpus builtin:wiki --tokens 200000 --out runs/demo
 
     Interrupted? Run the same command again: finished shards are kept.
+
+    On several GPUs (or CPU processes), launch it with torchrun; the store is the same:
+
+        torchrun --nproc-per-node 8 -m crosslayer collect ...
     """
+    from crosslayer import distributed
     from crosslayer.store import CollectConfig
 
     if not progress:  # also silence transformers' "Loading weights" bar
@@ -76,9 +81,11 @@ def collect_command(
         shard_tokens=shard_tokens,
     )
     start = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
+    with distributed.session(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         store = cfg.run(progress=progress)
+        if distributed.rank() != 0:  # rank 0 reports for all
+            return
     seconds = time.perf_counter() - start
     for w in caught:
         if "sample tokens" in str(w.message):  # our corpus-too-small warning, not library noise

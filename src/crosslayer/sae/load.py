@@ -18,6 +18,7 @@ import difflib
 import json
 import math
 import os
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -180,7 +181,7 @@ def load_gemma_scope_1(path: Path, dev: torch.device) -> SAE[Any]:
     try:
         with np.load(path) as f:
             raw = {k: np.asarray(f[k]) for k in f.files}
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # truncated or not a zip
         raise DataError(f"cannot read {path} as .npz: {e}", "re-download the file") from e
     # sae-lens renames lower-case w_ keys the same way
     arrays = {("W_" + k[2:] if k.startswith("w_") else k): v for k, v in raw.items()}

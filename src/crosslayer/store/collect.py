@@ -3,8 +3,9 @@
 The context stream of a corpus is deterministic, so its sample tokens form one fixed
 sequence. Shard ``k`` holds sample tokens ``[k * shard_tokens, (k + 1) * shard_tokens)`` of
 that sequence, and its contexts are run in batches that start at the shard's first context.
-A shard is therefore a pure function of the config and ``k``: a resumed run (or, later,
-ranks taking shards round-robin) writes byte-identical files. The one context that
+A shard is therefore a pure function of the config and ``k``: a resumed run, or the ranks of
+``torchrun`` taking shards round-robin (``k % world_size == rank``), write byte-identical
+files. The one context that
 straddles a shard boundary is run twice, once per shard (under 1% extra work).
 """
 
@@ -32,6 +33,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from crosslayer import distributed
 from crosslayer.corpus import Context, Corpus, iter_contexts, load_corpus
 from crosslayer.errors import ConfigMismatchError, CrosslayerError, DataError
 from crosslayer.model import DEFAULT_MODEL, LoadedModel, load_model
@@ -290,60 +292,86 @@ def collect(
         "shard_tokens": shard_tokens,
     }
     path = Path(out)
-    manifest = _open_or_start(
-        path,
-        {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "complete": False,
-            "config_hash": config_hash(config),
-            "config": config,
-            "hooks": hooks,
-            "dims": {h: model.d_model for h in hooks},
-            "dtype": dtype,
-            "n_tokens": None,  # set when complete
-            "n_shards": math.ceil(n_tokens / shard_tokens),  # planned; final count when complete
-            "shards": [],
-            "versions": versions(),
-        },
-    )
+    start = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "complete": False,
+        "config_hash": config_hash(config),
+        "config": config,
+        "hooks": hooks,
+        "dims": {h: model.d_model for h in hooks},
+        "dtype": dtype,
+        "n_tokens": None,  # set when complete
+        "n_shards": math.ceil(n_tokens / shard_tokens),  # planned; final count when complete
+        "shards": [],
+        "versions": versions(),
+    }
+    rank, world = distributed.rank(), distributed.world_size()
+    # Under torchrun, rank 0 alone starts or resumes the store (and removes temp dirs of a
+    # killed run) while the others wait, so no rank's fresh temp dir is ever swept away.
+    error: Exception | None = None
+    if rank == 0:
+        try:
+            manifest = _open_or_start(path, start)
+        except Exception as e:
+            error = e
+    distributed.raise_if_any_failed(error)  # collective: also the barrier
+    if rank != 0:
+        manifest = read_manifest(path)
+
     # A shard deleted after the fact (say, reported damaged by `crosslayer verify`) is redone.
     present = [s for s in manifest["shards"] if (path / s["name"]).is_dir()]
     if manifest["complete"] and len(present) == len(manifest["shards"]):
         return open_store(path)
     manifest.update(shards=present, complete=False)
     done = {s["name"] for s in present}
-    bar = _progress_bar(progress)
-    with bar, torch.inference_mode():
-        task = bar.add_task(
-            "collecting",
-            total=n_tokens,
-            completed=sum(s["n_tokens"] for s in manifest["shards"]),
-        )
-        for index, pieces in enumerate(_plan(_chain(first, contexts), n_tokens, shard_tokens)):
-            if shard_name(index) in done:
-                continue
-            arrays = _run_shard(model, hooks, pieces, batch_size=batch_size, dtype=dtype)
-            entry = write_shard(path, index, arrays)
-            manifest["shards"] = sorted([*manifest["shards"], entry], key=lambda s: s["name"])
-            write_manifest(path, manifest)
-            bar.advance(task, entry["n_tokens"])
+    mine: list[dict[str, Any]] = []  # entries of the shards this rank wrote
+    bar = _progress_bar(progress and rank == 0)
+    try:
+        with bar, torch.inference_mode():
+            task = bar.add_task(
+                "collecting" if world == 1 else f"collecting (rank 0 of {world})",
+                total=n_tokens if world == 1 else math.ceil(n_tokens / world),
+                completed=sum(s["n_tokens"] for s in present) // world,
+            )
+            plan = _plan(_chain(first, contexts), n_tokens, shard_tokens)
+            for index, pieces in enumerate(plan):
+                if index % world != rank or shard_name(index) in done:
+                    continue
+                arrays = _run_shard(model, hooks, pieces, batch_size=batch_size, dtype=dtype)
+                mine.append(write_shard(path, index, arrays))
+                if rank == 0:  # only rank 0 writes the manifest; others' shards join at the end
+                    manifest["shards"] = sorted([*manifest["shards"], mine[-1]], key=_name)
+                    write_manifest(path, manifest)
+                bar.advance(task, mine[-1]["n_tokens"])
+    except Exception as e:  # a one-line error on one rank must end every rank
+        error = e
+    distributed.raise_if_any_failed(error)
 
-    stored = sum(s["n_tokens"] for s in manifest["shards"])
-    if stored < n_tokens:
-        warnings.warn(
-            f"corpus {corpus.name!r} has only {stored:,} sample tokens; the store holds all "
-            f"of them instead of {n_tokens:,}",
-            stacklevel=2,
+    written = [e for entries in distributed.all_gather_object(mine) for e in entries]
+    shards = sorted({s["name"]: s for s in [*present, *written]}.values(), key=_name)
+    stored = sum(s["n_tokens"] for s in shards)
+    if rank == 0:
+        if stored < n_tokens:
+            warnings.warn(
+                f"corpus {corpus.name!r} has only {stored:,} sample tokens; the store holds "
+                f"all of them instead of {n_tokens:,}",
+                stacklevel=2,
+            )
+        manifest.update(
+            shards=shards,
+            complete=True,
+            n_tokens=stored,
+            n_shards=len(shards),
+            corpus_exhausted=stored < n_tokens,
         )
-    manifest.update(
-        complete=True,
-        n_tokens=stored,
-        n_shards=len(manifest["shards"]),
-        corpus_exhausted=stored < n_tokens,
-    )
-    write_manifest(path, manifest)
+        write_manifest(path, manifest)
+    distributed.barrier()  # the other ranks open the store once the manifest is final
     return open_store(path)
+
+
+def _name(entry: dict[str, Any]) -> str:
+    return str(entry["name"])
 
 
 def _chain(first: Context, rest: Iterator[Context]) -> Iterator[Context]:

@@ -179,19 +179,22 @@ class ActivationStore:
         split: str | None = "train",
         batch_size: int = 4096,
         dtype: npt.DTypeLike = np.float32,
+        shards: Sequence[int] | None = None,
     ) -> Iterator[dict[str, np.ndarray]]:
         """Stream ``{hook: [batch, d]}`` batches in store order, one shard in memory at a time.
 
         ``split`` keeps only ``"train"`` or ``"heldout"`` tokens (``None``: all). Every batch
-        has ``batch_size`` rows except possibly the last.
+        has ``batch_size`` rows except possibly the last. ``shards`` reads only those shard
+        indices (one data-parallel rank's share, say; default: all).
         """
         hooks = [self._check(h) for h in ([hooks] if isinstance(hooks, str) else hooks)]
         if batch_size < 1:
             raise CrosslayerError(f"batch_size must be >= 1, got {batch_size}", "pass a size")
         code = None if split is None else _split_code(split)
+        paths = self._shards if shards is None else [self._shards[k] for k in shards]
         pending: list[dict[str, np.ndarray]] = []
         n_pending = 0
-        for shard in self._shards:
+        for shard in paths:
             arrays = {h: self._load(shard, hook_file(h), mmap=True) for h in hooks}
             rows: np.ndarray | None = None
             if code is not None:

@@ -1,0 +1,204 @@
+"""Data parallelism under ``torchrun``: process-group helpers and all-reduced statistics.
+
+``torchrun --nproc-per-node N -m crosslayer collect ...`` starts N copies of the CLI with
+``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and a rendezvous address in the environment.
+:func:`session` turns that into a process group (gloo on CPU, nccl on CUDA); without
+those variables every helper here is a no-op for a single process (rank 0 of 1), so
+library code calls them unconditionally.
+
+The work is split by shard: rank ``r`` of ``w`` takes the shards ``k`` with
+``k % w == r`` (:func:`my_shards`). Shards are pure functions of the config and ``k``
+(``docs/store_format.md``), so the result does not depend on ``w``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from crosslayer.errors import CrosslayerError
+
+if TYPE_CHECKING:
+    from crosslayer.store.reader import ActivationStore
+    from crosslayer.transcoder import AffineTranscoder, SufficientStats
+
+T = TypeVar("T", np.ndarray, torch.Tensor)
+
+
+def launched_by_torchrun() -> bool:
+    """Whether this process was started by ``torchrun`` with more than one process."""
+    return "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def active() -> bool:
+    """Whether a process group with more than one process is running."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+def init(timeout_s: float = 1800.0) -> bool:
+    """Start the process group described by torchrun's environment; ``False`` if none.
+
+    CUDA: nccl, one GPU per process (``cuda:LOCAL_RANK`` becomes the current device, so
+    ``--device auto`` / ``cuda`` picks it). Otherwise gloo.
+    """
+    if not launched_by_torchrun() or (dist.is_available() and dist.is_initialized()):
+        return False
+    if not dist.is_available():
+        raise CrosslayerError(
+            "launched by torchrun, but this torch build has no torch.distributed",
+            "install a torch build with distributed support, or run without torchrun",
+        )
+    backend = "gloo"
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        backend = "nccl"
+    dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    return True
+
+
+def teardown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def session() -> Iterator[None]:
+    """A process group for the duration of a command, if torchrun started us."""
+    started = init()
+    try:
+        yield
+    finally:
+        if started:
+            teardown()
+
+
+def my_shards(n_shards: int) -> list[int]:
+    """The shard indices this rank handles: ``k % world_size == rank``."""
+    return list(range(rank(), n_shards, world_size()))
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` for one process."""
+    if not active():
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def raise_if_any_failed(error: BaseException | None) -> None:
+    """Collective: re-raise this rank's error, or fail because another rank did.
+
+    Every rank must call it at the same point, so that one rank's one-line error (a NaN
+    in its shard, a full disk) ends all ranks instead of leaving them waiting forever.
+    """
+    messages = all_gather_object(None if error is None else str(error))
+    if error is not None:
+        raise error
+    failed = [(r, m) for r, m in enumerate(messages) if m is not None]
+    if failed:
+        r, message = failed[0]
+        raise CrosslayerError(f"rank {r} failed: {message}")
+
+
+def all_reduce_sum(x: T) -> T:
+    """Sum a float64 numpy array or tensor over all ranks (returned; the input is kept).
+
+    Sums are reduced in float64 so that the result matches a single process up to
+    summation order (about 1e-15 relative).
+    """
+    if not active():
+        return x
+    if isinstance(x, np.ndarray):
+        t = torch.from_numpy(np.array(x, dtype=np.float64))
+        dist.all_reduce(t)
+        return t.numpy()
+    on_device = torch.cuda.is_available() and dist.get_backend() == "nccl"
+    t = x.detach().to(torch.float64).to("cuda" if on_device else "cpu").clone()
+    dist.all_reduce(t)
+    return t.to(x.device)
+
+
+def all_reduce_stats(stats: SufficientStats) -> SufficientStats:
+    """Sum a :class:`~crosslayer.transcoder.SufficientStats` over all ranks, in place.
+
+    n, Σx, Σy, Σy², X'X and X'Y are all additive, so the summed statistics are exactly
+    those of the union of every rank's rows. A rank that saw no rows contributes zeros;
+    if no rank saw any, the statistics stay empty.
+    """
+    if not active():
+        return stats
+    shapes = all_gather_object((stats.n, stats.sum_x.numel(), stats.sum_y.numel()))
+    dims = {(d_in, d_out) for n, d_in, d_out in shapes if n > 0}
+    if not dims:  # no rank saw a row (an empty held-out split): nothing to add up
+        return stats
+    if len(dims) != 1:
+        raise CrosslayerError(
+            f"ranks accumulated statistics of different widths or none at all: {sorted(dims)}",
+            "give every rank batches of the same hooks, and at least as many shards as ranks",
+        )
+    ((d_in, d_out),) = dims
+    if stats.n == 0:
+
+        def zeros(*shape: int) -> torch.Tensor:
+            return torch.zeros(*shape, dtype=torch.float64, device=stats.device)
+
+        stats.sum_x, stats.sum_y, stats.sum_y2 = zeros(d_in), zeros(d_out), zeros(d_out)
+        stats.xtx, stats.xty = zeros(d_in, d_in), zeros(d_in, d_out)
+    stats.n = int(all_reduce_sum(np.array([stats.n], np.float64))[0])
+    for name in ("sum_x", "sum_y", "sum_y2", "xtx", "xty"):
+        setattr(stats, name, all_reduce_sum(getattr(stats, name)))
+    return stats
+
+
+def fit_transcoder_on_store(
+    store: ActivationStore | str | Path,
+    source: str,
+    target: str,
+    *,
+    batch_size: int = 4096,
+    **transcoder_kwargs: Any,
+) -> AffineTranscoder:
+    """Fit a ridge :class:`~crosslayer.transcoder.AffineTranscoder` ``source → target``.
+
+    Each rank streams only its own shards (train rows into the training statistics,
+    held-out rows into the statistics that choose alpha); the statistics are all-reduced
+    and every rank solves the same system, so every rank returns the same transcoder as
+    a single process reading the whole store.
+    """
+    from crosslayer.store.reader import open_store
+    from crosslayer.transcoder import AffineTranscoder
+
+    if isinstance(store, str | Path):
+        store = open_store(store)
+    tc = AffineTranscoder(solver="ridge", **transcoder_kwargs)
+    tc._reset()
+    shards: Sequence[int] = my_shards(len(store.manifest["shards"]))
+    for split, stats in (("train", tc.train_stats_), ("heldout", tc.heldout_stats_)):
+        for batch in store.iter_batches(
+            [source, target], split=split, batch_size=batch_size, dtype=np.float64, shards=shards
+        ):
+            stats.update(batch[source], batch[target])
+        all_reduce_stats(stats)
+    return tc.finalize()
