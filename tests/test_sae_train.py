@@ -59,6 +59,18 @@ def test_jumprelu_learns_and_saves_sae_lens_format(tmp_path):
     )
 
 
+def test_jumprelu_reaches_target_l0_on_offset_data(tmp_path):
+    """Real residual streams carry a large constant offset (Gemma 3 270M blocks.12: the mean
+    is 85% of E|x|^2, nearly all in one dimension). With a zero-initialised b_dec the latents
+    learned the offset and L0 overshot the target; b_dec now starts at the mean."""
+    x = sparse_data(8192)
+    x[:, 0] += 8.0  # mean ~85% of E|x|^2, as measured
+    sae = train_sae(x[:7168], SMALL, tmp_path / "sae", progress=False)
+    metrics = evaluate_sae(sae, x[7168:])
+    assert 3 <= metrics["l0"] <= 12  # target 6
+    assert metrics["explained_variance"] > 0.7
+
+
 def test_topk_has_exactly_k_active(tmp_path):
     sae = train_sae(
         sparse_data(),
