@@ -104,3 +104,12 @@ def test_width_mismatch_and_missing_contexts():
 
     with pytest.raises(CrosslayerError, match="needs token contexts"):
         evaluate_sae(sae, torch.randn(10, D), tiny_model(n_layers=2, d_model=D))
+
+
+def test_empty_evaluation_set_is_a_clear_error():
+    rng = np.random.default_rng(1)
+    sae = jumprelu(
+        rng.normal(size=(D, N)), rng.normal(size=(N, D)), np.zeros(N), np.zeros(D), np.zeros(N)
+    )
+    with pytest.raises(CrosslayerError, match="held-out split is empty"):
+        evaluate_sae(sae, torch.zeros(0, D))

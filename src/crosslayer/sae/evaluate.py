@@ -67,9 +67,13 @@ def evaluate_sae(
             sum_sq += xd.pow(2).sum().item()
             l0_sum += active.sum().item()
             fires += active.sum(0).double().cpu()
-    mean_sq = sum_sq / n
-    total_var = mean_sq - (sum_x / n).pow(2).sum().item()
-    if n == 0 or total_var <= 0:
+    if n == 0:
+        raise CrosslayerError(
+            "there are no evaluation activations (the held-out split is empty)",
+            "collect more documents or raise --heldout-frac",
+        )
+    total_var = sum_sq / n - (sum_x / n).pow(2).sum().item()
+    if total_var <= 0:
         raise CrosslayerError(
             f"the {n} evaluation activations have no variance",
             "evaluate on real, non-constant activations",
