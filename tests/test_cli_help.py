@@ -20,3 +20,10 @@ def test_help_has_an_example(name: str, capsys: pytest.CaptureFixture[str]) -> N
     assert main([name, "--help"]) == 0
     text = capsys.readouterr().out
     assert "Example" in text, f"`crosslayer {name} --help` has no 'Example' line"
+
+
+def test_bad_flag_value_is_a_usage_error_not_a_traceback(capsys: pytest.CaptureFixture[str]):
+    assert main(["run", "--width", "abc", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "Invalid value for '--width'" in err
+    assert "Traceback" not in err

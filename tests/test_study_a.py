@@ -249,6 +249,13 @@ def test_results_file_plots_and_provenance(study: Any) -> None:
         assert blob[:8] == b"\x89PNG\r\n\x1a\n" and len(blob) > 10_000
 
 
+def test_run_ends_with_a_self_contained_report(study: Any) -> None:
+    cfg, results = study
+    html = (Path(cfg.out) / "report.html").read_text()
+    assert html.count('src="data:image/png;base64,') >= len(results["plots"])
+    assert TARGET in html and "http://" not in html.replace("http://www.w3.org", "")
+
+
 def test_depth_sweep_covers_every_resid_post_up_to_the_target(study: Any) -> None:
     cfg, res = study
     d = res["depth_sweep"]

@@ -36,6 +36,27 @@ def _register() -> None:
         importlib.import_module(f"crosslayer.cli.{name}")
 
 
+def _usage_errors() -> tuple[type[Exception], ...]:
+    """Click's usage-error base class; recent typer vendors its own copy of click too."""
+    import click
+
+    classes: list[type[Exception]] = [click.ClickException]
+    try:
+        from typer._click.exceptions import ClickException
+    except ImportError:
+        pass
+    else:
+        classes.append(ClickException)
+    return tuple(classes)
+
+
+def _aborts() -> tuple[type[Exception], ...]:
+    import click
+    import typer
+
+    return (click.Abort, typer.Abort)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
     _register()
@@ -49,15 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except SystemExit as e:
         return int(e.code or 0)
-    except Exception as e:  # click's usage errors and friends
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            return e.exit_code
-        if isinstance(e, click.exceptions.Abort):
-            return 1
-        raise
+    except _usage_errors() as e:  # a bad flag or value: click prints its usage line
+        e.show()  # type: ignore[attr-defined]
+        return int(e.exit_code)  # type: ignore[attr-defined]
+    except _aborts():
+        return 1
     return 0
 
 

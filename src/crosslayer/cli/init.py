@@ -18,7 +18,10 @@ def init_command(
     profile: str = typer.Option("default", "--profile", help="default or quick"),
     force: bool = typer.Option(False, "--force", help="overwrite an existing file"),
 ) -> None:
-    """Write every config key of a profile, each with its meaning, to PATH."""
+    """Write every config key of a profile, each with its meaning, to PATH.
+
+    Example: crosslayer init my_run.yaml --profile quick && crosslayer run --config my_run.yaml
+    """
     from crosslayer import fs
     from crosslayer.config import PROFILES, example_config
 

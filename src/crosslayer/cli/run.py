@@ -67,6 +67,8 @@ def run_command(
     blocks.20.hook_resid_post --sae gemma-scope-2b-pt-res-canonical/layer_20/width_16k/canonical
 
     Rerunning the same command resumes: finished stages in the run directory are reused.
+
+    Example: crosslayer run --profile quick --out runs/quick
     """
     import yaml
 
@@ -107,3 +109,4 @@ def run_command(
         f"results: {out_dir / 'results.json'}; plots: {', '.join(results['plots'])} "
         f"({results['timings']['total']:.0f} s)"
     )
+    console.print(f"report: {out_dir / 'report.html'}")

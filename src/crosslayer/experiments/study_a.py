@@ -944,6 +944,12 @@ def run_study_a(
     with run.stage("plots", "writing plots"):
         results["plots"] = write_plots(results, run.out)
     fs.atomic_write_json(run.out / "results.json", results)
+
+    # The report reads results.json and the run directory, so it comes last.
+    from crosslayer.report import write_report
+
+    with run.stage("report", "writing report.html"):
+        write_report(run.out, model=lm)
     return dict(results)
 
 
