@@ -89,3 +89,14 @@ def test_verify_names_damaged_and_missing_files(tiny_dir, reference, tmp_path, c
     shutil.rmtree(out / "shard_00003")
     assert main(collect_args(tiny_dir, out, N, *SHARDS)) == 0
     assert store_files(out) == store_files(reference[0])
+
+
+def test_killed_while_writing_the_first_manifest_then_rerun(tiny_dir, reference, tmp_path):
+    """Only a half-written manifest temp file exists: the rerun starts cleanly."""
+    ref, _ = reference
+    out = tmp_path / "killed"
+    out.mkdir()
+    (out / ".manifest.json.tmp-deadbeef").write_text('{"config_ha')
+    assert main(collect_args(tiny_dir, out, N, *SHARDS)) == 0
+    assert not list(out.glob(".*tmp*"))
+    assert store_files(out) == store_files(ref)

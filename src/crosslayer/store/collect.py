@@ -187,6 +187,13 @@ def _open_or_start(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     The manifest (with the config hash) is written before any work, so a store made with
     another config is detected at once and never mixed into.
     """
+    # A run killed mid-write leaves hidden temporaries: a shard directory or the manifest's
+    # temp file (even the very first manifest's). Neither is part of the store.
+    for orphan in path.glob(".*.tmp-*") if path.is_dir() else ():
+        if orphan.is_dir():
+            shutil.rmtree(orphan, ignore_errors=True)
+        else:
+            orphan.unlink(missing_ok=True)
     if (path / MANIFEST).is_file():
         old = read_manifest(path)
         if old.get("config_hash") != manifest["config_hash"]:
@@ -200,8 +207,6 @@ def _open_or_start(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
                 f"(differs in: {', '.join(differs) or 'format'})",
                 "use another --out directory, or delete this one to start over",
             )
-        for orphan in path.glob(".shard_*.tmp-*"):  # left by a killed run mid-write
-            shutil.rmtree(orphan, ignore_errors=True)
         return old
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise CrosslayerError(
