@@ -14,20 +14,11 @@ import signal
 from pathlib import Path
 
 import pytest
-import torch
 
 from crosslayer.cli import main
 from tests.cli_helpers import collect_args as _args
 from tests.cli_helpers import spawn_cli as _cli
 from tests.cli_helpers import store_files as _files
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _limit_file_size():  # runs in the child: writes beyond 150 kB fail with EFBIG

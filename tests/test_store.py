@@ -20,15 +20,6 @@ N, SHARD = 3000, 700  # 5 shards, the last one trimmed to 200 tokens
 SETTINGS = dict(context_len=32, heldout_frac=0.3, seed=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared CPU, OpenMP spin-waiting makes tiny models 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def lm():
     return tiny_model()
