@@ -42,11 +42,27 @@ def random_jumprelu(y: np.ndarray, yv: np.ndarray, m: int, seed: int = 0):
     )
 
 
+def sae_features(spec: str, y: np.ndarray, yv: np.ndarray, m: int):
+    """The ``m`` densest alive features of a trained SAE on the target activations."""
+    import torch
+
+    from crosslayer.sae import load_sae
+
+    sae = load_sae(spec, device="cpu")
+    with torch.no_grad():
+        f, fv = (sae.encode(torch.from_numpy(a)).numpy() for a in (y, yv))
+    density = (f > 0).mean(0)
+    keep = np.argsort(-density)[:m]
+    keep = keep[density[keep] > 0]
+    return f[:, keep], fv[:, keep]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--store")
     p.add_argument("--source", default="hook_embed")
     p.add_argument("--target", default="blocks.12.hook_resid_post")
+    p.add_argument("--sae", help="a trained SAE (e.g. a run's saes/baseline): its real features")
     p.add_argument("--n-features", type=int, default=512)
     p.add_argument("--n-sklearn", type=int, default=8, help="features for the sklearn loop")
     p.add_argument("--write", action="store_true")
@@ -59,15 +75,18 @@ def main() -> None:
         from benchmarks.bench_transcoder import synthetic
 
         x, y, xv, yv = synthetic(37_000, 4000)
-    f, fv = random_jumprelu(y, yv, a.n_features)
+    if a.sae:
+        f, fv = sae_features(a.sae, y, yv, a.n_features)
+    else:
+        f, fv = random_jumprelu(y, yv, a.n_features)
 
     t = time.perf_counter()
     probes = FeatureProbes().fit(x, f)
     res = probes.evaluate(xv, fv)
-    t_ours = (time.perf_counter() - t) / a.n_features
+    t_ours = (time.perf_counter() - t) / f.shape[1]
     print(f"crosslayer: {t_ours * 1e3:.1f} ms/feature", res.summary(), flush=True)
 
-    picks = np.linspace(0, a.n_features - 1, a.n_sklearn).round().astype(int)
+    picks = np.linspace(0, f.shape[1] - 1, a.n_sklearn).round().astype(int)
     sk_time, sk_bacc, sk_auc = [], [], []
     for j in picks:
         t = time.perf_counter()
@@ -89,15 +108,19 @@ def main() -> None:
                 f"Command: `python -m benchmarks.bench_probes {' '.join(sys.argv[1:])}`",
                 "",
                 f"Data: {src}; X = `{a.source}`, {len(x):,} train / {len(xv):,} held-out tokens, "
-                f"d = {x.shape[1]}; {a.n_features} features from a random JumpReLU encoder on "
-                f"`{a.target}` (densities 0.2 %–10 %; no trained SAE can be downloaded here). "
-                f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at the end "
+                f"d = {x.shape[1]}; {f.shape[1]} features: "
+                + (
+                    f"the densest alive features of the trained SAE `{a.sae}`. "
+                    if a.sae
+                    else f"a random JumpReLU encoder on `{a.target}` (densities 0.2 %–10 %). "
+                )
+                + f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at the end "
                 "(shared machine: timings are noisy).",
                 "",
                 "| method | time per feature | features |",
                 "|---|---|---|",
                 f"| crosslayer FeatureProbes (ridge + logistic, fit + held-out eval) | "
-                f"{t_ours * 1e3:.1f} ms | {a.n_features} |",
+                f"{t_ours * 1e3:.1f} ms | {f.shape[1]} |",
                 f"| sklearn LogisticRegression(class_weight='balanced') per feature, raw X | "
                 f"{t_sk * 1e3:.0f} ms | {a.n_sklearn} |",
                 "",
@@ -108,7 +131,7 @@ def main() -> None:
                 f"balanced accuracy mean {d_bacc.mean():+.4f}, max |Δ| {np.abs(d_bacc).max():.4f}; "
                 f"AUROC mean {d_auc.mean():+.4f}, max |Δ| {np.abs(d_auc).max():.4f}.",
                 "",
-                f"All {a.n_features} features, held-out: {res.summary()}",
+                f"All {f.shape[1]} features, held-out: {res.summary()}",
             ]
         )
         + "\n"
