@@ -119,3 +119,27 @@ def test_evaluate_checks_feature_count(fitted):
     *_, xh, fh, probes, _ = fitted
     with pytest.raises(CrosslayerError, match="features"):
         probes.evaluate(xh, fh[:, :5])
+
+
+def test_repeated_rows_are_merged_exactly_like_token_embeddings():
+    """X with few distinct rows (as hook_embed: one row per vocabulary entry) is fitted on its
+    distinct rows with class counts; the probes must equal sklearn on every token."""
+    rng = np.random.default_rng(5)
+    vocab = rng.normal(size=(40, D)) * np.linspace(0.5, 8, D) + 5
+    ids, ids_h = rng.integers(0, 40, size=N), rng.integers(0, 40, size=600)
+    x, xh = vocab[ids], vocab[ids_h]
+    f, fh = _features(x, 6), _features(xh, 7)
+    probes = FeatureProbes(alpha=1e-3, C=0.5, max_iter=200).fit(x, f)
+    res = probes.evaluate(xh, fh)
+    xs = StandardScaler().fit_transform(x)
+    merged = 0
+    for j in range(M):
+        y = f[:, j] > 0
+        if not 0 < y.sum() < N:
+            continue
+        merged += 1
+        logit = LogisticRegression(C=0.5, class_weight="balanced", max_iter=5000, tol=1e-8)
+        logit.fit(xs, y)
+        np.testing.assert_allclose(probes.logit_coef_[j], logit.coef_[0], atol=0.02)
+        assert probes.logit_intercept_[j] == pytest.approx(logit.intercept_[0], abs=0.02)
+    assert merged >= M // 2 and np.isfinite(res.auroc).sum() >= merged - 2
