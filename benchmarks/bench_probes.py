@@ -66,6 +66,7 @@ def main() -> None:
     p.add_argument("--n-features", type=int, default=512)
     p.add_argument("--n-sklearn", type=int, default=8, help="features for the sklearn loop")
     p.add_argument("--write", action="store_true")
+    p.add_argument("--results", default=RESULTS.name, help="file name under results/")
     a = p.parse_args()
     if a.store:
         from benchmarks.bench_transcoder import from_store
@@ -80,6 +81,9 @@ def main() -> None:
     else:
         f, fv = random_jumprelu(y, yv, a.n_features)
 
+    # FeatureProbes fits the logistic loss on distinct rows of X with their counts (exact):
+    # token embeddings repeat, residual streams do not. Say which case this run measured.
+    n_distinct = len(np.unique(x, axis=0))
     t = time.perf_counter()
     probes = FeatureProbes().fit(x, f)
     res = probes.evaluate(xv, fv)
@@ -99,6 +103,11 @@ def main() -> None:
     t_sk = float(np.mean(sk_time))
     d_bacc = res.balanced_accuracy[picks] - np.array(sk_bacc)
     d_auc = res.auroc[picks] - np.array(sk_auc)
+    merged = (
+        "merged with their counts by FeatureProbes"
+        if n_distinct <= 0.8 * len(x)
+        else "too few repeats to merge: the general path"
+    )
     src = f"store `{a.store}`" if a.store else "SYNTHETIC Gemma-like activations"
     text = (
         "\n".join(
@@ -108,7 +117,9 @@ def main() -> None:
                 f"Command: `python -m benchmarks.bench_probes {' '.join(sys.argv[1:])}`",
                 "",
                 f"Data: {src}; X = `{a.source}`, {len(x):,} train / {len(xv):,} held-out tokens, "
-                f"d = {x.shape[1]}; {f.shape[1]} features: "
+                f"d = {x.shape[1]}, {n_distinct:,} distinct train rows of X "
+                f"({merged}); "
+                f"{f.shape[1]} features: "
                 + (
                     f"the densest alive features of the trained SAE `{a.sae}`. "
                     if a.sae
@@ -138,7 +149,7 @@ def main() -> None:
     )
     print(text)
     if a.write:
-        RESULTS.write_text(text)
+        (RESULTS.parent / a.results).write_text(text)
 
 
 if __name__ == "__main__":
