@@ -8,14 +8,18 @@ library code calls them unconditionally.
 
 The work is split by shard: rank ``r`` of ``w`` takes the shards ``k`` with
 ``k % w == r`` (:func:`my_shards`). Shards are pure functions of the config and ``k``
-(``docs/store_format.md``), so the result does not depend on ``w``.
+(``docs/store_format.md``), so the result does not depend on ``w``. SAE training splits
+each step's batch instead (:func:`split_rows`) and sums weighted gradients
+(:class:`GradientSum`); see ``crosslayer.sae.train``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -202,3 +206,95 @@ def fit_transcoder_on_store(
             stats.update(batch[source], batch[target])
         all_reduce_stats(stats)
     return tc.finalize()
+
+
+def split_rows(x: torch.Tensor) -> torch.Tensor:
+    """This rank's rows of a global batch: ``torch.tensor_split`` into ``world_size`` contiguous
+    blocks (sizes differ by at most one), block ``rank``; the whole batch for one process."""
+    if not active():
+        return x
+    return torch.tensor_split(x, world_size())[rank()]
+
+
+def row_share(n_rows: int) -> float:
+    """The fraction of a global batch of ``n_rows`` that :func:`split_rows` gives this rank."""
+    size = world_size()
+    return (n_rows // size + (1 if rank() < n_rows % size else 0)) / n_rows
+
+
+class GradientSum:
+    """Gradient hooks that replace each parameter's ``.grad`` by ``Σ_ranks weight x grad``.
+
+    With ``weight`` = this rank's share of the global batch (:func:`row_share`) and a loss
+    that is a mean over rows, the result is the gradient of the mean over the whole global
+    batch, i.e. what a single process computes, up to float summation order.
+
+    Why hooks and not DistributedDataParallel: DDP synchronises gradients that flow through
+    its wrapper's ``forward``, but sae-lens's ``SAETrainer`` calls the SAE's own
+    ``training_forward_pass``, so DDP would see nothing. A post-accumulate-grad hook fires
+    inside ``loss.backward()``, before the trainer clips the gradient norm and steps Adam,
+    however the loss was computed. The hooks only count; once every parameter's gradient
+    has been accumulated, the last one reduces them all in one flat ``all_reduce``, so the
+    order in which autograd reaches the parameters (and the number of collectives) does not
+    matter. A no-op for a single process. Use as a context manager (hooks removed on exit).
+    """
+
+    def __init__(self, params: Iterable[torch.nn.Parameter], weight: float) -> None:
+        self.params = [p for p in params if p.requires_grad]
+        self.weight = weight
+        self.pending = 0  # parameters whose gradient arrived since the last reduction
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> GradientSum:
+        if active():
+            self._handles = [
+                p.register_post_accumulate_grad_hook(self._arrived) for p in self.params
+            ]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _arrived(self, _: torch.Tensor) -> None:
+        self.pending += 1
+        if self.pending == len(self.params):
+            self.pending = 0
+            self._reduce()
+
+    @torch.no_grad()
+    def _reduce(self) -> None:
+        grads = [p.grad for p in self.params if p.grad is not None]
+        # at least float32: bf16 parameters would otherwise be summed in bf16
+        dtype = functools.reduce(torch.promote_types, (g.dtype for g in grads), torch.float32)
+        flat = torch.cat([g.reshape(-1).to(dtype) for g in grads]) * self.weight
+        dist.all_reduce(flat)
+        for g, part in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+            g.copy_(part.view_as(g))
+
+    def check(self) -> None:
+        """Raise if a backward pass left some parameters without a gradient (so nothing was
+        reduced): the ranks' gradients would then differ."""
+        if self.pending:
+            raise CrosslayerError(
+                f"only {self.pending} of {len(self.params)} parameters received a gradient",
+                "every trainable parameter must take part in the loss under torchrun",
+            )
+
+
+def check_same_on_all_ranks(tensors: Iterable[torch.Tensor], what: str) -> None:
+    """Collective: raise unless ``tensors`` are bitwise identical on every rank (replicas that
+    drifted apart would otherwise go unnoticed: only rank 0's copy is saved)."""
+    if not active():
+        return
+    digest = hashlib.sha256()
+    for t in tensors:
+        digest.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    digests = all_gather_object(digest.hexdigest())
+    if len(set(digests)) > 1:
+        bad = [r for r, d in enumerate(digests) if d != digests[0]]
+        raise CrosslayerError(
+            f"{what} differs between rank 0 and rank(s) {bad}",
+            "this is a bug: train without torchrun and report it",
+        )

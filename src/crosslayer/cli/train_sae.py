@@ -36,7 +36,13 @@ def train_sae_command(
 
     Example: crosslayer train-sae --store runs/demo --hook blocks.12.hook_resid_post
     --width 4096 --arch jumprelu --target-l0 64
+
+    Data parallel over N processes (GPUs, or CPU processes), same result up to float
+    rounding; each step's batch is split across them:
+
+        torchrun --nproc-per-node N -m crosslayer train-sae ...
     """
+    from crosslayer import distributed
     from crosslayer.errors import CrosslayerError
     from crosslayer.sae import train_sae
     from crosslayer.store import open_store
@@ -56,7 +62,10 @@ def train_sae_command(
         "seed": seed,
         "device": device,
     }
-    sae = train_sae(acts, cfg, out, hook=hook, overwrite=overwrite, progress=progress)
+    with distributed.session():
+        sae = train_sae(acts, cfg, out, hook=hook, overwrite=overwrite, progress=progress)
+        if distributed.rank() != 0:  # rank 0 reports for all
+            return
     meta = sae.cfg.metadata
     console.print(
         f"saved {out}  (d_in {sae.cfg.d_in}, {sae.cfg.d_sae} latents, "

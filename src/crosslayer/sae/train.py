@@ -16,6 +16,14 @@ Two additions for short (CPU) runs, both tuned on Gemma 3 270M residuals (trials
 file): ``b_dec`` starts at the mean activation (``init_b_dec``), and the JumpReLU threshold
 has its own Adam learning rate (``jumprelu_threshold_lr_scale``). Without them L0 overshot
 the target many times over.
+
+Under ``torchrun`` (a process group is active) training is data parallel: every rank reads
+the same seeded stream, takes its block of each global batch, and the gradients are summed
+over ranks, weighted by each rank's share of the rows (``distributed.GradientSum``), before
+the trainer clips and steps; the firing counters are summed too. Every sae-lens loss we use
+is a mean over rows of per-row terms (MSE, the JumpReLU L0 penalty, quadratic or not, and
+the TopK auxiliary loss), so this is the single-process gradient up to summation order.
+Rank 0 writes checkpoints and the SAE; every rank returns the SAE it wrote.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from crosslayer import distributed
 from crosslayer.device import resolve_device
 from crosslayer.errors import ConfigMismatchError, CrosslayerError
 from crosslayer.fs import atomic_dir, atomic_write_json
@@ -96,6 +105,11 @@ def _check(cfg: SAETrainConfig, d_in: int) -> None:
         raise CrosslayerError(
             "jumprelu_threshold_lr_scale must be positive", "use e.g. 10 (the default)"
         )
+    if cfg.batch_size < distributed.world_size():
+        raise CrosslayerError(
+            f"batch_size {cfg.batch_size} is less than the {distributed.world_size()} processes",
+            "raise batch_size or start fewer processes (torchrun --nproc-per-node)",
+        )
     if cfg.n_tokens is not None and cfg.n_tokens < cfg.batch_size:
         raise CrosslayerError(
             f"n_tokens {cfg.n_tokens} is less than one batch",
@@ -157,6 +171,10 @@ def train_sae(
     returning a fresh iterator (streamed every epoch). ``hook`` is recorded as the SAE's hook
     name (for a store it also selects the activations). Checkpoints go to ``{out}.ckpt/`` and
     a rerun of the same call resumes from the last one. Returns the trained sae-lens SAE.
+
+    Under ``torchrun`` every rank calls this with the same arguments and gets the same SAE,
+    equal to a single process's up to float32 summation order (module docstring); the
+    ranks must share the file system of ``out``.
     """
     from sae_lens import SAE
     from sae_lens.config import SAETrainerConfig
@@ -210,28 +228,80 @@ def train_sae(
     stream = batches(source, cfg.batch_size, seed=cfg.seed, buffer_tokens=cfg.shuffle_buffer)
     ckpt = Path(f"{out}.ckpt")
     served = _resume(ckpt, run_hash, sae, trainer) if resume else 0
-    if resume and served == 0 and ckpt.exists():
-        shutil.rmtree(ckpt)
+    if resume and served == 0 and ckpt.exists() and distributed.rank() == 0:
+        shutil.rmtree(ckpt)  # nothing usable in it (every rank found no position.json)
     for _ in range(served):  # replay the seeded stream up to where the checkpoint was taken
         next(stream)
     if served == 0:
         _init_from_data(cfg, source, sae, trainer, steps)
 
     every = max(1, steps // (cfg.n_checkpoints + 1)) if cfg.n_checkpoints else steps + 1
-    with _Progress(progress, steps, trainer.n_training_steps) as bar:
+    grads = distributed.GradientSum(sae.parameters(), distributed.row_share(cfg.batch_size))
+    show = progress and distributed.rank() == 0
+    with grads, _Progress(show, steps, trainer.n_training_steps) as bar:
         while trainer.n_training_steps < steps:
             trainer.maybe_reset_sparsity()
-            output = trainer.step(next(stream))
+            output = _step(trainer, next(stream), grads)
             served += 1
             trainer.n_training_steps += 1
             bar.update(trainer, output)
             if trainer.n_training_steps % every == 0 and trainer.n_training_steps < steps:
-                _checkpoint(ckpt, run_hash, served, sae, trainer)
+                _on_rank_0(_checkpoint, ckpt, run_hash, served, sae, trainer)
 
+    distributed.check_same_on_all_ranks(sae.state_dict().values(), "the trained SAE")
     if trainer.activation_scaler.scaling_factor is not None:
         sae.fold_activation_norm_scaling_factor(trainer.activation_scaler.scaling_factor)
     trainer.set_final_sae_metadata()
     sae.cfg.metadata.training_tokens = trainer.n_training_samples
+    _on_rank_0(_save, out, ckpt, cfg, run_hash, source, steps, sae, trainer)
+    return SAE.load_from_disk(out, device=str(device))
+
+
+def _step(trainer: Any, batch: torch.Tensor, grads: distributed.GradientSum) -> Any:
+    """One training step on a global batch: under torchrun on this rank's rows, with the
+    gradients summed by ``grads``'s hooks, then the trainer's counters made global."""
+    if not distributed.active():
+        return trainer.step(batch)
+    samples, freq = trainer.n_training_samples, trainer.act_freq_scores.clone()
+    since_fired = trainer.n_forward_passes_since_fired.clone()
+    output = trainer.step(distributed.split_rows(batch))
+    grads.check()
+    # The trainer counted this rank's rows only: firing counts add up over ranks (integers
+    # in float32, so exactly), and a latent fired this step if it fired on any rank. One
+    # all_reduce carries both. n_frac_active_samples already counts the global batch.
+    fired_here = (trainer.n_forward_passes_since_fired == 0).to(freq.dtype)
+    total = distributed.all_reduce_sum(torch.cat([trainer.act_freq_scores - freq, fired_here]))
+    counts, fired = total.to(freq.dtype).split(freq.numel())
+    trainer.act_freq_scores = freq + counts
+    trainer.n_forward_passes_since_fired = torch.where(fired > 0, 0.0, since_fired + 1)
+    trainer.n_training_samples = samples + batch.shape[0]
+    return output
+
+
+def _on_rank_0(write: Any, *args: Any) -> None:
+    """Run ``write(*args)`` on rank 0 only; every rank then raises if it failed (a full disk on
+    rank 0 ends all ranks instead of leaving them waiting). Plain call for one process."""
+    error: BaseException | None = None
+    if distributed.rank() == 0:
+        try:
+            write(*args)
+        except Exception as e:  # re-raised on rank 0, reported by the others
+            error = e
+    distributed.raise_if_any_failed(error)
+
+
+def _save(
+    out: Path,
+    ckpt: Path,
+    cfg: SAETrainConfig,
+    run_hash: str,
+    source: Source,
+    steps: int,
+    sae: Any,
+    trainer: Any,
+) -> None:
+    """Write the finished SAE (sae-lens inference format + sparsity + training.json)
+    atomically, then remove the checkpoints."""
     with atomic_dir(out) as tmp:
         sae.save_inference_model(tmp)
         from safetensors.torch import save_file
@@ -248,12 +318,11 @@ def train_sae(
                 "steps": steps,
                 "tokens": trainer.n_training_samples,
                 "final": {"l0": sae.cfg.metadata.l0, "dead": sae.cfg.metadata.num_dead_features},
+                "processes": distributed.world_size(),
                 "versions": versions(),
             },
         )
     shutil.rmtree(ckpt, ignore_errors=True)
-    loaded = SAE.load_from_disk(out, device=str(device))
-    return loaded
 
 
 @torch.no_grad()
@@ -261,11 +330,12 @@ def _init_from_data(
     cfg: SAETrainConfig, source: Source, sae: Any, trainer: Any, steps: int
 ) -> None:
     """Norm-scaling estimate and decoder-bias init, from a separately seeded stream (so they
-    do not eat training batches). ``b_dec`` starts at the mean of the (scaled) activations:
-    residual streams carry a large constant offset (on Gemma 3 270M's blocks.12.hook_resid_post
-    the mean is 85% of E|x|^2, nearly all in one dimension) that a zero-initialised bias,
-    moving by about lr per step, cannot learn in a short run; the latents then learn it
-    instead, all firing on every token."""
+    do not eat training batches; under torchrun every rank computes them on the same whole
+    sample, so they agree without communication). ``b_dec`` starts at the mean of the
+    (scaled) activations: residual streams carry a large constant offset (on Gemma 3 270M's
+    blocks.12.hook_resid_post the mean is 85% of E|x|^2, nearly all in one dimension) that a
+    zero-initialised bias, moving by about lr per step, cannot learn in a short run; the
+    latents then learn it instead, all firing on every token."""
     n = min(cfg.n_batches_for_norm_estimate, steps)
     stream = batches(source, cfg.batch_size, seed=cfg.seed + 1, buffer_tokens=cfg.shuffle_buffer)
     sample = [next(stream) for _ in range(n)]
