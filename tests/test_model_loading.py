@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 from crosslayer.device import resolve_device
 from crosslayer.errors import CrosslayerError
 from crosslayer.model import LoadedModel, cache_root, load_model, tiny_model, tiny_tokenizer
-from crosslayer.model.loading import _gguf_cache_dir
+from crosslayer.model.loading import gguf_cache_dir
 
 IDS = torch.tensor([[2, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49]])
 
@@ -117,13 +117,13 @@ def test_gguf_cache_dir_is_keyed_by_the_file(
     assert cache_root() == tmp_path / "cache"
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"a" * 10)
-    first = _gguf_cache_dir(gguf)
+    first = gguf_cache_dir(gguf)
     assert first.parent == tmp_path / "cache" / "models" and first.name.startswith("m-")
-    assert _gguf_cache_dir(gguf) == first
+    assert gguf_cache_dir(gguf) == first
     os.utime(gguf, ns=(0, 10**9))  # same size, different mtime: a different file
-    assert _gguf_cache_dir(gguf) != first
+    assert gguf_cache_dir(gguf) != first
     gguf.write_bytes(b"b" * 11)
-    assert _gguf_cache_dir(gguf) != first
+    assert gguf_cache_dir(gguf) != first
 
 
 # --- the real Gemma 3 270M (dequantised once into the user cache, then loaded from it) --------

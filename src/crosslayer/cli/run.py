@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from crosslayer.cli.app import app, console
+from crosslayer.cli.app import app, console, console_err
 
 
 def _prune(d: dict[str, Any]) -> dict[str, Any]:
@@ -21,6 +21,34 @@ def _prune(d: dict[str, Any]) -> dict[str, Any]:
         elif v is not None:
             out[k] = v
     return out
+
+
+def _print_dry_run(cfg: Any) -> None:
+    """The resolved config as YAML, then the plan as YAML comments: the output stays a config
+    file (``crosslayer run --dry-run > my.yaml``) and the plan is still read on the terminal."""
+    from io import StringIO
+
+    import yaml
+    from rich.console import Console
+
+    from crosslayer.errors import CrosslayerError
+    from crosslayer.experiments.study_a import default_out
+    from crosslayer.plan import plan_run
+
+    console.print(
+        yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="", markup=False
+    )
+    console.print(f"# run directory: {cfg.out or default_out(cfg)}  (config {cfg.hash()})")
+    try:
+        plan = plan_run(cfg)
+    except CrosslayerError as e:  # the config itself is fine; say why there is no plan
+        console.print(f"# no plan: {e}", markup=False, highlight=False, soft_wrap=True)
+        console_err.print(f"warning: no plan: {e}", markup=False, highlight=False)
+        return
+    buf = StringIO()
+    Console(file=buf, width=max(console.width, 100) - 2, color_system=None).print(plan.table())
+    text = "".join(f"# {line}".rstrip() + "\n" for line in buf.getvalue().splitlines())
+    console.print(text + f"# {plan.summary()}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command("run")
@@ -56,7 +84,11 @@ def run_command(
     set_: list[str] = typer.Option(
         [], "--set", help="any other config key, dotted: --set probes.max_features=500"
     ),
-    dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved config and stop"),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="print the resolved config and the plan (tokens, disk, memory, time); run nothing",
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress"),
 ) -> None:
     """Run study A: how much of a late layer and of its SAE features the early layer predicts.
@@ -70,7 +102,6 @@ def run_command(
 
     Example: crosslayer run --profile quick --out runs/quick
     """
-    import yaml
 
     from crosslayer.config import build_config, deep_merge, parse_set
 
@@ -90,10 +121,7 @@ def run_command(
     )
     cfg = build_config(profile, config, deep_merge(flags, parse_set(set_)))
     if dry_run:
-        from crosslayer.experiments.study_a import default_out
-
-        console.print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
-        console.print(f"# run directory: {cfg.out or default_out(cfg)}  (config {cfg.hash()})")
+        _print_dry_run(cfg)
         return
     if not progress:
         from transformers.utils import logging as hf_logging

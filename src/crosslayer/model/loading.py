@@ -180,7 +180,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _gguf_cache_dir(gguf: Path) -> Path:
+def gguf_cache_dir(gguf: Path) -> Path:
     """Cache directory for one GGUF file, keyed by its name, size and mtime (cheap to check)."""
     st = gguf.stat()
     key = f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}|{_CACHE_FORMAT}"
@@ -283,7 +283,7 @@ def load_model(
     weights: str
     if kind == "gguf":
         gguf = Path(source)
-        cached = _gguf_cache_dir(gguf)
+        cached = gguf_cache_dir(gguf)
         if not (cached / "crosslayer_source.json").is_file():
             _dequantise_to_cache(gguf, cached)
         tokenizer = _cached_tokenizer(cached)

@@ -1,0 +1,644 @@
+"""What a ``crosslayer run`` will cost, before it runs: tokens, hooks, disk, memory and time.
+
+>>> from crosslayer.config import profile_config
+>>> plan = plan_run(profile_config("quick"))
+>>> print(plan.summary())   # plan: 24,000 tokens, hooks ...; disk ...; estimated time ~...
+
+:func:`plan_run` reads the model's shape without its weights (:mod:`crosslayer.model.shape`),
+reads no corpus, and measures this machine's matmul throughput for 0.3 s. Everything else is
+arithmetic on the config, stage by stage as :func:`crosslayer.experiments.study_a.run_study_a`
+runs them:
+
+* **tokens**: collected (the held-out share is ``data.heldout_frac`` of them; the split is by
+  document, so the real one differs a little), and what each stage processes;
+* **disk**: exact ``.npy`` sizes of both stores (``docs/store_format.md``), the SAE files, the
+  stage and report files (fitted sizes), and the model cache if it is not built yet;
+* **memory**: the peak resident size, as the sum of its main terms (see :func:`_memory`);
+* **time**: FLOPs of each stage divided by the measured GFLOP/s times an efficiency factor
+  calibrated on the measured runs of ``benchmarks/results/study_a.md``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, cast
+
+from crosslayer.config import RunConfig
+from crosslayer.errors import CrosslayerError
+from crosslayer.model.shape import ModelInfo, model_info
+
+# --------------------------------------------------------------------------------------------
+# calibration
+#
+# Efficiency = (stage FLOPs / stage seconds) / matmul peak, from the default profile's stage
+# timings on the quiet 2-core box (benchmarks/results/study_a.md, "Default profile": the
+# `timings` of that run's results.json, 444 s wall) divided by the fp32 matmul peak
+# measured on that box the same day (300.8 GFLOP/s, benchmarks/results/collect.md). The FLOP
+# counts are those of the functions below for that config (80,000 tokens, d 640, width 2,048).
+
+BENCH_PEAK_GFLOPS = 300.8
+
+EFFICIENCY = {
+    # forward through 13 blocks, 80,000 tokens in 78.6 s, after taking off the store write
+    # (fitted jointly with the sweep store, below); bench_collect's own figure, writes
+    # included, is 0.48 through 9 blocks
+    "collect": 0.53,
+    # X'X and X'Y in float64 plus two predictions of every token (2.7 s)
+    "transcoder": 0.30,
+    # the study's nn.Linear + Adam, batch 256 (7.3 s)
+    "transcoder_adam": 0.37,
+    # MLP transcoder, 5 epochs (18.5 s)
+    "transcoder_mlp": 0.26,
+    # sae-lens SAETrainer, TopK, batch 512 (33.5 s and 38.8 s, less SAE_WARMUP_S)
+    "sae": 0.30,
+    # L-BFGS logistic + ridge probes (84.8 s and 101.5 s, less PROBE_S_PER_FEATURE x features)
+    "probes": 0.22,
+    # one pass of float64 statistics over the sweep store (8.2 s)
+    "depth_sweep": 0.14,
+}
+# The store write (np.save + sha256 of every file): 100 MB/s, from the two collections of the
+# default run (411 MB main store in 78.6 s, 1,076 MB sweep store in 38.7 s) solved together
+# with the collect efficiency above.
+WRITE_BYTES_PER_S = 100e6
+# Model load: 6.5 s per GB of weights (cached Gemma 3 270M, 1.07 GB: "load" 8.1 s default,
+# 7.5 s quick, including the split plan that tokenises the corpus: ~1e-5 s per token).
+LOAD_S_PER_GB, TOKENISE_S_PER_TOKEN = 6.5, 1e-5
+# First load of a GGUF: dequantise and cache; 50 s for Gemma 3 270M on a less busy box
+# (benchmarks/results/model_load.md; 144 s on a busy one).
+DEQUANTISE_S_PER_PARAM = 50.0 / 268e6
+# Plots, report.html and imports: wall minus in-run total, 20 s default (3,445 alive
+# features), 8.5 s quick (1,336): 5 s + 3 ms per alive feature.
+REPORT_S, REPORT_S_PER_FEATURE = 5.0, 3e-3
+# Costs that do not scale with FLOPs, read off a tiny run (d 64, where FLOPs are nil): the
+# first SAE pays ~2.5 s of one-time set-up (sae-lens imports, trainer); the probe stage pays
+# ~10 ms per feature (token-determinedness, contexts, the study's sklearn protocol, L-BFGS
+# bookkeeping) -- with it, the quick profile's probes come out 52 s against 73 s measured
+# on a busy box, without it 45 s.
+SAE_WARMUP_S, PROBE_S_PER_FEATURE = 2.5, 0.01
+# Alive features are unknown before training: 75% of the latents is the mean of the four
+# measured SAEs (default 1,750 and 1,695 of 2,048; quick 721 and 615 of 1,024).
+ALIVE_FRACTION = 0.75
+
+# store and SAE constants (docs/store_format.md; crosslayer.sae.train.SAETrainConfig)
+SHARD_TOKENS = 16384  # crosslayer.store.collect's default, which study A uses
+NPY_HEADER = 128  # bytes of a .npy format-1.0 header for these shapes
+SHUFFLE_BUFFER = 2**17
+FEATURE_CHUNK = 512  # crosslayer.probes.FeatureProbes(feature_chunk=512)
+
+
+# --------------------------------------------------------------------------------------------
+# the plan
+
+
+@dataclass
+class StagePlan:
+    """One stage of the run: what it processes, writes, computes and how long it should take."""
+
+    name: str
+    what: str
+    tokens: int  # tokens the stage processes (SAE training: epochs x train tokens)
+    disk_bytes: int  # bytes it leaves on disk
+    flops: float
+    seconds: float
+    hooks: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunPlan:
+    """The plan of one ``crosslayer run``; :meth:`table` and :meth:`summary` print it."""
+
+    model: str
+    shape: dict[str, Any]
+    shape_source: str
+    params: int
+    model_cached: bool
+    device: str
+    gflops: float
+    gflops_source: str
+    source: str
+    target: str
+    hooks: list[str]
+    sweep_hooks: list[str]
+    n_tokens: int
+    n_train: int
+    n_heldout: int
+    n_sweep: int
+    sae_training_tokens: int  # per SAE: epochs x train tokens
+    stages: list[StagePlan]
+    memory_terms: dict[str, int]
+    peak_memory_bytes: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def disk_bytes(self) -> int:
+        return sum(s.disk_bytes for s in self.stages)
+
+    @property
+    def seconds(self) -> float:
+        return sum(s.seconds for s in self.stages)
+
+    @property
+    def flops(self) -> float:
+        return sum(s.flops for s in self.stages)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form, totals included."""
+        out = asdict(self)
+        out |= {"disk_bytes": self.disk_bytes, "seconds": self.seconds, "flops": self.flops}
+        return out
+
+    def summary(self) -> str:
+        """The one-line total."""
+        extra = [h for h in self.sweep_hooks if h not in self.hooks]
+        sweep = f" (+ {len(extra)} sweep hooks)" if extra else ""
+        return (
+            f"plan: {self.n_tokens:,} tokens, hooks {' + '.join(self.hooks)}{sweep}; "
+            f"disk {_gb(self.disk_bytes)}; peak memory ~{_gb(self.peak_memory_bytes)}; "
+            f"estimated time ~{_duration(self.seconds)} on {self.device} "
+            f"({'measured' if self.gflops_source.startswith('measured') else 'at'} "
+            f"{self.gflops:,.0f} GFLOP/s)"
+        )
+
+    def table(self) -> Any:
+        """A rich table: one row per stage, then the total."""
+        from rich.table import Table
+
+        table = Table(
+            title=f"Plan: {self.model} ({self.params / 1e6:,.0f}M params, d_model "
+            f"{self.shape['d_model']}, {self.shape['n_layers']} blocks), {self.source} → "
+            f"{self.target}",
+            caption=self._caption(),
+            caption_justify="left",
+        )
+        for name, justify in (
+            ("stage", "left"),
+            ("tokens", "right"),
+            ("hooks", "left"),
+            ("disk", "right"),
+            ("GFLOP", "right"),
+            ("time", "right"),
+        ):
+            table.add_column(name, justify=justify)  # type: ignore[arg-type]
+        for s in self.stages:
+            table.add_row(
+                s.what,
+                f"{s.tokens:,}" if s.tokens else "–",
+                str(len(s.hooks)) if s.hooks else "–",
+                _gb(s.disk_bytes) if s.disk_bytes else "–",
+                f"{s.flops / 1e9:,.0f}" if s.flops else "–",
+                _duration(s.seconds),
+            )
+        table.add_section()
+        table.add_row(
+            "total",
+            f"{self.n_tokens:,}",
+            f"{len(set(self.hooks) | set(self.sweep_hooks))} hooks",
+            _gb(self.disk_bytes),
+            f"{self.flops / 1e9:,.0f}",
+            f"~{_duration(self.seconds)}",
+            style="bold",
+        )
+        return table
+
+    def _caption(self) -> str:
+        terms = sorted(self.memory_terms.items(), key=lambda kv: -kv[1])
+        lines = [
+            f"tokens: {self.n_tokens:,} collected (~{self.n_train:,} train / ~"
+            f"{self.n_heldout:,} held-out; split by document, so approximate); sweep store "
+            f"{self.n_sweep:,} tokens; each SAE trains on {self.sae_training_tokens:,} tokens",
+            f"hooks: store {_hooks(self.hooks)}"
+            + (f"; sweep store {_hooks(self.sweep_hooks)}" if self.sweep_hooks else ""),
+            f"peak memory ~{_gb(self.peak_memory_bytes)} (estimate; main terms: "
+            + ", ".join(f"{k} {_gb(v)}" for k, v in terms[:6])
+            + ")",
+            f"time: each stage's FLOPs / ({self.gflops:,.0f} GFLOP/s, {self.gflops_source}, "
+            "x an efficiency calibrated on measured runs), plus store writes and fixed costs",
+            f"model shape from {self.shape_source}",
+            *self.notes,
+        ]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        from io import StringIO
+
+        from rich.console import Console
+
+        buf = StringIO()
+        Console(file=buf, width=120, color_system=None).print(self.table())
+        return buf.getvalue() + self.summary()
+
+
+def _gb(n: float) -> str:
+    if n >= 1e8:
+        return f"{n / 1e9:.2f} GB"
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.0f} kB"
+
+
+def _duration(s: float) -> str:
+    if s < 1:
+        return "<1 s"
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 5400:
+        return f"{s / 60:.1f} min" if s < 600 else f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def _hooks(hooks: list[str]) -> str:
+    if len(hooks) <= 3:
+        return ", ".join(hooks)
+    return f"{hooks[0]}, {hooks[1]} … {hooks[-1]} ({len(hooks)})"
+
+
+# --------------------------------------------------------------------------------------------
+# throughput
+
+
+def measure_gflops(d_model: int, device: str = "cpu", seconds: float = 0.3) -> float:
+    """Best float32 matmul GFLOP/s over ``seconds`` of [2048, d] @ [d, 2048] products.
+
+    The inner dimension is the model's width, as in the forward's projections. On the project
+    box this shape reaches 0.93x the 2048³ peak the efficiency factors are relative to
+    (interleaved runs, median of 8): inside the factors' own noise, so it is used as is.
+    """
+    import torch
+
+    dev = torch.device(device)
+    n = 2048
+    a = torch.randn(n, d_model, device=dev)
+    b = torch.randn(d_model, n, device=dev)
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    a @ b  # warm-up (thread pool, cuBLAS handle)
+    sync()
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        a @ b
+        sync()
+        best = max(best, 2 * n * n * d_model / max(time.perf_counter() - start, 1e-9))
+    return best / 1e9
+
+
+# --------------------------------------------------------------------------------------------
+# bytes
+
+
+def store_bytes(n_tokens: int, dims: list[int], dtype: str) -> int:
+    """Bytes of a store directory: activations + per-token metadata + headers + manifest."""
+    import numpy as np
+
+    from crosslayer.store.format import META
+
+    per_value = 2 if dtype == "float16" else 4
+    per_token = sum(dims) * per_value + sum(
+        cast("np.dtype[Any]", dt).itemsize for dt in META.values()
+    )
+    n_shards = max(1, math.ceil(n_tokens / SHARD_TOKENS))
+    files = n_shards * (len(dims) + len(META))
+    # manifest: ~2.3 kB of config and identity, ~100 bytes per file hash
+    return n_tokens * per_token + files * NPY_HEADER + 2300 + 100 * files
+
+
+def sae_bytes(width: int, d: int, arch: str) -> int:
+    """safetensors weights (W_enc, W_dec, b_enc, b_dec, JumpReLU threshold), sparsity, JSON."""
+    params = 2 * width * d + width + d + (width if arch == "jumprelu" else 0)
+    return 4 * params + 300 + (4 * width + 80) + 2800
+
+
+# --------------------------------------------------------------------------------------------
+# FLOPs per stage (the counts the efficiency factors were calibrated with)
+
+
+def _blocks_run(hook: str) -> int:
+    """Blocks a forward runs to reach ``hook`` (it stops there)."""
+    from crosslayer.model import parse_hook
+
+    p = parse_hook(hook)
+    if p.layer is None:
+        return 0
+    return p.layer if p.kind == "resid_pre" else p.layer + 1
+
+
+def _collect_stage(
+    name: str, what: str, n: int, hooks: list[str], dims: list[int], dtype: str, ctx: _Ctx
+) -> StagePlan:
+    flops = n * ctx.shape.forward_flops(
+        max(_blocks_run(h) for h in hooks), ctx.cfg.data.context_len
+    )
+    disk = store_bytes(n, dims, dtype)
+    seconds = ctx.time(flops, "collect") + disk / WRITE_BYTES_PER_S
+    return StagePlan(name, what, n, disk, flops, seconds, list(hooks))
+
+
+@dataclass
+class _Ctx:
+    cfg: RunConfig
+    shape: Any
+    gflops: float
+
+    def time(self, flops: float, kind: str) -> float:
+        return flops / (EFFICIENCY[kind] * self.gflops * 1e9)
+
+
+def _resolve_hooks(cfg: RunConfig, n_layers: int, notes: list[str]) -> tuple[str, str]:
+    """(source, target) as the run will resolve them, checked against the model's depth."""
+    from crosslayer.experiments.study_a import default_target
+    from crosslayer.model import hook_depth, parse_hook
+
+    target = cfg.target or default_target(n_layers)
+    if cfg.sae is not None and cfg.target is None:
+        notes.append(f"target assumed {target}: the run takes the --sae's own hook")
+    for hook in (cfg.source, target):
+        layer = parse_hook(hook).layer
+        if layer is not None and layer >= n_layers:
+            raise CrosslayerError(
+                f"hook {hook} is past the model's last block ({n_layers} blocks)",
+                f"use a block between 0 and {n_layers - 1}",
+            )
+    if hook_depth(target) <= hook_depth(cfg.source):
+        raise CrosslayerError(
+            f"target hook {target} is not deeper than source hook {cfg.source}",
+            "pass a --target later in the forward pass than --source",
+        )
+    return cfg.source, target
+
+
+def plan_run(
+    cfg: RunConfig,
+    *,
+    model: Any = None,
+    gflops: float | None = None,
+    info: ModelInfo | None = None,
+) -> RunPlan:
+    """The plan of ``crosslayer run`` with ``cfg``: reads no weights and no corpus.
+
+    ``model``: an already loaded model (its shape is used). ``gflops``: skip the 0.3 s matmul
+    probe and use this throughput (e.g. ``BENCH_PEAK_GFLOPS`` to estimate for the project box).
+    ``info``: the model's shape, if already known.
+    """
+    from crosslayer.device import resolve_device
+    from crosslayer.experiments.study_a import sweep_hooks
+
+    info = info or model_info(cfg.model, model)
+    shape = info.shape
+    device = resolve_device(cfg.device)
+    notes: list[str] = []
+    if gflops is None:
+        gflops, how = measure_gflops(shape.d_model, str(device)), "measured (0.3 s of fp32 matmuls)"
+    else:
+        how = "given"
+    if device.type == "cuda":
+        notes.append(
+            "on cuda: the efficiency factors come from CPU runs and the model runs in bf16, so "
+            "treat the time as a rough figure"
+        )
+    if cfg.sae is not None:
+        notes.append("the pretrained SAE (--sae): its probes are not in the estimate")
+    ctx = _Ctx(cfg, shape, gflops)
+    source, target = _resolve_hooks(cfg, shape.n_layers, notes)
+    d = shape.d_model
+    n = cfg.tokens
+    n_heldout = round(n * cfg.data.heldout_frac)
+    n_train = n - n_heldout
+    n_sweep = min(cfg.sweep.tokens, n) if cfg.sweep.enabled else 0
+    sweep = sweep_hooks(source, target) if cfg.sweep.enabled else []
+
+    stages = [_load_stage(cfg, info, n + n_sweep, device.type)]
+    stages.append(
+        _collect_stage(
+            "collect", "collect store", n, [source, target], [d, d], cfg.data.store_dtype, ctx
+        )
+    )
+    if cfg.sweep.enabled:
+        stages.append(
+            _collect_stage(
+                "collect_sweep",
+                "collect sweep store",
+                n_sweep,
+                sweep,
+                [d] * len(sweep),
+                cfg.sweep.dtype,
+                ctx,
+            )
+        )
+    stages += _transcoder_stages(ctx, n_train, n_heldout)
+    st = cfg.sae_training
+    alive = ALIVE_FRACTION * st.width
+    m = min(alive, cfg.probes.max_features or alive)
+    for name in ("baseline", "residual"):
+        flops: float = 6 * 2 * d * st.width * st.epochs * n_train  # fwd + bwd, enc + dec
+        warmup = SAE_WARMUP_S if name == "baseline" else 0.0
+        stages.append(
+            StagePlan(
+                f"sae_{name}",
+                f"{name} SAE",
+                st.epochs * n_train,
+                sae_bytes(st.width, d, st.arch),
+                flops,
+                ctx.time(flops, "sae") + warmup,
+            )
+        )
+    n_fit = min(cfg.probes.train_tokens or n_train, n_train)
+    for name in ("baseline", "residual"):
+        flops = (
+            4 * cfg.probes.max_iter * n_fit * d * m  # L-BFGS: X w and X' r per iteration
+            + 2 * n_fit * d * (d + m)  # ridge probes: X'X, X'F
+            + 4 * n_heldout * d * m  # both probes on held-out tokens
+            + 2 * n * d * st.width  # encode every token with the SAE
+        )
+        a = cfg.analysis
+        disk = int(175 * m + a.n_extreme * 2 * a.top_k * 300 + 2000 + 1400)  # features + sae json
+        stages.append(
+            StagePlan(
+                f"probes_{name}",
+                f"probes, {name} SAE",
+                n_fit + n_heldout,
+                disk,
+                flops,
+                ctx.time(flops, "probes") + PROBE_S_PER_FEATURE * m,
+            )
+        )
+    if cfg.sweep.enabled:
+        targets = len(sweep) - 1
+        flops = 2 * n_sweep * (d + 1) * (d + 1 + targets * d)  # X'X and X'Y, both splits
+        stages.append(
+            StagePlan(
+                "depth_sweep",
+                "depth sweep",
+                n_sweep,
+                1000 + 130 * targets,
+                flops,
+                ctx.time(flops, "depth_sweep"),
+            )
+        )
+    stages.append(_report_stage(cfg, d, 2 * m, stages))
+    n_hooks = 1 + len(sweep)
+    memory = _memory(cfg, shape, info, n_train, n_sweep, n_hooks, m)
+    return RunPlan(
+        model=cfg.model,
+        shape=shape.to_dict(),
+        shape_source=info.source,
+        params=shape.params(),
+        model_cached=info.cached,
+        device=str(device),
+        gflops=gflops,
+        gflops_source=how,
+        source=source,
+        target=target,
+        hooks=[source, target],
+        sweep_hooks=sweep,
+        n_tokens=n,
+        n_train=n_train,
+        n_heldout=n_heldout,
+        n_sweep=n_sweep,
+        sae_training_tokens=st.epochs * n_train,
+        stages=stages,
+        memory_terms=memory,
+        peak_memory_bytes=sum(memory.values()),
+        notes=notes,
+    )
+
+
+def _load_stage(cfg: RunConfig, info: ModelInfo, tokenised: int, device: str) -> StagePlan:
+    weights = info.shape.params() * (2 if device == "cuda" else 4)
+    seconds = LOAD_S_PER_GB * weights / 1e9 + TOKENISE_S_PER_TOKEN * tokenised
+    what = "load model, plan split"
+    if not info.cached:
+        seconds += DEQUANTISE_S_PER_PARAM * info.shape.params()
+        what = "convert model to cache (once), load, plan split"
+    return StagePlan("load", what, 0, info.cache_bytes, 0.0, seconds)
+
+
+def _transcoder_stages(ctx: _Ctx, n_train: int, n_heldout: int) -> list[StagePlan]:
+    tc, d = ctx.cfg.transcoder, ctx.shape.d_model
+    n = n_train + n_heldout
+    n_models = 1 + tc.study_recipe + tc.mlp
+    # ridge: float64 X'X, X'Y over train, then every token predicted twice (metrics, residuals)
+    flops = 2 * n_train * (d + 1) * (2 * d + 1) + 2 * 2 * n * d * d
+    disk = (d * d + d) * 8 + 600 + 4000 + 30 * d * n_models  # transcoder.npz + .json
+    out = [
+        StagePlan(
+            "transcoder", "ridge transcoder", n_train, disk, flops, ctx.time(flops, "transcoder")
+        )
+    ]
+    if tc.study_recipe:
+        k = min(tc.adam_tokens or n_train, n_train)
+        flops = 6 * tc.adam_epochs * k * d * d + 2 * n * d * d
+        out.append(
+            StagePlan(
+                "transcoder_adam",
+                "Adam transcoder (study)",
+                tc.adam_epochs * k,
+                0,
+                flops,
+                ctx.time(flops, "transcoder_adam"),
+            )
+        )
+    if tc.mlp:
+        flops = 6 * tc.mlp_max_epochs * n_train * tc.mlp_hidden * 2 * d + 4 * n * tc.mlp_hidden * d
+        out.append(
+            StagePlan(
+                "transcoder_mlp",
+                "MLP transcoder",
+                tc.mlp_max_epochs * n_train,
+                0,
+                flops,
+                ctx.time(flops, "transcoder_mlp"),
+            )
+        )
+    return out
+
+
+def _report_stage(cfg: RunConfig, d: int, m_total: float, stages: list[StagePlan]) -> StagePlan:
+    """results.json, plots, report.html, config.json, checksums.json (sizes fitted to runs)."""
+    stage_json = sum(s.disk_bytes for s in stages if s.name.startswith("probes_")) + 30 * d * 3
+    results = 1.15 * stage_json + 15_000
+    plots = 200_000 + 80 * m_total
+    report = 4 / 3 * plots + 100_000 + 2 * cfg.analysis.n_extreme * 2 * 8_000
+    disk = int(results + plots + report + 4_000)
+    seconds = REPORT_S + REPORT_S_PER_FEATURE * m_total
+    return StagePlan("report", "results, plots, report", 0, disk, 0.0, seconds)
+
+
+# --------------------------------------------------------------------------------------------
+# memory
+
+
+def _memory(
+    cfg: RunConfig,
+    shape: Any,
+    info: ModelInfo,
+    n_train: int,
+    n_sweep: int,
+    n_sweep_hooks: int,
+    m: float,
+) -> dict[str, int]:
+    """Peak resident memory as a sum of named terms (bytes).
+
+    The process holds the runtime, tokenizer and weights throughout; on top of them the
+    larger of two phases: collecting (one shard's activations, kept as a list of batches and
+    concatenated, plus one batch's forward) or analysing (source, target and residual arrays
+    in float32, plus the largest of SAE training, probes and transcoder statistics).
+    """
+    d, n = shape.d_model, cfg.tokens
+    from crosslayer.device import resolve_device
+
+    bf16 = resolve_device(cfg.device).type == "cuda"
+    per_value = {"float32": 4, "float16": 2}
+    shard_main = 2 * min(SHARD_TOKENS, n) * 2 * d * per_value[cfg.data.store_dtype]
+    shard_sweep = 2 * min(SHARD_TOKENS, n_sweep) * n_sweep_hooks * d * per_value[cfg.sweep.dtype]
+    b, t = cfg.data.batch_size, cfg.data.context_len
+    forward = (
+        b
+        * t
+        * 4
+        * (
+            4 * d
+            + (shape.n_heads + 2 * shape.n_kv_heads) * shape.head_dim
+            + 3 * shape.d_ff
+            + shape.n_heads * t
+        )
+    )
+    collecting = max(shard_main, shard_sweep) + forward
+
+    st = cfg.sae_training
+    sae = (
+        2 * min(SHUFFLE_BUFFER, n_train) * d * 4  # shuffle buffer and its permuted copy
+        + 4 * (2 * st.width * d + st.width + d) * 4  # parameters, gradients, Adam's two moments
+        + 4 * st.batch_size * st.width * 4  # one batch's latents, forward and backward
+    )
+    n_fit = min(cfg.probes.train_tokens or n_train, n_train)
+    probes = (
+        2 * n_fit * d * 4  # the fit sample and its standardised copy
+        + 6 * n_fit * min(FEATURE_CHUNK, m) * 4  # targets, logits, probabilities, gradients
+        + 3 * n * st.target_l0 * 12  # sparse feature activations (train, held-out, stacked)
+    )
+    stats = 4 * (d + 1) * (2 * d + 1) * 8  # float64 X'X and X'Y of train and held-out
+    analysing = 3 * n * d * 4 + max(sae, probes, stats)
+
+    weights = shape.params() * (2 if bf16 else 4)
+    terms = {
+        "runtime": 570_000_000,  # RSS after importing torch, transformers, sae-lens..., measured
+        "tokenizer": 1160 * shape.vocab_size,  # Gemma 3's 262k entries: +305 MB, measured
+        "model weights": weights,
+    }
+    if collecting > analysing:
+        terms["shard being collected + forward"] = collecting
+    else:
+        terms["source, target, residual arrays"] = 3 * n * d * 4
+        biggest = max(
+            ("SAE training", sae),
+            ("probes", probes),
+            ("transcoder stats", stats),
+            key=lambda kv: kv[1],
+        )
+        terms[biggest[0]] = biggest[1]
+    # allocator fragmentation and temporaries: calibrated below against measured peaks
+    terms["temporaries (+20%)"] = int(0.2 * (terms["model weights"] + max(collecting, analysing)))
+    return {k: int(v) for k, v in terms.items()}
