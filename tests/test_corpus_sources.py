@@ -102,6 +102,29 @@ def test_identity_names_files_hashes_and_count(tmp_path):
 # --- built-in corpora -------------------------------------------------------------------------
 
 
+def test_max_doc_chars_cuts_each_document_at_a_word_boundary(tmp_path):
+    p = tmp_path / "d.jsonl"
+    texts = ["short one", "alpha beta gamma delta", "x" * 30, "ab cdefghijklmnopqrst"]
+    p.write_text("\n".join(json.dumps({"text": t, "title": str(i)}) for i, t in enumerate(texts)))
+    corpus = load_corpus(str(p), max_doc_chars=12)
+    assert docs(p, max_doc_chars=12) == [
+        (0, "0", "short one"),  # shorter than the cut: whole
+        (1, "1", "alpha beta"),  # last space before 12 lies in the second half: cut there
+        (2, "2", "x" * 12),  # no space: cut exactly at 12
+        (3, "3", "ab cdefghijk"),  # the only space is in the first half: cut exactly at 12
+    ]
+    whole = load_corpus(str(p)).identity()
+    assert corpus.identity() == {
+        "spec": str(p),
+        "base": whole,
+        "max_doc_chars": 12,
+        "n_documents": 4,
+    }
+    assert docs(p, max_doc_chars=None) == docs(p)
+    with pytest.raises(CrosslayerError, match="at least 1"):
+        load_corpus(str(p), max_doc_chars=0)
+
+
 def test_builtin_wiki_is_clean_multi_topic_text():
     corpus = load_corpus("builtin:wiki")
     documents = list(corpus)

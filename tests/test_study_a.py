@@ -231,8 +231,15 @@ def test_results_file_plots_and_provenance(study: Any) -> None:
     cfg, _ = study
     out = Path(cfg.out)
     on_disk = json.loads((out / "results.json").read_text())
-    assert on_disk["schema"] == "crosslayer.study_a" and on_disk["schema_version"] == 1
-    assert on_disk["config"] == cfg.model_dump(mode="json")
+    assert on_disk["schema"] == "crosslayer.study_a" and on_disk["schema_version"] == 2
+    # no absolute paths: the config without `out`, files relative to the run directory
+    assert on_disk["config"] == cfg.model_dump(mode="json", exclude={"out"})
+    assert "out" not in on_disk and str(out) not in (out / "results.json").read_text()
+    assert (on_disk["data"]["store"], on_disk["data"]["sweep_store"]) == ("store", "sweep_store")
+    assert {n: s["path"] for n, s in on_disk["saes"].items()} == {
+        "baseline": "saes/baseline",
+        "residual": "saes/residual",
+    }
     assert on_disk["config_hash"] == cfg.hash()
     assert on_disk["versions"]["torch"] == metadata.version("torch")
     assert on_disk["versions"]["sae-lens"] == metadata.version("sae-lens")

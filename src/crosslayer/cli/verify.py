@@ -1,4 +1,4 @@
-"""``crosslayer verify``: re-check a store's checksums."""
+"""``crosslayer verify``: re-check a store's or a run's files against their checksums."""
 
 from __future__ import annotations
 
@@ -11,31 +11,32 @@ from crosslayer.cli.app import app, console
 
 @app.command("verify")
 def verify_command(
-    store: Path = typer.Argument(..., help="Store directory written by `crosslayer collect`"),
+    path: Path = typer.Argument(
+        ...,
+        metavar="STORE_OR_RUN",
+        help="Store directory (`crosslayer collect --out`) or run directory (`crosslayer run`)",
+    ),
 ) -> None:
-    """Re-hash every shard file of STORE and report missing or damaged ones.
+    """Check every shard, SAE and result file of STORE_OR_RUN; name what is missing or damaged.
 
-    Example:
+    A store is re-hashed shard by shard against its manifest. A run directory is checked
+    artefact by artefact (its stores, SAEs, config.json, results.json, plots, report.html,
+    and the checksums.json the run wrote last); one line per artefact is printed. Exit code
+    2 with one error line if anything is bad.
+
+    Examples:
 
         crosslayer verify runs/demo
+
+        crosslayer verify runs/study_a-default-1a2b3c4d
     """
     from crosslayer.errors import DataError
-    from crosslayer.store import verify_store
+    from crosslayer.verify import verify_path
 
-    report = verify_store(store)
-    bad = [*(f"{f} missing" for f in report.missing), *(f"{f} damaged" for f in report.damaged)]
-    if bad:
-        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-        raise DataError(
-            f"store {store} has {len(bad)} bad file(s): {shown}",
-            "delete the listed shard directories and run the same collect command again",
-        )
-    if not report.complete:
-        raise DataError(
-            f"store {store} is incomplete ({report.n_shards} shards written so far)",
-            "run the same collect command again to finish it",
-        )
-    console.print(
-        f"ok: {store}: {report.n_shards} shards, {report.n_files} files, checksums match",
-        highlight=False,
-    )
+    report = verify_path(path)
+    if report.kind == "run":
+        for artefact in report.artefacts:
+            console.print(artefact.line(), highlight=False, markup=False, soft_wrap=True)
+    if not report.ok:
+        raise DataError(report.problem(), report.fix())
+    console.print(f"ok: {report.summary()}", highlight=False, markup=False, soft_wrap=True)

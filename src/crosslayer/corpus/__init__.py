@@ -9,7 +9,7 @@ See docs/corpus.md for the sources, document boundaries and token counts.
 from crosslayer.corpus.base import Corpus, Document, TextCorpus
 from crosslayer.corpus.builtin import BUILTINS
 from crosslayer.corpus.contexts import MIN_TOKENS, Context, iter_contexts, split_of
-from crosslayer.corpus.load import DEFAULT_CORPUS, load_corpus
+from crosslayer.corpus.load import DEFAULT_CORPUS, cut_documents, load_corpus
 
 __all__ = [
     "BUILTINS",
@@ -19,6 +19,7 @@ __all__ = [
     "Corpus",
     "Document",
     "TextCorpus",
+    "cut_documents",
     "iter_contexts",
     "load_corpus",
     "split_of",

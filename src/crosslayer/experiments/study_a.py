@@ -56,7 +56,7 @@ from crosslayer.errors import ConfigMismatchError, CrosslayerError, DataError
 from crosslayer.provenance import versions
 
 SCHEMA = "crosslayer.study_a"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: no absolute paths (no `out`, config without it, relative paths)
 
 # The study's own figures (Gemma 2 2B, embeddings → hidden_states[20], Gemma Scope layer 20),
 # with the protocol that produced each, so that every table can show them beside ours.
@@ -238,35 +238,6 @@ def sweep_hooks(source: str, target: str) -> list[str]:
 # 2. data
 
 
-def open_corpus(spec: str, max_doc_chars: int | None) -> Any:
-    """The corpus, with each document cut to its first ``max_doc_chars`` characters.
-
-    Wikipedia articles run to 20k tokens; uncut, 120k tokens would come from ~16 articles and
-    the held-out split from two or three. Cutting spreads the tokens over many documents.
-    """
-    from crosslayer.corpus import TextCorpus, load_corpus
-
-    corpus = load_corpus(spec)
-    if max_doc_chars is None:
-        return corpus
-
-    def clip(text: str) -> str:
-        if len(text) <= max_doc_chars:
-            return text
-        cut = text.rfind(" ", 0, max_doc_chars)
-        return text[: cut if cut > max_doc_chars // 2 else max_doc_chars]
-
-    def records() -> Iterator[tuple[str, str]]:
-        return ((d.title, clip(d.text)) for d in corpus)
-
-    return TextCorpus(
-        name=corpus.name,
-        records=records,
-        source={"base": corpus.identity(), "max_doc_chars": max_doc_chars},
-        countable=getattr(corpus, "countable", True),
-    )
-
-
 def plan_split(corpus: Any, tokenizer: Any, cfg: RunConfig, n_tokens: int) -> dict[str, int]:
     """Tokens and documents per split in the first ``n_tokens`` sample tokens (no model run)."""
     from crosslayer.corpus import iter_contexts
@@ -315,9 +286,13 @@ def sweep_corpus(spec: str, cfg: RunConfig) -> Any:
     document to ``max_doc_chars * sweep.tokens / tokens`` characters spreads them over the
     same documents (and the same held-out documents) as the main store.
     """
+    from crosslayer.corpus import load_corpus
+
     n = min(cfg.sweep.tokens, cfg.tokens)
     chars = cfg.data.max_doc_chars
-    return open_corpus(spec, None if chars is None else max(200, chars * n // cfg.tokens))
+    return load_corpus(
+        spec, max_doc_chars=None if chars is None else max(200, chars * n // cfg.tokens)
+    )
 
 
 def collect_stores(
@@ -818,17 +793,24 @@ def run_depth_sweep(run: Run, sweep_store: Any, source: str, target: str) -> dic
 def run_study_a(
     cfg: RunConfig | None = None, *, model: Any = None, progress: bool = True
 ) -> dict[str, Any]:
-    """Run study A as configured and return the contents of ``results.json``.
+    """Run study A as configured and return the contents of ``results.json`` plus ``out``.
 
     ``model``: an already loaded :class:`~crosslayer.model.LoadedModel` to use instead of
     loading ``cfg.model`` (tests pass a tiny one). Outputs go to ``cfg.out``; rerunning with
-    the same config reuses every finished stage.
+    the same config reuses every finished stage. ``out`` in the returned dict is the run
+    directory (``results.json`` itself holds only paths relative to it). The last file
+    written is ``checksums.json`` (sha256 of the run's files, for ``crosslayer verify``).
     """
+    from crosslayer.corpus import load_corpus
     from crosslayer.model import load_model
     from crosslayer.sae import evaluate_sae, load_sae
+    from crosslayer.verify import forget_checksums, record_checksums
 
     cfg = cfg or RunConfig()
     run = open_run(cfg, progress)
+    # Files are about to change: a checksums.json from an earlier attempt would call them
+    # damaged. It comes back, complete, when the run finishes.
+    forget_checksums(run.out)
     started = time.perf_counter()
 
     # 1. model, pretrained SAE, hooks
@@ -836,7 +818,7 @@ def run_study_a(
         lm = model if model is not None else load_model(cfg.model, device=cfg.device)
         pretrained = None if cfg.sae is None else load_sae(cfg.sae, model=lm, device=cfg.device)
         source, target = resolve_hooks(cfg, lm, pretrained)
-        corpus = open_corpus(cfg.corpus, cfg.data.max_doc_chars)
+        corpus = load_corpus(cfg.corpus, max_doc_chars=cfg.data.max_doc_chars)
         plan = plan_split(corpus, lm.tokenizer, cfg, cfg.tokens)
         check_split(plan, cfg)
         corpora = (corpus, sweep_corpus(cfg.corpus, cfg) if cfg.sweep.enabled else None)
@@ -907,12 +889,13 @@ def run_study_a(
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config": cfg.model_dump(mode="json"),
+        # Paths are relative to the run directory and the config leaves out `out`, so the
+        # same config and seed give the same file wherever the run is written.
+        "config": cfg.model_dump(mode="json", exclude={"out"}),
         "config_hash": cfg.hash(),
         "versions": versions(),
         "model": lm.identity,
         "hooks": {"source": source, "target": target},
-        "out": str(run.out),
         "data": {
             "corpus": corpus.identity(),
             "n_tokens": int(store.n_tokens),
@@ -921,14 +904,13 @@ def run_study_a(
             "docs_train": len(np.unique(store.doc_ids[data.train_idx])),
             "docs_heldout": len(np.unique(store.doc_ids[data.heldout_idx])),
             "d_model": int(lm.d_model),
-            "store": str(store.path),
-            "sweep_store": None if sweep_store is None else str(sweep_store.path),
+            "store": "store",
+            "sweep_store": None if sweep_store is None else "sweep_store",
         },
         "study_reference": STUDY_REFERENCE,
         "transcoder": transcoder_metrics,
         "saes": {
-            name: sae_reports[name]
-            | {"path": str(run.out / "saes" / name) if name in SAE_NAMES else cfg.sae}
+            name: sae_reports[name] | {"path": f"saes/{name}" if name in SAE_NAMES else cfg.sae}
             for name in saes
         },
         "features": features,
@@ -950,7 +932,8 @@ def run_study_a(
 
     with run.stage("report", "writing report.html"):
         write_report(run.out, model=lm)
-    return dict(results)
+    record_checksums(run.out)
+    return dict(results) | {"out": str(run.out)}
 
 
 def _sae_report(sae: Any, x_heldout: np.ndarray, evaluate: Callable[..., Any]) -> dict[str, Any]:

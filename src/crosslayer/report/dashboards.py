@@ -186,7 +186,7 @@ def open_run_store(run_dir: Path, results: dict[str, Any]) -> Any:
     from crosslayer.store import open_store
 
     local = run_dir / "store"
-    return open_store(local if local.is_dir() else results["data"]["store"])
+    return open_store(local if local.is_dir() else _in_run(run_dir, results["data"]["store"]))
 
 
 def load_run_sae(run_dir: Path, results: dict[str, Any], name: str) -> Any:
@@ -194,7 +194,14 @@ def load_run_sae(run_dir: Path, results: dict[str, Any], name: str) -> Any:
     from crosslayer.sae import load_sae
 
     local = run_dir / "saes" / name
-    return load_sae(str(local if local.is_dir() else results["saes"][name]["path"]), device="cpu")
+    spec = local if local.is_dir() else _in_run(run_dir, results["saes"][name]["path"])
+    return load_sae(str(spec), device="cpu")
+
+
+def _in_run(run_dir: Path, path: str) -> str:
+    """results.json paths are relative to the run directory; a pretrained SAE's spec is not."""
+    inside = run_dir / path
+    return str(inside) if inside.exists() else path
 
 
 @torch.no_grad()
