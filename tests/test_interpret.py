@@ -10,8 +10,10 @@ import torch
 
 from crosslayer.cli import main
 from crosslayer.errors import CrosslayerError
-from crosslayer.experiments.interpret import answer_position, run_interpret
+from crosslayer.experiments.interpret import answer_forward, answer_position, run_interpret
+from crosslayer.experiments.latents import PromotedTokens, describe, logit_directions
 from crosslayer.experiments.pararel import Fact, read_facts
+from crosslayer.experiments.reps import SaeSite
 from crosslayer.model import tiny_model
 from crosslayer.store import collect
 from tests.test_layers import make_sae
@@ -122,6 +124,13 @@ def test_top_latents_promotion_and_links(lm, tmp_path):
         float(all_codes[:, info.index].max()), rel=1e-5
     )
     assert res.maps["before"]["topic_by_topic"][1].shape == (2, 2)
+    # paraphrases: only group 0 has two prompts, so "within" is the cosine of their codes
+    para = res.maps["answer"]["paraphrase_cosine"][1]
+    cos = float(np.dot(codes[0], codes[1]) / (np.linalg.norm(codes[0]) * np.linalg.norm(codes[1])))
+    assert para["within_group"] == pytest.approx(cos, rel=1e-4)
+    saved = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert "prompt_by_prompt" not in saved["maps"]["answer"]  # n² cosines stay out of the JSON
+    assert saved["maps"]["answer"]["paraphrase_cosine"]["1"] == pytest.approx(para)
     assert 0 <= res.groups[0]["model_top10"] <= 1
     for name in (
         "results.json",
@@ -153,3 +162,83 @@ def test_cli_errors(tmp_path, capsys):
         == 2
     )
     assert "relation 'P7' is not in" in capsys.readouterr().err
+
+
+def slow_store_view(lm, sae, store, hook, index, n_contexts, window=8):
+    """The original dense algorithm: encode the whole store, sort every token per latent."""
+    acts = sae.encode(torch.as_tensor(store.activations(hook)[:])).detach().numpy()[:, index]
+    ctx, pos, tokens = store.context_ids, store.positions, store.tokens
+    contexts = []
+    for row in np.argsort(-acts, kind="stable")[:n_contexts]:
+        if acts[row] <= 0:
+            break
+        same = ctx == ctx[row]
+        near = np.flatnonzero(same & (pos >= pos[row] - window) & (pos <= pos[row] + 2))
+        contexts.append(
+            ([lm.tokenizer.decode([int(t)]) for t in tokens[near]], acts[near], acts[row])
+        )
+    return float(np.mean(acts > 0)), contexts
+
+
+def test_fast_paths_match_slow_references(lm, tmp_path):
+    """Batched forwards, chunked promoted tokens and the sparse store pass agree with one
+    prompt at a time, the full logit product and a dense sort over the store."""
+    hooks = ["blocks.1.hook_resid_post", "blocks.2.hook_mlp_out"]
+    sites = {1: SaeSite(1, make_sae(hooks[0], d_sae=40), hooks[0], hooks[0]),
+             2: SaeSite(2, make_sae(hooks[1], d_sae=40, seed=1), hooks[1], hooks[1])}  # fmt: skip
+    facts = [
+        Fact(0, "Turing works in the field of [MASK].", "logic", "P"),
+        Fact(0, "[MASK] is what Turing studied.", "logic", "P"),
+        Fact(1, "Curie works in [MASK].", "physics", "P"),
+        Fact(1, "Marie Curie, the scientist, worked in [MASK] all her life.", "physics", "P"),
+        Fact(2, "Darwin works in [MASK].", "biology", "P"),
+    ]
+    seqs = [ids[: pos + 1] for ids, pos in (answer_position(lm, f) for f in facts)]
+    codes, ranks = answer_forward(lm, sites, seqs, batch_size=2)
+    for i, f in enumerate(facts):
+        ids, pos = answer_position(lm, f)
+        acts = lm.run_with_hooks(torch.tensor([ids]), hooks=hooks)  # the whole prompt, alone
+        for layer, s in sites.items():
+            slow = s.sae.encode(acts[s.hook][0, pos - 1 : pos + 1]).detach()
+            torch.testing.assert_close(codes[layer][i], slow, atol=1e-5, rtol=1e-4)
+        with torch.no_grad():
+            logits = lm.model(input_ids=torch.tensor([ids[:pos]])).logits[0, -1].double()
+        assert ranks[i] == int((logits > logits[ids[pos]]).sum())
+
+    fast = PromotedTokens(sites[1], lm, k=7, chunk=3)
+    fast.ensure([5, 0, 33, 12])
+    slow_top = logit_directions(sites[1], lm, [0, 5, 12, 33]).double().topk(7, dim=-1)
+    for j, i in enumerate([0, 5, 12, 33]):
+        assert fast.top(i)[0] == slow_top.indices[j].tolist()
+        np.testing.assert_allclose(fast.top(i, 3)[1], slow_top.values[j, :3], rtol=1e-5)
+
+    store = collect(lm, [hooks[0]], corpus="builtin:news", n_tokens=400,
+                    out=tmp_path / "store", context_len=32, progress=False)  # fmt: skip
+    wanted = [0, 3, 17, 39]
+    infos = describe(lm, {1: sites[1]}, {1: wanted}, store=store, n_contexts=4, batch_size=64)
+    for info in infos:
+        density, contexts = slow_store_view(lm, sites[1].sae, store, hooks[0], info.index, 4)
+        assert info.density == pytest.approx(density)
+        assert len(info.contexts) == len(contexts) > 0
+        for got, (tokens, acts, top) in zip(info.contexts, contexts, strict=True):
+            assert got["tokens"] == tokens
+            np.testing.assert_allclose(got["acts"], acts, rtol=1e-5, atol=1e-6)
+            assert got["max"] == pytest.approx(float(top), rel=1e-5)
+
+
+def test_before_position_leaves_out_bos(lm):
+    """Where the answer starts the prompt the token before is BOS; "before" ignores it."""
+    facts = [[Fact(0, "[MASK] is what Turing studied.", "logic", "P"),
+              Fact(0, "Turing studied [MASK].", "logic", "P"),
+              Fact(0, "Turing loved [MASK] a lot.", "logic", "P")]]  # fmt: skip
+    sae = make_sae("blocks.1.hook_resid_post", d_sae=40)
+    res = run_interpret(lm, facts, {1: sae}, top_k=4, before=True)
+    row = res.layers["before"][0]
+    assert row["n_prompts_used"] == 2 and res.layers["answer"][0]["n_prompts_used"] == 3
+    assert res.groups[0]["n_answer_first"] == 1
+    codes = []
+    for f in facts[0][1:]:
+        ids, pos = answer_position(lm, f)
+        x = lm.run_with_hooks(torch.tensor([ids]), hooks=["blocks.1.hook_resid_post"])
+        codes.append(sae.encode(x["blocks.1.hook_resid_post"][0, pos - 1]).detach().numpy())
+    assert row["top_latents"][0] == list(np.argsort(-np.mean(codes, 0))[:4])

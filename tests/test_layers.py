@@ -10,7 +10,7 @@ import torch
 from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
 
 from crosslayer.errors import CrosslayerError
-from crosslayer.experiments.layers import run_layers
+from crosslayer.experiments.layers import run_layers, summary_lines
 from crosslayer.experiments.similarity import cka_matrix, cosine_matrix, linear_cka
 from crosslayer.model import tiny_model
 from crosslayer.store import collect
@@ -121,6 +121,14 @@ def test_study_choice_reads_sae_on_residual_with_a_warning(lm):
     np.testing.assert_allclose(
         res.prompts[0]["sae"].token_by_token[0], cosine_matrix(codes), atol=1e-5
     )
+    # token-cosine summary: mean over pairs of different tokens, BOS (row 0) left out
+    resid = x["blocks.2.hook_resid_post"][0, 1:].double().numpy()
+    unit = resid / np.linalg.norm(resid, axis=1, keepdims=True)
+    cos = unit @ unit.T
+    expect = cos[~np.eye(len(cos), dtype=bool)].mean()
+    assert res.token_cosine()["resid"] == [pytest.approx(expect, rel=1e-5)]
+    assert "sae" in res.token_cosine() and any("between different tokens" in line
+                                               for line in summary_lines(res))  # fmt: skip
 
 
 def test_bad_inputs_are_named(lm):

@@ -23,12 +23,14 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from crosslayer.errors import CrosslayerError
-from crosslayer.experiments.latents import LatentInfo, describe, logit_directions, to_html
+from crosslayer.experiments.latents import LatentInfo, PromotedTokens, describe, to_html
 from crosslayer.experiments.output import heatmap, write_results
 from crosslayer.experiments.pararel import Fact, read_facts
-from crosslayer.experiments.reps import SaeSpec, check_layers, sae_sites, sequence_reps
+from crosslayer.experiments.reps import SaeSite, SaeSpec, check_layers, sae_sites
 from crosslayer.experiments.similarity import cosine_matrix
-from crosslayer.model import LoadedModel
+from crosslayer.model import LoadedModel, parse_hook
+from crosslayer.model.hooks import decoder_layers
+from crosslayer.model.hooks import site as hook_site
 from crosslayer.provenance import versions
 
 
@@ -67,12 +69,15 @@ class InterpretResult:
     groups: list[dict[str, Any]]  # per group: subject prompt, answer, model rank/top-k hits
     layers: dict[str, list[dict[str, Any]]]  # position -> per layer: top latents, shares
     maps: dict[str, dict[str, Any]]  # position -> topic x topic / prompt x prompt / layer x layer
+    # results.json keeps prompt x prompt maps only as summaries (1300 prompts: 1.7M cosines each)
     latents: list[LatentInfo] = field(default_factory=list)
     model: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        maps = {p: {k: v for k, v in m.items() if k != "prompt_by_prompt"}
+                for p, m in self.maps.items()}  # fmt: skip
         return {"config": self.config, "model": self.model, "versions": versions(),
-                "groups": self.groups, "layers": self.layers, "maps": self.maps,
+                "groups": self.groups, "layers": self.layers, "maps": maps,
                 "latents": [x.to_dict() for x in self.latents]}  # fmt: skip
 
 
@@ -118,24 +123,31 @@ def run_interpret(
     ).model_dump()  # fmt: skip
 
     positions = ["answer", "before"] if before else ["answer"]
-    codes: dict[str, dict[int, list[torch.Tensor]]] = {p: {x: [] for x in sae_layers}
-                                                       for p in positions}  # fmt: skip
-    prompt_group, answer_tok, ranks = [], [], []
+    prompt_group, seqs = [], []
     for g, group in enumerate(groups):
         for fact in group:
             ids, pos = answer_position(model, fact)
             if pos == 0:
                 raise CrosslayerError(f"{fact.prompt!r} starts with the answer and the tokenizer "
                                       "has no BOS", "use a model with a BOS token")  # fmt: skip
-            reps = sequence_reps(model, ids, sae_layers, sites)["sae"]
-            for p in positions:
-                at = pos if p == "answer" else pos - 1
-                for x in sae_layers:
-                    codes[p][x].append(reps[x][at])
+            seqs.append(ids[: pos + 1])  # what comes after the answer token changes nothing here
             prompt_group.append(g)
-            answer_tok.append(ids[pos])
-            ranks.append(_model_rank(model, ids, pos))
-    pg, ranks_a = np.array(prompt_group), np.array(ranks)
+    at_answer, ranks_a = answer_forward(model, sites, seqs)
+    pg = np.array(prompt_group)
+    first = (
+        np.array([len(s) == 2 for s in seqs])
+        if model.tokenizer.bos_token_id is not None
+        else np.zeros(len(seqs), bool)
+    )
+    answer_tok = [s[-1] for s in seqs]
+    # Prompts used per position. Where the answer starts the prompt, the token before is BOS:
+    # SAEs never see BOS in training and its codes are ~15x larger (Gemma 3 270M, layer 12), so
+    # they would set every group's mean there; the "before" position leaves those prompts out.
+    used = {p: np.ones(len(seqs), bool) if p == "answer" else ~first for p in positions}
+    pgs = {p: pg[used[p]] for p in positions}
+    # [n_used, d_sae] per position and layer: index 1 = answer token, 0 = the token before
+    codes = {p: {x: at_answer[x][torch.from_numpy(used[p]), 1 if p == "answer" else 0]
+                 for x in sae_layers} for p in positions}  # fmt: skip
 
     group_rows: list[dict[str, Any]] = []
     for g, group in enumerate(groups):
@@ -143,23 +155,37 @@ def run_interpret(
         group_rows.append({"group": g, "prompt": group[0].prompt, "answer": group[0].answer,
                            "relation": group[0].relation, "n_prompts": len(group),
                            "model_top1": float(np.mean(r == 0)),
-                           "model_top10": float(np.mean(r < 10))})  # fmt: skip
+                           "model_top10": float(np.mean(r < 10)),
+                           # prompts that start with the answer: the token before is BOS
+                           "n_answer_first": int(np.sum(first[pg == g]))})  # fmt: skip
     model_predicts = np.array([row["model_top10"] >= 0.5 for row in group_rows])
 
     layers_out: dict[str, list[dict[str, Any]]] = {}
     maps: dict[str, dict[str, Any]] = {}
-    wanted: dict[int, set[int]] = {x: set() for x in sae_layers}
     gen = torch.Generator().manual_seed(0)
+    picks: dict[str, dict[int, tuple[Any, torch.Tensor]]] = {}  # p -> layer -> (top, random)
     for p in positions:
-        stacked = {x: torch.stack(codes[p][x]) for x in sae_layers}  # [n_prompts, d_sae]
+        picks[p] = {}
+        for x in sae_layers:
+            means = _group_means(codes[p][x], pgs[p], len(groups))
+            # chance level: the same test with random latents in place of each group's top ones
+            rand = torch.randint(0, means.shape[1], (len(groups), top_k), generator=gen)
+            picks[p][x] = (means.topk(top_k, dim=-1), rand)
+    # every latent's promoted tokens are computed once per layer, in chunks (see PromotedTokens)
+    promoted = {x: PromotedTokens(sites[x], model, max(promote_k, 10)) for x in sae_layers}
+    for x in sae_layers:
+        promoted[x].ensure(
+            i for p in positions for t in (picks[p][x][0].indices, picks[p][x][1])
+            for i in t.flatten().tolist()
+        )  # fmt: skip
+    answers_of = [{answer_tok[i] for i in np.flatnonzero(pg == g)} for g in range(len(groups))]
+    wanted: dict[int, set[int]] = {x: set() for x in sae_layers}
+    for p in positions:
         layers_out[p] = []
         for x in sae_layers:
-            means = torch.stack([stacked[x][pg == g].mean(0) for g in range(len(groups))])
-            top = means.topk(top_k, dim=-1)
-            promotes = _promotes(sites[x], model, top.indices, pg, answer_tok, promote_k)
-            # chance level: the same test with random latents in place of each group's top ones
-            rand = torch.randint(0, means.shape[1], top.indices.shape, generator=gen)
-            chance = _promotes(sites[x], model, rand, pg, answer_tok, promote_k)
+            top, rand = picks[p][x]
+            promotes = _promotes(promoted[x], top.indices, answers_of, promote_k)
+            chance = _promotes(promoted[x], rand, answers_of, promote_k)
             wanted[x].update(top.indices.flatten().tolist())
             layers_out[p].append({
                 "layer": x, "hook": sites[x].hook,
@@ -169,16 +195,21 @@ def run_interpret(
                 "share_promoting_random_latents": float(chance.mean()),
                 "share_promoting_when_model_predicts": _share(promotes, model_predicts),
                 "share_promoting_when_not": _share(promotes, ~model_predicts),
-                "mean_l0": float((stacked[x] > 0).sum(-1).float().mean()),
+                "n_groups_model_predicts": int(model_predicts.sum()),
+                "mean_l0": float((codes[p][x] > 0).sum(-1).float().mean()),
+                "n_prompts_used": int(used[p].sum()),
             })  # fmt: skip
+        prompt_cosines = {x: cosine_matrix(codes[p][x]) for x in sae_layers}
         maps[p] = {
-            "topic_by_topic": {x: cosine_matrix(torch.stack(
-                [stacked[x][pg == g].mean(0) for g in range(len(groups))])) for x in sae_layers},
-            "prompt_by_prompt": {x: cosine_matrix(stacked[x]) for x in sae_layers},
-            "layer_by_layer": _layer_by_layer(stacked, sae_layers),
+            "topic_by_topic": {x: cosine_matrix(_group_means(codes[p][x], pgs[p], len(groups)))
+                               for x in sae_layers},
+            "prompt_by_prompt": prompt_cosines,
+            "paraphrase_cosine": {x: _paraphrase_cosine(prompt_cosines[x], pgs[p])
+                                  for x in sae_layers},
+            "layer_by_layer": _layer_by_layer(codes[p], sae_layers),
         }  # fmt: skip
     latents = describe(model, sites, {x: sorted(v) for x, v in wanted.items()}, store=store,
-                       n_contexts=n_contexts)  # fmt: skip
+                       n_contexts=n_contexts, promoted=promoted)  # fmt: skip
     result = InterpretResult(config, group_rows, layers_out, maps, latents, model.identity)
     if out is not None:
         write_results(out, result.to_dict(), _figures(result, groups),
@@ -186,24 +217,113 @@ def run_interpret(
     return result
 
 
-def _model_rank(model: LoadedModel, ids: list[int], pos: int) -> int:
-    """Rank (0 = top) of the answer's first token in the model's prediction before it."""
-    with torch.inference_mode():
-        logits = model.model(input_ids=torch.tensor([ids[:pos]], device=model.device)).logits
-    last = logits[0, -1].float()
-    return int((last > last[ids[pos]]).sum())
+def answer_forward(
+    model: LoadedModel, sites: Mapping[int, SaeSite], seqs: Sequence[Sequence[int]],
+    batch_size: int = 32,
+) -> tuple[dict[int, torch.Tensor], np.ndarray]:  # fmt: skip
+    """SAE codes at the last two tokens of each sequence (``[BOS] prefix answer_token``), and
+    the rank (0 = top) of the last token in the model's prediction at the one before.
+
+    Sequences of equal length share a forward pass (no padding, so nothing to mask), which
+    captures the SAE hooks and keeps the logits of the last two positions only. Under causal
+    attention these values equal those of a run on the whole prompt, one prompt at a time.
+    Returns ``({layer: [n, 2, d_sae]}, ranks [n])``.
+    """
+    hooks = sorted({s.hook for s in sites.values()})
+    by_len: dict[int, list[int]] = {}
+    for i, seq in enumerate(seqs):
+        by_len.setdefault(len(seq), []).append(i)
+    acts = {h: torch.empty(0) for h in hooks}
+    ranks = np.zeros(len(seqs), np.int64)
+    for idx in by_len.values():
+        for start in range(0, len(idx), batch_size):
+            rows = idx[start : start + batch_size]
+            ids = torch.tensor([list(seqs[i]) for i in rows], device=model.device)
+            got, logits = _forward_last_two(model, ids, hooks)
+            before = logits[:, 0].float()  # the prediction of the last token
+            target = before.gather(1, ids[:, -1:])
+            ranks[rows] = (before > target).sum(1).cpu().numpy()
+            for h in hooks:
+                if acts[h].numel() == 0:
+                    acts[h] = torch.empty(len(seqs), 2, got[h].shape[-1], dtype=got[h].dtype)
+                acts[h][rows] = got[h].cpu()
+    out = {}
+    for layer, site in sites.items():
+        x = acts[site.hook].to(site.sae.device, site.sae.dtype)
+        with torch.inference_mode():
+            out[layer] = site.sae.encode(x).float().cpu()
+    return out, ranks
 
 
-def _promotes(site: Any, model: LoadedModel, top: torch.Tensor, prompt_group: np.ndarray,
-              answer_tok: list[int], k: int) -> np.ndarray:  # fmt: skip
+def _forward_last_two(
+    model: LoadedModel, ids: torch.Tensor, hooks: Sequence[str]
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One full forward: each hook's value at the last two positions, and the logits at the
+    second-to-last (the prediction of the last token).
+
+    ``LoadedModel.run_with_hooks`` stops at the deepest hook and ``run_with_replacement``
+    returns logits for every position (262k wide): neither gives both in one pass.
+    """
+    layers = decoder_layers(model.model, model.n_layers)
+    out: dict[str, torch.Tensor] = {}
+
+    def keep(name: str, value: Any) -> None:
+        value = value if isinstance(value, torch.Tensor) else value[0]
+        out[name] = value[:, -2:].detach().clone()
+
+    handles = []
+    for name in hooks:
+        s = hook_site(layers, parse_hook(name))
+        if s.is_input:
+            handles.append(s.module.register_forward_pre_hook(
+                lambda _m, a, k, n=name: keep(n, a[0] if a else k["hidden_states"]),
+                with_kwargs=True))  # fmt: skip
+        else:
+            handles.append(s.module.register_forward_hook(lambda _m, _a, o, n=name: keep(n, o)))
+    try:
+        with torch.inference_mode():
+            # only the second-to-last position's logits: each row costs a 262k-wide product
+            at = torch.tensor([ids.shape[1] - 2], device=ids.device)
+            logits = model.model(input_ids=ids, use_cache=False, logits_to_keep=at).logits
+    finally:
+        for h in handles:
+            h.remove()
+    return out, logits
+
+
+def _group_means(codes: torch.Tensor, prompt_group: np.ndarray, n_groups: int) -> torch.Tensor:
+    """Mean code per group; a group with no prompt used gets zeros (its top values read 0)."""
+    zero = torch.zeros(codes.shape[1])
+    return torch.stack([codes[prompt_group == g].mean(0) if (prompt_group == g).any() else zero
+                        for g in range(n_groups)])  # fmt: skip
+
+
+def _promotes(
+    promoted: PromotedTokens, top: torch.Tensor, answers: list[set[int]], k: int
+) -> np.ndarray:
     """Per group: does any of its top latents rank an answer token among its ``k`` most
     promoted tokens? (A group's prompts may tokenise the answer differently; any counts.)"""
-    out = np.zeros(len(top), bool)
-    for g, latents in enumerate(top.tolist()):
-        promoted = logit_directions(site, model, latents).topk(k, dim=-1).indices
-        answers = {answer_tok[i] for i in np.flatnonzero(prompt_group == g)}
-        out[g] = bool(np.isin(promoted.numpy(), list(answers)).any())
-    return out
+    return np.array(
+        [promoted.promotes_any(latents, answers[g], k) for g, latents in enumerate(top.tolist())],
+        dtype=bool,
+    )
+
+
+def _paraphrase_cosine(
+    prompt_cosines: np.ndarray, prompt_group: np.ndarray
+) -> dict[str, float | None]:
+    """Mean prompt x prompt cosine between paraphrases of one fact and between different facts:
+    a code that is consistent across paraphrases has ``within_group`` above ``between_groups``."""
+    same = prompt_group[:, None] == prompt_group[None, :]
+    np.fill_diagonal(same, False)  # a prompt with itself says nothing
+    different = prompt_group[:, None] != prompt_group[None, :]
+    return {"within_group": _nanmean(prompt_cosines[same]),
+            "between_groups": _nanmean(prompt_cosines[different])}  # fmt: skip
+
+
+def _nanmean(values: np.ndarray) -> float | None:
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else None
 
 
 def _share(flags: np.ndarray, mask: np.ndarray) -> float | None:
@@ -222,26 +342,30 @@ def _layer_by_layer(stacked: Mapping[int, torch.Tensor], layers: list[int]) -> n
 def _figures(result: InterpretResult, groups: list[list[Fact]]) -> dict[str, Any]:
     figs: dict[str, Any] = {}
     answers = [g[0].answer for g in groups]
+    titles = {"topic_by_topic": "topic x topic", "prompt_by_prompt": "prompt x prompt"}
     for p, rows in result.layers.items():
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.bar([str(r["layer"]) for r in rows], [r["share_promoting"] for r in rows])
-        ax.set(
-            xlabel="layer",
-            ylabel="share of fact groups",
-            ylim=(0, 1),
-            title=f"top-{result.config['top_k']} latents promote the answer ({p} token)",
-        )
+        fig, ax = plt.subplots(figsize=(6, 3.5), layout="constrained")
+        x = np.arange(len(rows))
+        ax.bar(x - 0.2, [r["share_promoting"] for r in rows], 0.4, label="top latents")
+        ax.bar(x + 0.2, [r["share_promoting_random_latents"] for r in rows], 0.4,
+               label="random latents (chance)", color="grey")  # fmt: skip
+        ax.set_xticks(x, [str(r["layer"]) for r in rows])
+        top_k = result.config["top_k"]
+        ax.set(xlabel="layer", ylabel="share of fact groups", ylim=(0, 1),
+               title=f"top-{top_k} latents promote the answer ({p} token)")  # fmt: skip
+        ax.legend(fontsize=8)
         figs[f"promotes_{p}"] = fig
-        for name in ("topic_by_topic", "prompt_by_prompt"):
+        for name, title in titles.items():
             per_layer = result.maps[p][name]
             k = len(per_layer)
-            fig, axes = plt.subplots(1, k, figsize=(4 * k, 3.8), squeeze=False)
-            for ax, (x, m) in zip(axes[0], per_layer.items(), strict=True):
-                heatmap(ax, m, f"layer {x}", answers if name == "topic_by_topic" else None)
-            fig.suptitle(f"{name.replace('_', ' x ')} cosine of SAE latents ({p} token)")
+            fig, axes = plt.subplots(1, k, figsize=(4.5 * k, 4.2), squeeze=False,
+                                     layout="constrained")  # fmt: skip
+            for ax, (x_, m) in zip(axes[0], per_layer.items(), strict=True):
+                heatmap(ax, m, f"layer {x_}", answers if name == "topic_by_topic" else None)
+            fig.suptitle(f"{title} cosine of SAE codes ({p} token)", fontsize=10)
             figs[f"{name}_{p}"] = fig
-        if result.maps[p]["layer_by_layer"] is not None:
-            fig, ax = plt.subplots(figsize=(4.5, 4))
+        if result.maps[p]["layer_by_layer"] is not None and len(rows) > 1:
+            fig, ax = plt.subplots(figsize=(4.5, 4), layout="constrained")
             heatmap(ax, result.maps[p]["layer_by_layer"], f"layer x layer ({p} token)",
                     [str(r["layer"]) for r in rows])  # fmt: skip
             figs[f"layer_by_layer_{p}"] = fig
@@ -249,12 +373,22 @@ def _figures(result: InterpretResult, groups: list[list[Fact]]) -> dict[str, Any
 
 
 def summary_lines(result: InterpretResult) -> list[str]:
+    top1 = np.mean([g["model_top1"] for g in result.groups])
     top10 = np.mean([g["model_top10"] for g in result.groups])
-    lines = [f"{len(result.groups)} fact groups; the model ranks the answer in its top 10 "
-             f"before it for {top10:.0%} of prompts"]  # fmt: skip
+    n_prompts = sum(g["n_prompts"] for g in result.groups)
+    lines = [f"{len(result.groups)} fact groups, {n_prompts} prompts; at the token before the "
+             f"answer the model ranks its first token top-1 for {top1:.0%} of prompts, top-10 "
+             f"for {top10:.0%}"]  # fmt: skip
     for p, rows in result.layers.items():
         for r in rows:
-            lines.append(f"{p} token, layer {r['layer']}: top latents promote the answer for "
-                         f"{r['share_promoting']:.0%} of groups (random latents: "
-                         f"{r['share_promoting_random_latents']:.0%})")  # fmt: skip
+            para = result.maps[p]["paraphrase_cosine"][r["layer"]]
+            lines.append(f"{p} token, layer {r['layer']}: top-{result.config['top_k']} latents "
+                         f"promote the answer for {r['share_promoting']:.0%} of groups (random "
+                         f"latents: {r['share_promoting_random_latents']:.0%}); cosine of codes "
+                         f"between paraphrases {_num(para['within_group'])}, between facts "
+                         f"{_num(para['between_groups'])}")  # fmt: skip
     return lines
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"

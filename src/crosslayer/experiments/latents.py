@@ -8,11 +8,12 @@ ignored). Contexts come from an activation store holding the hook the SAE reads.
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from crosslayer.errors import CrosslayerError
@@ -41,7 +42,47 @@ def logit_directions(site: SaeSite, model: LoadedModel, indices: list[int]) -> t
 
 def promoted_tokens(site: SaeSite, model: LoadedModel, index: int, k: int = 10) -> list[int]:
     """Ids of the ``k`` tokens the latent's decoder direction promotes most."""
-    return logit_directions(site, model, [index])[0].topk(k).indices.tolist()
+    return PromotedTokens(site, model, k).top(index)[0]
+
+
+class PromotedTokens:
+    """The ``k`` most promoted tokens (``W_dec[i] @ W_U``) of latents of one SAE, each latent
+    computed once.
+
+    A row of the product spans the whole vocabulary (262k for Gemma), and each product reads all
+    of W_U: latents are done in chunks, so a thousand latents cost a few passes over W_U rather
+    than one per caller (the per-group recomputation made ``interpret`` slow).
+    """
+
+    def __init__(self, site: SaeSite, model: LoadedModel, k: int, chunk: int = 256) -> None:
+        self.site, self.model, self.k, self.chunk = site, model, k, chunk
+        self._top: dict[int, tuple[list[int], list[float]]] = {}
+
+    def ensure(self, indices: Iterable[int]) -> None:
+        """Compute the top tokens of every latent in ``indices`` not done yet."""
+        todo = sorted(set(indices) - self._top.keys())
+        if not todo:
+            return
+        w_u = self.model.unembed().float()
+        w_dec = self.site.sae.W_dec.detach()
+        for start in range(0, len(todo), self.chunk):
+            part = todo[start : start + self.chunk]
+            with torch.inference_mode():
+                top = (w_dec[part].to(w_u.device, torch.float32) @ w_u).topk(self.k, dim=-1)
+            ids, vals = top.indices.cpu().tolist(), top.values.cpu().tolist()
+            self._top.update(zip(part, zip(ids, vals, strict=True), strict=True))
+
+    def top(self, index: int, k: int | None = None) -> tuple[list[int], list[float]]:
+        """Token ids and logit weights of the ``k`` (default: all computed) most promoted."""
+        self.ensure([index])
+        ids, vals = self._top[index]
+        return ids[:k], vals[:k]
+
+    def promotes_any(self, indices: Iterable[int], tokens: set[int], k: int) -> bool:
+        """Does any latent in ``indices`` rank one of ``tokens`` among its ``k`` top tokens?"""
+        indices = list(indices)
+        self.ensure(indices)
+        return any(t in tokens for i in indices for t in self._top[i][0][:k])
 
 
 def neuronpedia_link(sae: Any, index: int) -> str | None:
@@ -63,37 +104,53 @@ def describe(
     n_contexts: int = 5,
     window: int = 8,
     batch_size: int = 4096,
+    promoted: Mapping[int, PromotedTokens] | None = None,
 ) -> list[LatentInfo]:
-    """A :class:`LatentInfo` for every ``wanted[layer]`` latent."""
+    """A :class:`LatentInfo` for every ``wanted[layer]`` latent. ``promoted`` reuses top tokens
+    already computed per layer (with ``k >= n_promoted``)."""
     tok = model.tokenizer
+    decode = _Decoder(tok)
     out = []
     for layer, indices in wanted.items():
         site = sites[layer]
-        logits = logit_directions(site, model, indices)
-        top = logits.topk(n_promoted, dim=-1)
-        infos = [
-            LatentInfo(
-                layer,
-                i,
-                [
-                    (str(tok.decode([t])), float(v))
-                    for t, v in zip(ids.tolist(), vals.tolist(), strict=True)
-                ],
-                neuronpedia_link(site.sae, i),
-            )
-            for i, ids, vals in zip(indices, top.indices, top.values, strict=True)
-        ]
+        cache = (promoted or {}).get(layer)
+        if cache is None or cache.k < n_promoted:
+            cache = PromotedTokens(site, model, n_promoted)
+        cache.ensure(indices)
+        infos = []
+        for i in indices:
+            ids, vals = cache.top(i, n_promoted)
+            pairs = [(decode(t), float(v)) for t, v in zip(ids, vals, strict=True)]
+            infos.append(LatentInfo(layer, i, pairs, neuronpedia_link(site.sae, i)))
         if store is not None:
-            _add_store_view(infos, site, store, tok, n_contexts, window, batch_size)
+            _add_store_view(infos, site, store, decode, n_contexts, window, batch_size)
         out += infos
     return out
 
 
+class _Decoder:
+    """``tokenizer.decode([id])`` with a cache: contexts repeat the same tokens many times."""
+
+    def __init__(self, tok: Any) -> None:
+        self.tok, self.cache = tok, dict[int, str]()
+
+    def __call__(self, token: int) -> str:
+        token = int(token)
+        if token not in self.cache:
+            self.cache[token] = str(self.tok.decode([token]))
+        return self.cache[token]
+
+
 def _add_store_view(
-    infos: list[LatentInfo], site: SaeSite, store: Any, tok: Any, n_contexts: int, window: int,
-    batch_size: int,
+    infos: list[LatentInfo], site: SaeSite, store: Any, decode: _Decoder, n_contexts: int,
+    window: int, batch_size: int,
 ) -> None:  # fmt: skip
-    """Density and top contexts from the store: one pass encoding ``site.hook`` activations."""
+    """Density and top contexts from the store: one pass encoding ``site.hook`` activations.
+
+    The wanted latents' codes are kept sparse (SAE codes are mostly zero), so the pass costs
+    memory in proportion to the active entries, and every latent's top rows come from its own
+    non-zeros instead of a sort over all store tokens.
+    """
     if site.hook not in store.hooks:
         raise CrosslayerError(
             f"the store has no {site.hook} activations (the SAE for layer {site.layer} reads it)",
@@ -104,21 +161,35 @@ def _add_store_view(
     for batch in store.iter_batches([site.hook], split=None, batch_size=batch_size):
         x = torch.as_tensor(batch[site.hook]).to(site.sae.device, site.sae.dtype)
         with torch.inference_mode():
-            parts.append(site.sae.encode(x)[:, cols].float().cpu().numpy())
-    acts = np.concatenate(parts)  # [n_tokens, len(cols)], in store order
+            parts.append(sp.csr_matrix(site.sae.encode(x)[:, cols].float().cpu().numpy()))
+    acts = sp.vstack(parts).tocsc()  # [n_tokens, len(cols)], in store order
+    acts.sort_indices()
+    n_tokens = acts.shape[0]
     ctx, pos, tokens = store.context_ids, store.positions, store.tokens
+    # rows sorted by (context, position): a context's window is one contiguous slice
+    pos = pos.astype(np.int64)
+    last = int(pos.max()) if n_tokens else 0
+    order = np.lexsort((pos, ctx))
+    key = ctx[order].astype(np.int64) * (last + 1) + pos[order]
     for j, info in enumerate(infos):
-        info.density = float(np.mean(acts[:, j] > 0))
-        for row in np.argsort(-acts[:, j], kind="stable")[:n_contexts]:
-            if acts[row, j] <= 0:
+        rows = acts.indices[acts.indptr[j] : acts.indptr[j + 1]]
+        vals = acts.data[acts.indptr[j] : acts.indptr[j + 1]]
+        info.density = float(np.sum(vals > 0) / n_tokens)
+        # descending activation, ties by store row (as a stable sort over all rows would give)
+        for r in np.lexsort((rows, -vals))[:n_contexts]:
+            if vals[r] <= 0:
                 break
-            near = np.flatnonzero(
-                (ctx == ctx[row]) & (pos >= pos[row] - window) & (pos <= pos[row] + 2)
-            )
+            row, base = rows[r], int(ctx[rows[r]]) * (last + 1)
+            lo = np.searchsorted(key, base + max(pos[row] - window, 0), "left")
+            hi = np.searchsorted(key, base + min(pos[row] + 2, last), "right")
+            near = np.sort(order[lo:hi])
+            at = np.searchsorted(rows, near)
+            hit = (at < len(rows)) & (rows[np.minimum(at, len(rows) - 1)] == near)
+            near_acts = np.where(hit, vals[np.minimum(at, len(rows) - 1)], 0.0)
             info.contexts.append({
-                "tokens": [tok.decode([int(t)]) for t in tokens[near]],
-                "acts": [float(a) for a in acts[near, j]],
-                "max": float(acts[row, j]),
+                "tokens": [decode(t) for t in tokens[near]],
+                "acts": [float(a) for a in near_acts],
+                "max": float(vals[r]),
             })  # fmt: skip
 
 

@@ -61,6 +61,7 @@ class PromptMaps:
     tokens: list[str]
     layer_by_layer: np.ndarray  # [T, L, L]: per token, cosine between layers
     token_by_token: np.ndarray  # [L, T, T]: per layer, cosine between tokens
+    bos: bool = False  # token 0 is BOS (outsized norm, left out of the token-cosine summary)
 
 
 @dataclass
@@ -87,7 +88,8 @@ class LayersResult:
         ]
         return {"config": self.config, "model": self.model, "versions": versions(),
                 "layers": self.layers, "sae_layers": self.sae_layers,
-                "adjacent_layer_cosine": self.adjacent_cosine(), "cka": self.cka,
+                "adjacent_layer_cosine": self.adjacent_cosine(),
+                "mean_token_cosine": self.token_cosine(), "cka": self.cka,
                 "depth": self.depth, "prompts": prompts}  # fmt: skip
 
     def adjacent_cosine(self) -> dict[str, float]:
@@ -99,6 +101,27 @@ class LayersResult:
                 out[kind] = float(np.nanmean(np.concatenate([v.ravel() for v in vals])))
         return out
 
+    def token_cosine(self) -> dict[str, list[float | None]]:
+        """Per kind and layer: mean cosine between different tokens of a prompt (BOS left out),
+        over all prompts. Near 1 means that layer's vectors share one dominant direction, so
+        raw cosines say little about how tokens differ (linear CKA centres; cosines do not)."""
+        out: dict[str, list[float | None]] = {}
+        for kind in ("resid", "sae"):
+            maps = [p[kind] for p in self.prompts if kind in p]
+            if not maps:
+                continue
+            per_layer: list[float | None] = []
+            for li in range(maps[0].token_by_token.shape[0]):
+                vals = []
+                for m in maps:
+                    x = m.token_by_token[li][int(m.bos) :, int(m.bos) :]
+                    vals.append(x[~np.eye(len(x), dtype=bool)])
+                v = np.concatenate(vals)
+                v = v[np.isfinite(v)]
+                per_layer.append(float(v.mean()) if v.size else None)
+            out[kind] = per_layer
+        return out
+
 
 def prompt_maps(
     model: LoadedModel, prompt: str, layers: list[int], sites: Mapping[int, SaeSite]
@@ -108,7 +131,8 @@ def prompt_maps(
     ids = tok(prompt, add_special_tokens=False).input_ids
     if not ids:
         raise CrosslayerError(f"prompt {prompt!r} has no tokens", "give non-empty prompts")
-    if tok.bos_token_id is not None:
+    bos = tok.bos_token_id is not None
+    if bos:
         ids = [tok.bos_token_id, *ids]
     reps = sequence_reps(model, ids, layers, sites)
     labels = [str(tok.decode([i])) for i in ids]
@@ -124,7 +148,7 @@ def prompt_maps(
             else np.zeros((len(ids), 0, 0))
         )
         by_layer = np.stack([cosine_matrix(r) for r in stack])
-        out[kind] = PromptMaps(labels, by_token, by_layer)
+        out[kind] = PromptMaps(labels, by_token, by_layer, bos)
     return out
 
 
@@ -221,13 +245,15 @@ def _figures(result: LayersResult) -> dict[str, Any]:
     for p, maps in enumerate(result.prompts):
         for kind, m in maps.items():
             labels = layer_labels if kind == "resid" else [str(x) for x in result.sae_layers]
-            if m.layer_by_layer.shape[1]:
+            if m.layer_by_layer.shape[1] > 1:  # one SAE layer: a 1 x 1 map says nothing
                 figs[f"prompt{p}_{kind}_layer_by_layer"] = _grid(
                     m.layer_by_layer, [f"token {t}: {s!r}" for t, s in enumerate(m.tokens)],
                     labels)  # fmt: skip
             figs[f"prompt{p}_{kind}_token_by_token"] = _grid(
                 m.token_by_token, [f"layer {x}" for x in labels], m.tokens)  # fmt: skip
     for kind, c in result.cka.items():
+        if len(c["hooks"]) < 2:
+            continue
         fig, ax = plt.subplots(figsize=(5, 4.3))
         heatmap(ax, c["matrix"], f"linear CKA ({kind}, {c['n_tokens']} tokens)",
                 [h.split(".")[1] if "." in h else h for h in c["hooks"]])  # fmt: skip
@@ -274,8 +300,22 @@ def summary_lines(result: LayersResult) -> list[str]:
             continue
         lines.append(f"{kind}: linear CKA of consecutive layers, mean {adj.mean():.3f} "
                      f"(min {adj.min():.3f}) over {c['n_tokens']} tokens")  # fmt: skip
+    for kind, per_layer in result.token_cosine().items():
+        labels = result.layers if kind == "resid" else result.sae_layers
+        vals = [(v, x) for v, x in zip(per_layer, labels, strict=True) if v is not None]
+        if vals:
+            (lo, at_lo), (hi, at_hi) = min(vals), max(vals)
+            spread = (
+                f"at layer {at_lo}"
+                if len(vals) == 1
+                else f"from {lo:.3f} (layer {at_lo}) to {hi:.3f} (layer {at_hi})"
+            )
+            lines.append(f"{kind}: mean cosine between different tokens (BOS left out) "
+                         f"{np.mean([v for v, _ in vals]):.3f}, {spread}")  # fmt: skip
     if result.depth is not None:
-        ev = result.depth["heldout_explained_variance"]
-        lines.append(f"depth curve: embeddings explain {ev[0]:.3f} of the first layer, "
-                     f"{ev[-1]:.3f} of the last (held-out)")  # fmt: skip
+        d = result.depth
+        ev = d["heldout_explained_variance"]
+        lines.append(f"depth curve: {d['source_hook']} explains {ev[0]:.3f} of "
+                     f"{d['target_hooks'][0]}, {ev[-1]:.3f} of {d['target_hooks'][-1]} "
+                     "(held-out, per-dim EV)")  # fmt: skip
     return lines
