@@ -240,3 +240,82 @@ def test_open_store_errors(tmp_path):
     Path(tmp_path / "manifest.json").write_text(json.dumps({**manifest, "shards": []}))
     with pytest.raises(DataError, match=r"incomplete \(0 of 3 shards"):
         open_store(tmp_path)
+
+
+# -- resident memory: file pages are given back after a pass (issue 2) -----------------------
+
+
+def _rss_of(address: int) -> int:
+    """Resident kB of the mapping that holds ``address``."""
+    from crosslayer.store.residency import mappings
+
+    (m,) = [m for m in mappings() if m.start <= address < m.end]
+    return m.rss_kb
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").is_file(), reason="needs Linux /proc")
+def test_release_file_pages_drops_clean_pages_and_keeps_written_ones(tmp_path):
+    """Like the model's memory-mapped embedding: a private (copy-on-write) file mapping used
+    as a tensor's storage. Its touched pages leave the RSS; the values stay the same; a
+    mapping with a written page is left alone, so no write is ever lost."""
+    from crosslayer.store.residency import release_file_pages
+
+    values = np.random.default_rng(0).normal(size=(4096, 256)).astype(np.float32)  # 4 MiB
+    values.tofile(tmp_path / "w.bin")
+    clean = np.memmap(tmp_path / "w.bin", np.float32, mode="c", shape=values.shape)
+    weight = torch.from_numpy(clean)
+    assert float(weight.sum()) == pytest.approx(float(values.sum()), rel=1e-5)  # touch all
+    assert _rss_of(weight.data_ptr()) >= 4096
+    assert release_file_pages([weight.data_ptr()]) >= 4 << 20
+    assert _rss_of(weight.data_ptr()) < 64
+    np.testing.assert_array_equal(weight.numpy(), values)  # faulted back in, unchanged
+
+    written = np.memmap(tmp_path / "w.bin", np.float32, mode="c", shape=values.shape)
+    written[:] += 1.0  # every page copied-on-write: dropping them would undo the write
+    assert release_file_pages([written.ctypes.data]) == 0
+    np.testing.assert_array_equal(np.asarray(written), values + 1.0)
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").is_file(), reason="needs Linux /proc")
+def test_bulk_reads_give_back_the_shard_pages(tmp_path):
+    """to_numpy and iter_batches copy the rows they return; the memory-mapped shard pages
+    must not stay resident as well (they doubled the memory of loading a store)."""
+    from crosslayer.store.reader import ShardedArray
+
+    rng = np.random.default_rng(1)
+    parts = []
+    for k in range(2):
+        np.save(tmp_path / f"{k}.npy", rng.normal(size=(8192, 160)).astype(np.float32))  # 5 MiB
+        parts.append(np.load(tmp_path / f"{k}.npy", mmap_mode="r"))
+    expected = np.concatenate([np.load(tmp_path / f"{k}.npy") for k in range(2)])
+    x = ShardedArray(parts)
+    np.testing.assert_array_equal(x.to_numpy(), expected)
+    assert max(_rss_of(p.ctypes.data) for p in parts) < 64  # was ~5,000 kB each
+    np.testing.assert_array_equal(x[np.arange(0, 16384, 2)], expected[::2])  # _take: same
+    assert max(_rss_of(p.ctypes.data) for p in parts) < 64
+    np.testing.assert_array_equal(x[5], expected[5])  # a small read keeps its page
+    assert _rss_of(parts[0].ctypes.data) >= 4
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").is_file(), reason="needs Linux /proc")
+def test_collect_gives_back_memory_mapped_weights(store, tmp_path, monkeypatch):
+    """The real model's embedding table is a private mapping of model.safetensors; collect
+    must drop its touched pages after each shard, and the stored activations must not
+    change (the pages fault back in with the same bytes)."""
+    import crosslayer.store.residency as residency
+
+    lm = tiny_model()  # a fresh copy: its embedding is swapped for a file-backed one
+    emb = lm.model.get_input_embeddings()
+    emb.weight.detach().numpy().tofile(tmp_path / "embed.bin")
+    mapped = np.memmap(tmp_path / "embed.bin", np.float32, mode="c", shape=emb.weight.shape)
+    emb.weight = torch.nn.Parameter(torch.from_numpy(mapped), requires_grad=False)
+    monkeypatch.setattr(residency, "_MIN_BYTES", 0)  # the tiny table is only 128 kB
+    out = collect(
+        lm, HOOKS, corpus="builtin:news", n_tokens=N, out=tmp_path / "s", batch_size=3,
+        shard_tokens=SHARD, progress=False, **SETTINGS,
+    )  # fmt: skip
+    assert _rss_of(mapped.ctypes.data) == 0
+    for hook in HOOKS:
+        np.testing.assert_array_equal(
+            out.activations(hook).to_numpy(), store.activations(hook).to_numpy()
+        )

@@ -48,6 +48,7 @@ from crosslayer.store.format import (
     write_shard,
 )
 from crosslayer.store.reader import ActivationStore, open_store
+from crosslayer.store.residency import release_module_pages
 
 StoreDtype = Literal["float32", "float16"]
 FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
@@ -345,6 +346,11 @@ def collect(
                     continue
                 arrays = _run_shard(model, hooks, pieces, batch_size=batch_size, dtype=dtype)
                 mine.append(write_shard(path, index, arrays))
+                del arrays
+                # Weights memory-mapped from the model file (Gemma's 640 MB embedding table)
+                # page in row by row as new tokens appear: give those pages back after every
+                # shard, or the RSS grows with the number of distinct tokens seen (issue 2).
+                release_module_pages(model.model)
                 if rank == 0:  # only rank 0 writes the manifest; others' shards join at the end
                     manifest["shards"] = sorted([*manifest["shards"], mine[-1]], key=_name)
                     write_manifest(path, manifest)

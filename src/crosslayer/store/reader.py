@@ -12,6 +12,12 @@ import numpy.typing as npt
 
 from crosslayer.errors import CrosslayerError, DataError
 from crosslayer.store.format import SPLITS, hook_file, read_manifest
+from crosslayer.store.residency import release_memmap
+
+# A bulk read of at least this many bytes from a shard gives the shard's file pages back
+# afterwards (see _done_with): the copy is what the caller keeps, so holding the mapped
+# pages as well would double the memory of loading a store (to_numpy) for nothing.
+_RELEASE_BYTES = 4 << 20
 
 
 class ShardedArray:
@@ -69,6 +75,7 @@ class ShardedArray:
             lo, hi = max(start, self.offsets[k]), min(stop, self.offsets[k + 1])
             if lo < hi:
                 out[lo - start : hi - start] = part[lo - self.offsets[k] : hi - self.offsets[k]]
+                _done_with(part, hi - lo)
         return out
 
     def _take(self, index: np.ndarray) -> np.ndarray:
@@ -81,6 +88,7 @@ class ShardedArray:
             local = flat[where] - self.offsets[k]
             order = np.argsort(local, kind="stable")  # sequential reads from the memmap
             out[where[order]] = self.parts[k][local[order]]
+            _done_with(self.parts[k], int(local.max() - local.min()) + 1)  # rows spanned
         return out.reshape((*index.shape, self.shape[1]))
 
     def to_numpy(self, split: str | None = None, dtype: npt.DTypeLike | None = None) -> np.ndarray:
@@ -92,6 +100,13 @@ class ShardedArray:
                 raise ValueError("this array has no split labels")
             out = self._take(np.flatnonzero(self._split == _split_code(split)))
         return out if dtype is None else out.astype(dtype, copy=False)
+
+
+def _done_with(part: np.ndarray, rows: int) -> None:
+    """After a read spanning ``rows`` rows of a memory-mapped shard, unmap its resident
+    pages if the span was large (small, repeated lookups keep them: refaulting costs more)."""
+    if rows * part.itemsize * (part.shape[1] if part.ndim > 1 else 1) >= _RELEASE_BYTES:
+        release_memmap(part)
 
 
 def _split_code(split: str) -> int:
@@ -211,6 +226,8 @@ class ActivationStore:
                 if n_pending == batch_size:
                     yield _concat(pending)
                     pending, n_pending = [], 0
+            for a in arrays.values():  # batches are copies: the shard's pages can go
+                release_memmap(a)
         if pending:
             yield _concat(pending)
 
