@@ -8,7 +8,17 @@ from __future__ import annotations
 from pathlib import Path
 
 HERE = Path(__file__).parent
-ORDER = ("collect", "model_load", "store_format", "transcoder", "probes", "sae_train", "study_a")
+ORDER = (
+    "collect",
+    "model_load",
+    "store_format",
+    "transcoder",
+    "probes",
+    "probes_resid",
+    "sae_train",
+    "memory",
+    "study_a",
+)
 
 
 def _demote_headings(text: str) -> str:

@@ -24,8 +24,8 @@ from safetensors.torch import save_file
 from crosslayer import distributed
 from crosslayer.errors import CrosslayerError
 from crosslayer.sae import train, train_sae
+from tests.test_sae_train import sparse_data
 
-D = 16
 # 4096 rows / 256 = 16 steps an epoch, 48 steps; checkpoints every 12 steps
 BASE: dict[str, Any] = {
     "width": 64,
@@ -40,15 +40,6 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "jumprelu": {**BASE, "arch": "jumprelu", "target_l0": 6},
     "topk": {**BASE, "arch": "topk", "target_l0": 5},
 }
-
-
-def sparse_data(n: int = 4096, seed: int = 0) -> torch.Tensor:
-    """x = sparse non-negative codes over 48 random unit directions + an offset."""
-    g = torch.Generator().manual_seed(seed)
-    dirs = torch.randn(48, D, generator=g)
-    dirs /= dirs.norm(dim=1, keepdim=True)
-    codes = torch.rand(n, 48, generator=g) * (torch.rand(n, 48, generator=g) < 0.08)
-    return codes * 3 @ dirs + 0.3
 
 
 class Crash(Exception):

@@ -204,7 +204,7 @@ def test_time_estimate_is_positive_and_linear_in_tokens() -> None:
     assert 0 < t1 < t2 < t3
     # equal steps in tokens, equal steps in time (fixed costs: load, report, warm-ups)
     assert t3 - t2 == pytest.approx(t2 - t1, rel=0.02)
-    assert 1.6 < t2 / t1 <= 2.0
+    assert 1.5 < t2 / t1 <= 2.0
 
 
 def test_time_scales_inversely_with_the_measured_throughput() -> None:

@@ -53,8 +53,11 @@ EFFICIENCY = {
     "transcoder_mlp": 0.26,
     # sae-lens SAETrainer, TopK, batch 512 (33.5 s and 38.8 s, less SAE_WARMUP_S)
     "sae": 0.30,
-    # L-BFGS logistic + ridge probes (84.8 s and 101.5 s, less PROBE_S_PER_FEATURE x features)
-    "probes": 0.22,
+    # L-BFGS logistic + ridge probes (35.6 s and 48.4 s in the quiet default run after the
+    # probes merged repeated rows, less PROBE_S_PER_FEATURE x features). The FLOPs below count
+    # every fitted token; with hook_embed as source the fit runs on ~6x fewer distinct rows,
+    # so this is an effective figure (0.22 before the merge), optimistic for residual sources.
+    "probes": 0.67,
     # one pass of float64 statistics over the sweep store (8.2 s)
     "depth_sweep": 0.14,
 }
