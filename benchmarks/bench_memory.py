@@ -27,6 +27,7 @@ Stages:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -59,8 +60,24 @@ def proc_status() -> dict[str, float]:
     return out
 
 
+# A fixed mmap threshold: glibc otherwise raises it after each large free (up to 32 MB), so
+# later tensors come from the heap and freed ones may stay resident; the peak then varied by
+# ±150 MB between identical runs. With it, every tensor above 128 kB is its own mapping,
+# returned on free, and the peak measures live memory (two runs agreed to 1 MB).
+CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+
+
 def reset_peak() -> None:
-    """Start a new peak-RSS mark (Linux >= 4.0: writing 5 to clear_refs resets VmHWM)."""
+    """Start a new peak-RSS mark (Linux >= 4.0: writing 5 to clear_refs resets VmHWM).
+
+    First hand freed heap back to the OS (glibc ``malloc_trim``): preparing a stage's inputs
+    (e.g. encoding the targets with the SAE) frees large temporaries that malloc may keep
+    resident, and the peak would then count them as the stage's.
+    """
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
 
@@ -143,8 +160,8 @@ def run_stage(stage: str, store_path: Path, a: argparse.Namespace) -> dict[str, 
             train_sae(store, cfg, out, hook=a.target, progress=False)
 
     torch.set_num_threads(a.threads)
-    before = proc_status()
     reset_peak()
+    before = proc_status()
     t = time.perf_counter()
     work()
     secs = time.perf_counter() - t
@@ -234,7 +251,11 @@ def main() -> None:
         for stage in a.stages.split(","):
             for k, path in views.items():
                 done = subprocess.run(
-                    child_cmd(stage, path, a), capture_output=True, text=True, check=False
+                    child_cmd(stage, path, a),
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                    env=os.environ | CHILD_ENV,
                 )
                 if done.returncode != 0:
                     sys.exit(f"{stage} at {k}x failed:\n{done.stderr[-3000:]}")

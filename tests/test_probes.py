@@ -143,3 +143,21 @@ def test_repeated_rows_are_merged_exactly_like_token_embeddings():
         np.testing.assert_allclose(probes.logit_coef_[j], logit.coef_[0], atol=0.02)
         assert probes.logit_intercept_[j] == pytest.approx(logit.intercept_[0], abs=0.02)
     assert merged >= M // 2 and np.isfinite(res.auroc).sum() >= merged - 2
+
+
+def test_features_are_read_in_blocks_of_target_chunk_with_the_same_result(fitted):
+    """F is read a few columns at a time (bounded memory); the probes do not change."""
+    x, f, *_, probes, _ = fitted
+    widths: list[int] = []
+
+    def block(a: int, b: int) -> np.ndarray:
+        widths.append(b - a)
+        return f[:, a:b]
+
+    again = FeatureProbes(alpha=1e-3, C=0.5, feature_chunk=7, target_chunk=3, max_iter=200)
+    again.fit(x, block, n_features=M)
+    assert max(widths) <= 3 and sum(widths) == M
+    np.testing.assert_allclose(again.ridge_coef_, probes.ridge_coef_, atol=1e-6)
+    # the same problems; float32 sums taken in another order move the optimum by ~1e-5
+    np.testing.assert_allclose(again.logit_coef_, probes.logit_coef_, atol=1e-4, equal_nan=True)
+    np.testing.assert_array_equal(again.n_active_, probes.n_active_)

@@ -20,6 +20,7 @@ balance, 80/20 split, plain accuracy) with scikit-learn, one feature at a time, 
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from sklearn.linear_model import LogisticRegression
 
 from crosslayer.device import resolve_device
 from crosslayer.errors import CrosslayerError
-from crosslayer.metrics import ArrayLike, RegressionAccumulator, as_tensor, check_2d
+from crosslayer.metrics import ArrayLike, RegressionAccumulator, as_tensor, check_2d, row_chunks
 from crosslayer.transcoder import RidgeEigen, SufficientStats, load_rows
 
 # Why a feature has NaN metrics; "ok" otherwise.
@@ -122,6 +123,7 @@ class FeatureProbes(BaseEstimator):
     threshold: a feature is active where its activation is ``> threshold``.
     max_iter: L-BFGS iterations per chunk of features.
     feature_chunk: features per matrix product.
+    target_chunk: columns of F read at a time (each is reduced to per-distinct-row sums).
 
     Learned: ``mean_``, ``scale_`` (standardisation of X), ``ridge_coef_ [m, d]``,
     ``ridge_intercept_ [m]``, ``logit_coef_ [m, d]``, ``logit_intercept_ [m]`` (both on
@@ -136,6 +138,7 @@ class FeatureProbes(BaseEstimator):
         threshold: float = 0.0,
         max_iter: int = 100,
         feature_chunk: int = 512,
+        target_chunk: int = 64,
         chunk_size: int = 8192,
         device: str | None = None,
     ) -> None:
@@ -144,6 +147,7 @@ class FeatureProbes(BaseEstimator):
         self.threshold = threshold
         self.max_iter = max_iter
         self.feature_chunk = feature_chunk
+        self.target_chunk = target_chunk
         self.chunk_size = chunk_size
         self.device = device
 
@@ -154,34 +158,32 @@ class FeatureProbes(BaseEstimator):
         *,
         n_features: int | None = None,
     ) -> FeatureProbes:
-        """Fit both probes for every feature; ``F`` is [n, m] or ``fn(start, stop)``."""
+        """Fit both probes for every feature; ``F`` is [n, m] or ``fn(start, stop)``.
+
+        X is read by row chunks (a memmap is never copied whole when its rows repeat) and F
+        by blocks of ``target_chunk`` columns, so memory grows with the number of tokens only
+        through X's distinct rows and one ``[n, target_chunk]`` block.
+        """
         self._check_params()
         dev = resolve_device(self.device)
-        x = load_rows(X, dev, self.chunk_size)
-        n, d = x.shape
+        n, d = check_2d("X", X)
         cols = _Columns(F, n, n_features)
-        # Sums in float64, elementwise work in float32: the inputs are float32 already, so
-        # centring them in float32 loses nothing that matters (torch's float64 std took 4 s
-        # on 70k x 640, longer than all the logistic fits).
-        self.mean_ = x.mean(0, dtype=torch.float64)
-        xs = x - self.mean_.float()
-        var = xs.square().mean(0, dtype=torch.float64)
-        self.scale_ = var.sqrt().clamp(min=1e-12)
-        xs /= self.scale_.float()
-        del x
-        f0 = cols.block(0, min(self.feature_chunk, cols.m), n, dev)
-        base = SufficientStats(dev, matmul_dtype=torch.float32).update(xs, f0)
+        self.mean_, self.scale_ = self._moments(X, n, d, dev)
+        # Every quantity below is a sum over tokens, so identical rows can be merged with
+        # their counts: exact, and several times fewer rows for token embeddings (one row
+        # per vocabulary entry; 70k tokens of Wikipedia hold 12k distinct ones).
+        rows = _DistinctRows(X, n, dev, self.chunk_size, self._standardise)
+        xr, counts = rows.x, rows.counts  # standardised distinct rows, tokens per row
+        base = SufficientStats(dev, matmul_dtype=torch.float32)
+        base.n, base.sum_x = n, counts.double() @ xr.double()
+        base.xtx = ((xr * counts[:, None]).T @ xr).double()
         eig = RidgeEigen(base)
         # Whitening X (with the same eigendecomposition) makes each logistic problem nearly
         # isotropic, so L-BFGS needs far fewer passes; the floor keeps null directions finite.
         lam = eig.evals + 1e-3 * eig.scale
         whiten = (eig.V * lam.rsqrt()).float()  # P, [d, d]: xw = xs P, w = P u
         penalty = (1.0 / lam).float()  # ||P u||² = Σ u_k² / lam_k
-        # The logistic loss is a sum over rows, so identical rows can be merged with their
-        # class counts: exact, and several times fewer rows for token embeddings (one row per
-        # vocabulary entry; 70k tokens of Wikipedia hold 12k distinct ones).
-        rows = _DistinctRows(xs)
-        xw = rows.x @ whiten
+        xw = xr @ whiten
         m = cols.m
         self.ridge_coef_ = np.full((m, d), np.nan, dtype=np.float32)
         self.ridge_intercept_ = np.full(m, np.nan, dtype=np.float32)
@@ -190,17 +192,15 @@ class FeatureProbes(BaseEstimator):
         self.n_active_ = np.zeros(m, dtype=np.int64)
         for j0 in range(0, m, self.feature_chunk):
             j1 = min(j0 + self.feature_chunk, m)
-            f = f0 if j0 == 0 else cols.block(j0, j1, n, dev)
-            q, mean_f = eig.project(base.with_targets(xs, f))
+            stats, pos = self._target_sums(base, cols, rows, j0, j1, n, dev)
+            q, mean_f = eig.project(stats)
             self.ridge_coef_[j0:j1] = eig.coef(q, self.alpha).T.cpu().numpy()
             self.ridge_intercept_[j0:j1] = mean_f.cpu().numpy()
-            active = f > self.threshold
-            n_act = active.sum(0)
-            self.n_active_[j0:j1] = n_act.cpu().numpy()
+            n_act = pos.sum(0, dtype=torch.float64)  # exact integer counts
+            self.n_active_[j0:j1] = n_act.round().long().cpu().numpy()
             both = ((n_act > 0) & (n_act < n)).nonzero().squeeze(1)
             if both.numel():
-                pos = rows.sum(active[:, both].float())
-                u = self._fit_logistic(xw, penalty, pos, rows.counts, n)
+                u = self._fit_logistic(xw, penalty, pos[:, both], counts, n)
                 w = torch.cat([whiten @ u[:-1], u[-1:]])
                 idx = (j0 + both).cpu().numpy()
                 self.logit_coef_[idx] = w[:-1].T.cpu().numpy()
@@ -217,6 +217,58 @@ class FeatureProbes(BaseEstimator):
             )
         self.n_features_in_ = d
         return self
+
+    def _moments(
+        self, X: ArrayLike, n: int, d: int, dev: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and scale (population std) of X's columns, by row chunks, summed in float64.
+
+        Elementwise work stays in float32: the inputs are float32 already, so centring them
+        in float32 loses nothing that matters (torch's float64 std took 4 s on 70k x 640,
+        longer than all the logistic fits).
+        """
+        total = torch.zeros(d, dtype=torch.float64, device=dev)
+        for r in row_chunks(n, self.chunk_size):
+            total += as_tensor(X[r], dev).sum(0, dtype=torch.float64)
+        mean = total / n
+        sq = torch.zeros(d, dtype=torch.float64, device=dev)
+        for r in row_chunks(n, self.chunk_size):
+            sq += (as_tensor(X[r], dev) - mean.float()).square().sum(0, dtype=torch.float64)
+        return mean, (sq / n).sqrt().clamp(min=1e-12)
+
+    def _target_sums(
+        self,
+        base: SufficientStats,
+        cols: _Columns,
+        rows: _DistinctRows,
+        j0: int,
+        j1: int,
+        n: int,
+        dev: torch.device,
+    ) -> tuple[SufficientStats, torch.Tensor]:
+        """Ridge statistics of features ``j0:j1`` and their active counts per distinct row.
+
+        F is read ``target_chunk`` columns at a time and reduced at once to sums over each
+        distinct row, so no ``[n, feature_chunk]`` block is held.
+        """
+        k = j1 - j0
+        r = len(rows.counts)
+        fsum = torch.zeros(r, k, device=dev)
+        pos = torch.zeros(r, k, device=dev)
+        sum_y = torch.zeros(k, dtype=torch.float64, device=dev)
+        sum_y2 = torch.zeros(k, dtype=torch.float64, device=dev)
+        for b0 in range(j0, j1, self.target_chunk):
+            b1 = min(b0 + self.target_chunk, j1)
+            f = cols.block(b0, b1, n, dev)
+            out = slice(b0 - j0, b1 - j0)
+            fsum[:, out] = rows.sum(f)
+            pos[:, out] = rows.sum((f > self.threshold).float())
+            sum_y[out] = f.sum(0, dtype=torch.float64)
+            sum_y2[out] = (f * f).sum(0, dtype=torch.float64)
+        stats = copy.copy(base)
+        stats.sum_y, stats.sum_y2 = sum_y, sum_y2
+        stats.xty = (rows.x.T @ fsum).double()
+        return stats, pos
 
     def _fit_logistic(
         self,
@@ -357,36 +409,55 @@ class FeatureProbes(BaseEstimator):
             raise CrosslayerError("these FeatureProbes are not fitted yet", "call fit(X, F) first")
 
     def _check_params(self) -> None:
-        if not (self.alpha >= 0 and self.C > 0 and self.max_iter >= 1 and self.feature_chunk >= 1):
+        chunks = (self.feature_chunk, self.target_chunk, self.chunk_size)
+        if not (self.alpha >= 0 and self.C > 0 and self.max_iter >= 1 and min(chunks) >= 1):
             raise CrosslayerError(
                 f"bad probe settings alpha={self.alpha}, C={self.C}, max_iter={self.max_iter}, "
-                f"feature_chunk={self.feature_chunk}",
-                "use alpha >= 0, C > 0, max_iter >= 1, feature_chunk >= 1",
+                f"feature_chunk={self.feature_chunk}, target_chunk={self.target_chunk}, "
+                f"chunk_size={self.chunk_size}",
+                "use alpha >= 0, C > 0, max_iter >= 1 and chunk sizes >= 1",
             )
 
 
 class _DistinctRows:
-    """The distinct rows of ``x [n, d]`` and how to add up per-token values over each.
+    """The distinct rows of ``X [n, d]`` (standardised) and sums of per-token values over each.
 
-    Rows are grouped by a random float64 projection, then checked for exact equality with
-    their group's first row; if the check fails (a hash collision) or few rows repeat, every
-    row is its own group.
+    Rows are grouped by a random float64 projection, computed by row chunks, then checked
+    chunk by chunk for exact equality with their group's first row. If few rows repeat, or
+    the check fails (a hash collision), every row is its own group and X is read whole.
     """
 
-    def __init__(self, x: torch.Tensor) -> None:
-        n = x.shape[0]
+    def __init__(
+        self,
+        X: ArrayLike,
+        n: int,
+        dev: torch.device,
+        chunk_size: int,
+        standardise: Callable[[torch.Tensor], torch.Tensor],
+    ) -> None:
         self.index: torch.Tensor | None = None
-        self.x, self.counts = x, torch.ones(n, device=x.device)
         g = torch.Generator(device="cpu").manual_seed(0)
-        h = x.double() @ torch.randn(x.shape[1], generator=g, dtype=torch.float64).to(x.device)
-        keys, index, counts = torch.unique(h, return_inverse=True, return_counts=True)
-        if len(keys) > 0.8 * n:  # not worth it
-            return
-        first = torch.full((len(keys),), n, dtype=torch.long, device=x.device)
-        first.scatter_reduce_(0, index, torch.arange(n, device=x.device), "amin")
-        if not torch.equal(x, x[first][index]):
-            return
-        self.index, self.x, self.counts = index, x[first], counts.float()
+        proj: torch.Tensor | None = None
+        hashes = []
+        for r in row_chunks(n, chunk_size):
+            x = as_tensor(X[r], dev)
+            if proj is None:
+                proj = torch.randn(x.shape[1], generator=g, dtype=torch.float64).to(dev)
+            hashes.append(x.double() @ proj)
+        keys, index, counts = torch.unique(
+            torch.cat(hashes), return_inverse=True, return_counts=True
+        )
+        if len(keys) <= 0.8 * n:
+            first = torch.full((len(keys),), n, dtype=torch.long, device=dev)
+            first.scatter_reduce_(0, index, torch.arange(n, device=dev), "amin")
+            rep = as_tensor(X[first.cpu().numpy()], dev)
+            if all(
+                torch.equal(as_tensor(X[r], dev), rep[index[r]]) for r in row_chunks(n, chunk_size)
+            ):
+                self.index, self.x, self.counts = index, standardise(rep), counts.float()
+                return
+        self.x = standardise(load_rows(X, dev, chunk_size))
+        self.counts = torch.ones(n, device=dev)
 
     def sum(self, v: torch.Tensor) -> torch.Tensor:
         """Per-token values ``v [n, k]`` summed over each distinct row: ``[r, k]``."""
