@@ -17,7 +17,8 @@ Stages:
 * ``transcoder (study A)``: what ``crosslayer run`` does: both splits of both hooks loaded
   with ``to_numpy`` (float32) and ``AffineTranscoder().fit`` on train (alpha by GCV);
 * ``probes``: ``FeatureProbes.fit`` (``max_iter=30``, as study A) on every train row of the
-  source hook, for ``--probe-features`` alive features of the SAE at ``--sae`` (its
+  source hook, read from the memory-mapped store as the fit asks for rows, for
+  ``--probe-features`` alive features of the SAE at ``--sae`` (its
   activations on the target hook, sparse, streamed by column blocks as study A does);
 * ``SAE training``: ``crosslayer.sae.train_sae`` streaming the store's train split, study
   A's config (TopK, width 2,048, L0 48, batch 512, lr 1e-3) for a fixed ``--sae-steps``
@@ -100,13 +101,31 @@ def substore(src: Path, n_shards: int, dst: Path) -> Path:
     return dst
 
 
-def _probe_inputs(store: Any, a: argparse.Namespace) -> tuple[np.ndarray, Any, int]:
-    """Train rows of the source, and the SAE's alive feature columns on the target."""
+class TrainRows:
+    """The train rows of a store hook, read from its memory-mapped shards when indexed: what
+    a caller streaming from the store passes (nothing is loaded up front)."""
+
+    def __init__(self, array: Any, index: np.ndarray) -> None:
+        self.array, self.index = array, index
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self.index), int(self.array.shape[1]))
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return np.asarray(self.array[self.index[key]])
+
+
+def _probe_inputs(store: Any, a: argparse.Namespace) -> tuple[TrainRows, Any, int]:
+    """Train rows of the source (memory-mapped), and the SAE's alive features on the target."""
     from crosslayer.experiments.study_a import alive_features, encode_sparse
     from crosslayer.sae import load_sae
 
     sae = load_sae(a.sae, device="cpu")
-    x = store.activations(a.source).to_numpy("train", np.float32)
+    x = TrainRows(store.activations(a.source), np.flatnonzero(store.split == 0))
     y = store.activations(a.target)
     f_train = encode_sparse(sae, y.to_numpy("train", np.float32))
     f_held = encode_sparse(sae, y.to_numpy("heldout", np.float32))

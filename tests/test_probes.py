@@ -162,3 +162,18 @@ def test_features_are_read_in_blocks_of_target_chunk_with_the_same_result(fitted
     # float32 sums taken in another order move L-BFGS's stopping point by up to ~1e-3.
     np.testing.assert_allclose(again.logit_coef_, probes.logit_coef_, atol=3e-3, equal_nan=True)
     np.testing.assert_array_equal(again.n_active_, probes.n_active_)
+
+
+@pytest.mark.parametrize("repeated", [False, True])
+def test_row_blocks_give_the_same_probes(fitted, repeated):
+    """X read, hashed and fitted in blocks of 97 rows: the same probes as in one block."""
+    x, f, *_ = fitted
+    if repeated:  # the merged path: 40 distinct rows
+        x = x[np.random.default_rng(8).integers(0, 40, size=N)]
+    whole = FeatureProbes(alpha=1e-3, C=0.5, feature_chunk=7, max_iter=200).fit(x, f)
+    blocks = FeatureProbes(alpha=1e-3, C=0.5, feature_chunk=7, max_iter=200, chunk_size=97)
+    blocks.fit(x, f)
+    np.testing.assert_allclose(blocks.mean_, whole.mean_, rtol=1e-6)
+    np.testing.assert_allclose(blocks.scale_, whole.scale_, rtol=1e-6)
+    np.testing.assert_allclose(blocks.ridge_coef_, whole.ridge_coef_, atol=1e-4)
+    np.testing.assert_allclose(blocks.logit_coef_, whole.logit_coef_, atol=3e-3, equal_nan=True)

@@ -291,13 +291,14 @@ class FeatureProbes(BaseEstimator):
         Σ t·softplus(-z) + b·z`` with ``t = a + b``, and ``dz = b - t·sigmoid(-z)``; that is
         a third of autograd's elementwise passes, which cost as much as the matrix products.
         """
-        d = xw.shape[1]
+        r, d = xw.shape
         n_pos = pos.sum(0)
-        # scikit-learn "balanced": weight n / (2 · count of the sample's class)
-        a = pos * (n / (2 * n_pos))
-        b = (counts[:, None] - pos) * (n / (2 * (n - n_pos)))
-        t = a + b
-        u = torch.zeros(d + 1, pos.shape[1], device=xw.device)
+        # scikit-learn "balanced": weight n / (2 · count of the sample's class). Per distinct
+        # row: b = weight of its inactive tokens, t = weight of all of them (pos is ours).
+        b = (counts[:, None] - pos).mul_(n / (2 * (n - n_pos)))
+        t = pos.mul_(n / (2 * n_pos)).add_(b)
+        del pos
+        u = torch.zeros(d + 1, t.shape[1], device=xw.device)
         u.grad = torch.zeros_like(u)
         opt = torch.optim.LBFGS(
             [u],
@@ -309,21 +310,27 @@ class FeatureProbes(BaseEstimator):
             line_search_fn="strong_wolfe",
         )
         lam = penalty[:, None] / self.C
+        f64 = torch.float64
 
         @torch.no_grad()
         def closure() -> torch.Tensor:
-            z = torch.addmm(u[-1], xw, u[:-1])
+            grad = u.grad
+            assert grad is not None
             ridge = lam * u[:-1]
+            grad[:-1] = ridge  # the penalty's gradient; the data's is added by blocks
+            grad[-1].zero_()
             # Summed in float64: L-BFGS compares losses of a whole chunk of features, and a
             # float32 sum would hide one feature's last improvements in its rounding.
-            f64 = torch.float64
-            loss = (t * torch.nn.functional.softplus(-z)).sum(dtype=f64) + (b * z).sum(dtype=f64)
-            loss += 0.5 * (ridge * u[:-1]).sum(dtype=f64)
-            dz = torch.sigmoid(z.neg_()).mul_(t).neg_().add_(b)
-            assert u.grad is not None
-            torch.addmm(ridge, xw.T, dz, out=u.grad[:-1])
-            torch.sum(dz, 0, out=u.grad[-1])
-            u.grad.div_(n)
+            loss = 0.5 * (ridge * u[:-1]).sum(dtype=f64)
+            # By blocks of rows, so the [rows, features] temporaries stay bounded.
+            for rows in row_chunks(r, self.chunk_size):
+                z = torch.addmm(u[-1], xw[rows], u[:-1])
+                loss += (t[rows] * torch.nn.functional.softplus(-z)).sum(dtype=f64)
+                loss += (b[rows] * z).sum(dtype=f64)
+                dz = torch.sigmoid(z.neg_()).mul_(t[rows]).neg_().add_(b[rows])
+                grad[:-1].addmm_(xw[rows].T, dz)
+                grad[-1] += dz.sum(0)
+            grad.div_(n)
             return loss / n
 
         opt.step(closure)
