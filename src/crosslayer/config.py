@@ -3,7 +3,7 @@
 One :class:`RunConfig` describes a whole run. It is built in three layers, each overriding
 the one before:
 
-1. a named **profile** (``"default"``: the embedded default run, ~15 min on 2 CPU cores;
+1. a named **profile** (``"default"``: the embedded default run, ~5 min on 2 CPU cores;
    ``"quick"``: a small run, < 3 min);
 2. a YAML or TOML **config file** (``--config FILE``), which may itself name a ``profile``;
 3. **command-line flags** (``--model``, ``--tokens``, ``--width`` ... and ``--set key=value``

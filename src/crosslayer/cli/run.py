@@ -57,7 +57,7 @@ def run_command(
         None, "--config", help="YAML or TOML config file (`crosslayer init` writes one)"
     ),
     profile: str | None = typer.Option(
-        None, "--profile", help="default (~15 min on 2 CPU cores) or quick (< 3 min)"
+        None, "--profile", help="default (~5 min on 2 CPU cores) or quick (~2 min)"
     ),
     model: str | None = typer.Option(
         None, "--model", help="gemma-3-270m (default), a .gguf, a local HF dir or a cached HF id"
