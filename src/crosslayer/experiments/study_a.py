@@ -160,24 +160,9 @@ def _cached_json(path: Path, compute: Callable[[], dict[str, Any]]) -> dict[str,
     """Load a finished stage's JSON, or compute and save it."""
     if path.is_file():
         return dict(json.loads(path.read_text()))
-    value = jsonable(compute())
+    value = fs.jsonable(compute())
     fs.atomic_write_json(path, value)
     return dict(value)
-
-
-def jsonable(obj: Any) -> Any:
-    """numpy values to plain Python; NaN/inf to None (JSON has neither)."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
 
 
 def _nan(values: Any) -> np.ndarray:
@@ -427,7 +412,7 @@ def fit_transcoders(run: Run, data: Data) -> tuple[Any, dict[str, Any]]:
                 "hidden": cfg.mlp_hidden,
                 "epochs_run": len(mlp.val_losses_) - 1,
             }
-    metrics = jsonable(metrics)
+    metrics = fs.jsonable(metrics)
     np.savez(weights, coef=ridge.coef_, intercept=ridge.intercept_)
     fs.atomic_write_json(run.stages / "transcoder.json", metrics)
     return ridge, metrics
@@ -733,7 +718,7 @@ def analyse_sae(
         np.asarray(res["features"]["index"]),
         run.cfg.analysis.token_min_count,
     )
-    res = jsonable(res)
+    res = fs.jsonable(res)
     res["extremes"] = extremes(res, f_all, rows, store, tokenizer, run)
     return dict(res)
 
@@ -918,7 +903,7 @@ def run_study_a(
         "depth_sweep": depth,
         "timings": run.timings | {"total": round(time.perf_counter() - started, 2)},
     }
-    results = jsonable(results)
+    results = fs.jsonable(results)
     fs.atomic_write_json(run.out / "results.json", results)
 
     from crosslayer.experiments.study_a_plots import write_plots
