@@ -19,7 +19,7 @@ import contextlib
 import functools
 import hashlib
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from crosslayer.transcoder import AffineTranscoder, SufficientStats
 
 T = TypeVar("T", np.ndarray, torch.Tensor)
+R = TypeVar("R")
 
 
 def launched_by_torchrun() -> bool:
@@ -124,6 +125,23 @@ def raise_if_any_failed(error: BaseException | None) -> None:
     if failed:
         r, message = failed[0]
         raise CrosslayerError(f"rank {r} failed: {message}")
+
+
+def on_rank_0(fn: Callable[..., R], *args: Any) -> R | None:
+    """Collective: ``fn(*args)`` on rank 0 only, its result there and None on other ranks.
+
+    Every rank then raises if it failed, so an error on rank 0 (a full disk) ends all ranks
+    instead of leaving them waiting; it is also a barrier. A plain call for one process.
+    """
+    result: R | None = None
+    error: BaseException | None = None
+    if rank() == 0:
+        try:
+            result = fn(*args)
+        except Exception as e:  # re-raised on rank 0, reported by the others
+            error = e
+    raise_if_any_failed(error)
+    return result
 
 
 def all_reduce_sum(x: T) -> T:

@@ -246,14 +246,14 @@ def train_sae(
             trainer.n_training_steps += 1
             bar.update(trainer, output)
             if trainer.n_training_steps % every == 0 and trainer.n_training_steps < steps:
-                _on_rank_0(_checkpoint, ckpt, run_hash, served, sae, trainer)
+                distributed.on_rank_0(_checkpoint, ckpt, run_hash, served, sae, trainer)
 
     distributed.check_same_on_all_ranks(sae.state_dict().values(), "the trained SAE")
     if trainer.activation_scaler.scaling_factor is not None:
         sae.fold_activation_norm_scaling_factor(trainer.activation_scaler.scaling_factor)
     trainer.set_final_sae_metadata()
     sae.cfg.metadata.training_tokens = trainer.n_training_samples
-    _on_rank_0(_save, out, ckpt, cfg, run_hash, source, steps, sae, trainer)
+    distributed.on_rank_0(_save, out, ckpt, cfg, run_hash, source, steps, sae, trainer)
     return SAE.load_from_disk(out, device=str(device))
 
 
@@ -276,18 +276,6 @@ def _step(trainer: Any, batch: torch.Tensor, grads: distributed.GradientSum) -> 
     trainer.n_forward_passes_since_fired = torch.where(fired > 0, 0.0, since_fired + 1)
     trainer.n_training_samples = samples + batch.shape[0]
     return output
-
-
-def _on_rank_0(write: Any, *args: Any) -> None:
-    """Run ``write(*args)`` on rank 0 only; every rank then raises if it failed (a full disk on
-    rank 0 ends all ranks instead of leaving them waiting). Plain call for one process."""
-    error: BaseException | None = None
-    if distributed.rank() == 0:
-        try:
-            write(*args)
-        except Exception as e:  # re-raised on rank 0, reported by the others
-            error = e
-    distributed.raise_if_any_failed(error)
 
 
 def _save(

@@ -315,15 +315,8 @@ def collect(
     rank, world = distributed.rank(), distributed.world_size()
     # Under torchrun, rank 0 alone starts or resumes the store (and removes temp dirs of a
     # killed run) while the others wait, so no rank's fresh temp dir is ever swept away.
-    error: Exception | None = None
-    if rank == 0:
-        try:
-            manifest = _open_or_start(path, start)
-        except Exception as e:
-            error = e
-    distributed.raise_if_any_failed(error)  # collective: also the barrier
-    if rank != 0:
-        manifest = read_manifest(path)
+    opened = distributed.on_rank_0(_open_or_start, path, start)
+    manifest = read_manifest(path) if opened is None else opened
 
     # A shard deleted after the fact (say, reported damaged by `crosslayer verify`) is redone.
     present = [s for s in manifest["shards"] if (path / s["name"]).is_dir()]
@@ -333,6 +326,7 @@ def collect(
     done = {s["name"] for s in present}
     mine: list[dict[str, Any]] = []  # entries of the shards this rank wrote
     bar = _progress_bar(progress and rank == 0)
+    error: Exception | None = None
     try:
         with bar, torch.inference_mode():
             task = bar.add_task(
