@@ -9,7 +9,6 @@ recursively in sorted path order, so the document order is the same on every mac
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 from crosslayer.corpus.base import TextCorpus
 from crosslayer.errors import CrosslayerError
+from crosslayer.fs import sha256_file
 
 SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
 _HASH_LIMIT = 256 * 2**20  # hash files up to this size for the identity; bigger: size + mtime
@@ -137,11 +137,7 @@ def fingerprint(path: Path) -> dict[str, Any]:
     stat = path.stat()
     info: dict[str, Any] = {"path": str(path.resolve()), "bytes": stat.st_size}
     if stat.st_size <= _HASH_LIMIT:
-        h = hashlib.sha256()
-        with path.open("rb") as f:
-            while chunk := f.read(2**20):
-                h.update(chunk)
-        info["sha256"] = h.hexdigest()
+        info["sha256"] = sha256_file(path)
     else:
         info["mtime"] = stat.st_mtime
     return info

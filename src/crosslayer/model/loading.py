@@ -172,14 +172,6 @@ def cache_root() -> Path:
     return Path(user_cache_dir("crosslayer"))
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def gguf_cache_dir(gguf: Path) -> Path:
     """Cache directory for one GGUF file, keyed by its name, size and mtime (cheap to check)."""
     st = gguf.stat()
@@ -206,7 +198,7 @@ def _dequantise_to_cache(gguf: Path, cached: Path) -> None:
         tokenizer.save_pretrained(tmp)
         fs.atomic_write_json(
             tmp / "crosslayer_source.json",
-            {"gguf": str(gguf), "gguf_sha256": _sha256(gguf), "format": _CACHE_FORMAT},
+            {"gguf": str(gguf), "gguf_sha256": fs.sha256_file(gguf), "format": _CACHE_FORMAT},
         )
 
 

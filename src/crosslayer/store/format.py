@@ -11,7 +11,6 @@ killed run leaves either a complete shard or none. See ``docs/store_format.md``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from crosslayer.errors import CrosslayerError, DataError
-from crosslayer.fs import atomic_dir, atomic_write_json
+from crosslayer.fs import atomic_dir, atomic_write_json, sha256_file
 
 FORMAT = "crosslayer-activation-store"
 FORMAT_VERSION = 1
@@ -46,12 +45,6 @@ def shard_name(index: int) -> str:
 def hook_file(hook: str) -> str:
     """File name of a hook's activations inside a shard (hook names are valid file names)."""
     return f"{hook}.npy"
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:
