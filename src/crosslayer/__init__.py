@@ -14,6 +14,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from crosslayer import numerics as _numerics
+
+# Before torch computes anything: MKL's reproducible mode (see crosslayer.numerics).
+_numerics.configure()
+
 __version__ = "0.1.0"
 
 # public name -> module that defines it

@@ -9,6 +9,8 @@ import sys
 from importlib import metadata
 from typing import Any
 
+from crosslayer import numerics
+
 _PACKAGES = (
     "crosslayer",
     "torch",
@@ -22,13 +24,19 @@ _PACKAGES = (
 
 
 def versions() -> dict[str, str]:
-    """Versions of Python and the packages whose behaviour changes our numbers."""
+    """Versions of Python and the packages whose behaviour changes our numbers, and the
+    numerical mode they ran in (MKL's reproducibility branch, thread count: see
+    :mod:`crosslayer.numerics`)."""
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
     for name in _PACKAGES:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
+    state = numerics.state()
+    out["mkl_cbwr"] = state["mkl_cbwr"]
+    out["mkl_dynamic"] = state["mkl_dynamic"]
+    out["torch_threads"] = state["threads"]
     return out
 
 
