@@ -1,11 +1,26 @@
-"""Shared fixtures. Tests never touch the network."""
+"""Shared fixtures. Tests never touch the network.
+
+Reproducibility comes from crosslayer's own set-up, never from the machine or the shell: the
+MKL settings are removed from the environment before anything imports torch, and torch is
+imported before crosslayer, so that every in-process test relies on
+``crosslayer.numerics.configure`` taking effect after torch is loaded (the harder case), and
+every child process (``tests.cli_helpers.ENV``) on it taking effect through the environment.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+for _name in ("MKL_CBWR", "MKL_DYNAMIC"):
+    os.environ.pop(_name, None)
+import torch  # noqa: E402  (first, on purpose: see above)
+
+import crosslayer  # noqa: E402, F401  (sets MKL's reproducible mode)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -24,17 +39,30 @@ def shared_data() -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def _torch_threads(request: pytest.FixtureRequest):
-    """Tiny-model tests are dominated by per-op overhead, which extra threads only add to;
-    the real-model tests get every core."""
-    import torch
+# Tiny-model tests are dominated by per-op overhead, which extra threads only add to, and
+# byte-identity tests compare runs that must use one thread count (it is part of the
+# provenance): one thread everywhere, fixtures included; real-model tests get every core.
+ALL_CORES = torch.get_num_threads()
+torch.set_num_threads(1)
 
-    before = torch.get_num_threads()
-    real = request.node.get_closest_marker("real_model") is not None
-    torch.set_num_threads(before if real else 1)
-    yield
-    torch.set_num_threads(before)
+
+@contextmanager
+def all_cores() -> Iterator[None]:
+    """Every core for the block (for real-model fixtures), then one thread again."""
+    torch.set_num_threads(ALL_CORES)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads(request: pytest.FixtureRequest) -> Iterator[None]:
+    if request.node.get_closest_marker("real_model") is None:
+        yield
+    else:
+        with all_cores():
+            yield
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from crosslayer.cli import main
-from tests.cli_helpers import collect_args, store_files
+from tests.cli_helpers import assert_same_store, collect_args
 
 N = 600  # 6 shards of 100 tokens
 SHARDS = ("--shard-tokens", "100")
@@ -68,7 +68,7 @@ def test_sigkill_at_a_random_moment_then_rerun(tiny_dir, reference, tmp_path, tr
     assert main(collect_args(tiny_dir, out, N, *SHARDS)) == 0
     assert {p: p.stat().st_mtime_ns for p in kept} == kept  # finished shards not redone
     assert not list(out.glob(".*tmp*"))  # half-written temp dirs are cleaned up
-    assert store_files(out) == store_files(ref)  # byte for byte, manifest included
+    assert_same_store(out, ref)  # byte for byte, manifest included
     capsys.readouterr()
     assert main(["verify", str(out)]) == 0
     assert capsys.readouterr().out.startswith("ok:")
@@ -88,7 +88,7 @@ def test_verify_names_damaged_and_missing_files(tiny_dir, reference, tmp_path, c
     shutil.rmtree(out / "shard_00001")
     shutil.rmtree(out / "shard_00003")
     assert main(collect_args(tiny_dir, out, N, *SHARDS)) == 0
-    assert store_files(out) == store_files(reference[0])
+    assert_same_store(out, reference[0])
 
 
 def test_killed_while_writing_the_first_manifest_then_rerun(tiny_dir, reference, tmp_path):
@@ -99,4 +99,4 @@ def test_killed_while_writing_the_first_manifest_then_rerun(tiny_dir, reference,
     (out / ".manifest.json.tmp-deadbeef").write_text('{"config_ha')
     assert main(collect_args(tiny_dir, out, N, *SHARDS)) == 0
     assert not list(out.glob(".*tmp*"))
-    assert store_files(out) == store_files(ref)
+    assert_same_store(out, ref)

@@ -15,6 +15,7 @@ from crosslayer.device import resolve_device
 from crosslayer.errors import CrosslayerError
 from crosslayer.model import LoadedModel, cache_root, load_model, tiny_model, tiny_tokenizer
 from crosslayer.model.loading import gguf_cache_dir
+from tests.conftest import all_cores
 
 IDS = torch.tensor([[2, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49]])
 
@@ -131,7 +132,8 @@ def test_gguf_cache_dir_is_keyed_by_the_file(
 
 @pytest.fixture(scope="module")
 def gemma() -> LoadedModel:
-    return load_model()
+    with all_cores():
+        return load_model()
 
 
 PROMPT = "The capital of France is"
