@@ -12,7 +12,7 @@ the inputs the stage is given).
 
 Stages:
 
-* ``transcoder (streamed)``: :func:`crosslayer.distributed.fit_transcoder_on_store` (ridge
+* ``transcoder (streamed)``: :func:`crosslayer.transcoder.fit_transcoder_on_store` (ridge
   from float64 sufficient statistics, batches of 4,096 rows; held-out rows choose alpha);
 * ``transcoder (study A)``: what ``crosslayer run`` does: both splits of both hooks loaded
   with ``to_numpy`` (float32) and ``AffineTranscoder().fit`` on train (alpha by GCV);
@@ -143,7 +143,7 @@ def run_stage(stage: str, store_path: Path, a: argparse.Namespace) -> dict[str, 
     store = open_store(store_path)
     work: Any
     if stage == "transcoder_store":
-        from crosslayer.distributed import fit_transcoder_on_store
+        from crosslayer.transcoder import fit_transcoder_on_store
 
         def work() -> None:
             fit_transcoder_on_store(store, a.source, a.target, device="cpu")

@@ -12,11 +12,12 @@ import sys
 import numpy as np
 
 from crosslayer import distributed
+from crosslayer.transcoder import fit_transcoder_on_store
 
 
 def main(store: str, source: str, target: str, out: str) -> None:
     with distributed.session():
-        tc = distributed.fit_transcoder_on_store(store, source, target, batch_size=300)
+        tc = fit_transcoder_on_store(store, source, target, batch_size=300)
         if distributed.rank() == 0:
             np.savez(out, coef=tc.coef_, intercept=tc.intercept_, alpha=tc.alpha_,
                      world=distributed.world_size())  # fmt: skip

@@ -19,9 +19,8 @@ import contextlib
 import functools
 import hashlib
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -31,8 +30,7 @@ import torch.distributed as dist
 from crosslayer.errors import CrosslayerError
 
 if TYPE_CHECKING:
-    from crosslayer.store.reader import ActivationStore
-    from crosslayer.transcoder import AffineTranscoder, SufficientStats
+    from crosslayer.linalg import SufficientStats
 
 T = TypeVar("T", np.ndarray, torch.Tensor)
 R = TypeVar("R")
@@ -163,7 +161,7 @@ def all_reduce_sum(x: T) -> T:
 
 
 def all_reduce_stats(stats: SufficientStats) -> SufficientStats:
-    """Sum a :class:`~crosslayer.transcoder.SufficientStats` over all ranks, in place.
+    """Sum a :class:`~crosslayer.linalg.SufficientStats` over all ranks, in place.
 
     n, Σx, Σy, Σy², X'X and X'Y are all additive, so the summed statistics are exactly
     those of the union of every rank's rows. A rank that saw no rows contributes zeros;
@@ -182,48 +180,11 @@ def all_reduce_stats(stats: SufficientStats) -> SufficientStats:
         )
     ((d_in, d_out),) = dims
     if stats.n == 0:
-
-        def zeros(*shape: int) -> torch.Tensor:
-            return torch.zeros(*shape, dtype=torch.float64, device=stats.device)
-
-        stats.sum_x, stats.sum_y, stats.sum_y2 = zeros(d_in), zeros(d_out), zeros(d_out)
-        stats.xtx, stats.xty = zeros(d_in, d_in), zeros(d_in, d_out)
+        stats.allocate(d_in, d_out)
     stats.n = int(all_reduce_sum(np.array([stats.n], np.float64))[0])
     for name in ("sum_x", "sum_y", "sum_y2", "xtx", "xty"):
         setattr(stats, name, all_reduce_sum(getattr(stats, name)))
     return stats
-
-
-def fit_transcoder_on_store(
-    store: ActivationStore | str | Path,
-    source: str,
-    target: str,
-    *,
-    batch_size: int = 4096,
-    **transcoder_kwargs: Any,
-) -> AffineTranscoder:
-    """Fit a ridge :class:`~crosslayer.transcoder.AffineTranscoder` ``source → target``.
-
-    Each rank streams only its own shards (train rows into the training statistics,
-    held-out rows into the statistics that choose alpha); the statistics are all-reduced
-    and every rank solves the same system, so every rank returns the same transcoder as
-    a single process reading the whole store.
-    """
-    from crosslayer.store.reader import open_store
-    from crosslayer.transcoder import AffineTranscoder
-
-    if isinstance(store, str | Path):
-        store = open_store(store)
-    tc = AffineTranscoder(solver="ridge", **transcoder_kwargs)
-    tc._reset()
-    shards: Sequence[int] = my_shards(len(store.manifest["shards"]))
-    for split, stats in (("train", tc.train_stats_), ("heldout", tc.heldout_stats_)):
-        for batch in store.iter_batches(
-            [source, target], split=split, batch_size=batch_size, dtype=np.float64, shards=shards
-        ):
-            stats.update(batch[source], batch[target])
-        all_reduce_stats(stats)
-    return tc.finalize()
 
 
 def split_rows(x: torch.Tensor) -> torch.Tensor:

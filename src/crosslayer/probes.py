@@ -4,7 +4,7 @@ For each feature column ``f_j`` of ``F [n_tokens, n_features]`` (SAE activations
 and inputs ``X [n_tokens, d]`` (an early hook), two probes are fitted on the standardised X:
 
 * a ridge regression ``f_j ≈ w·x + b``, closed form from one eigendecomposition of X'X shared by
-  all features (:class:`crosslayer.transcoder.RidgeEigen`, the transcoder's code), scored by
+  all features (:class:`crosslayer.linalg.RidgeEigen`, the transcoder's code), scored by
   held-out R²;
 * an active/inactive logistic classifier (active = ``f_j > threshold``), class-balanced by
   weights (scikit-learn's ``class_weight="balanced"``) with L2 penalty ``||w||²/(2C)``, scored
@@ -20,7 +20,6 @@ balance, 80/20 split, plain accuracy) with scikit-learn, one feature at a time, 
 
 from __future__ import annotations
 
-import copy
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,8 +33,8 @@ from sklearn.linear_model import LogisticRegression
 
 from crosslayer.device import resolve_device
 from crosslayer.errors import CrosslayerError
+from crosslayer.linalg import RidgeEigen, SufficientStats, load_rows
 from crosslayer.metrics import ArrayLike, RegressionAccumulator, as_tensor, check_2d, row_chunks
-from crosslayer.transcoder import RidgeEigen, SufficientStats, load_rows
 
 # Why a feature has NaN metrics; "ok" otherwise.
 DEAD = "dead in train (never active)"
@@ -174,9 +173,9 @@ class FeatureProbes(BaseEstimator):
         # per vocabulary entry; 70k tokens of Wikipedia hold 12k distinct ones).
         rows = _DistinctRows(X, n, dev, self.chunk_size, self._standardise)
         xr, counts = rows.x, rows.counts  # standardised distinct rows, tokens per row
-        base = SufficientStats(dev, matmul_dtype=torch.float32)
-        base.n, base.sum_x = n, counts.double() @ xr.double()
-        base.xtx = ((xr * counts[:, None]).T @ xr).double()
+        base = SufficientStats.from_weighted_rows(
+            xr, counts, device=dev, matmul_dtype=torch.float32
+        )
         eig = RidgeEigen(base)
         # Whitening X (with the same eigendecomposition) makes each logistic problem nearly
         # isotropic, so L-BFGS needs far fewer passes; the floor keeps null directions finite.
@@ -265,10 +264,7 @@ class FeatureProbes(BaseEstimator):
             pos[:, out] = rows.sum((f > self.threshold).float())
             sum_y[out] = f.sum(0, dtype=torch.float64)
             sum_y2[out] = (f * f).sum(0, dtype=torch.float64)
-        stats = copy.copy(base)
-        stats.sum_y, stats.sum_y2 = sum_y, sum_y2
-        stats.xty = (rows.x.T @ fsum).double()
-        return stats, pos
+        return base.with_target_sums(sum_y, sum_y2, (rows.x.T @ fsum).double()), pos
 
     def _fit_logistic(
         self,

@@ -1,15 +1,11 @@
 """Predict one layer from another: the affine cross-layer transcoder ``y = W x + b``.
 
 The default solver is exact ridge regression from sufficient statistics (Σx, Σy, X'X, X'Y, Σy²)
-streamed in float64, so activations never need to fit in memory. The ridge strength is chosen
-on held-out data in one pass: the train covariance is eigendecomposed once, ``Cxx = V Λ Vᵀ``,
-and for every alpha the held-out squared error follows from the held-out statistics alone
-(see :meth:`RidgeEigen.sse_path`). Without held-out data, generalised cross-validation on the
-train statistics picks alpha instead.
-
-Alphas are relative: the penalty added to the covariance is ``alpha * trace(Cxx) / d_in``, so
-one grid serves any activation scale and any number of tokens. The intercept is not penalised
-(the fit is on statistics centred around the train means).
+streamed in float64, so activations never need to fit in memory. The engine is
+:mod:`crosslayer.linalg` (shared with the probes and the depth sweep): the train covariance is
+eigendecomposed once and, for every alpha, the held-out squared error follows from the held-out
+statistics alone; without held-out data, generalised cross-validation picks alpha. Alphas are
+relative to ``trace(Cxx) / d_in``, so one grid serves any activation scale.
 
 ``solver="adam"`` reproduces seed study A's recipe (``nn.Linear``, Adam lr 1e-4, 20 epochs,
 batch 256, MSE) for comparison. :class:`MLPTranscoder` measures how much more a one-hidden-layer
@@ -19,15 +15,25 @@ network explains from the same source layer.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, RegressorMixin
 
+from crosslayer import distributed
 from crosslayer.device import resolve_device
 from crosslayer.errors import CrosslayerError
+from crosslayer.linalg import (
+    DEFAULT_ALPHAS,
+    RidgeEigen,
+    SufficientStats,
+    accumulate,
+    load_rows,
+    solve_ridge,
+)
 from crosslayer.metrics import (
     ArrayLike,
     RegressionAccumulator,
@@ -35,226 +41,20 @@ from crosslayer.metrics import (
     as_tensor,
     check_2d,
     check_pair,
-    report_from_sums,
     row_chunks,
 )
+from crosslayer.store.reader import ActivationStore, open_store
 
-DEFAULT_ALPHAS: tuple[float, ...] = tuple(float(a) for a in np.logspace(-8, 2, 21))
-
-
-class SufficientStats:
-    """Σx, Σy, X'X, X'Y, per-dimension Σy² and n, accumulated in float64.
-
-    ``matmul_dtype=torch.float32`` computes each batch's products in float32 (still summed in
-    float64); only safe when the inputs are already centred, as the probes' standardised X is.
-    """
-
-    def __init__(
-        self, device: str | torch.device | None = None, matmul_dtype: torch.dtype = torch.float64
-    ) -> None:
-        self.device = resolve_device(device)
-        self.matmul_dtype = matmul_dtype
-        self.n = 0
-        self.sum_x = self.sum_y = self.sum_y2 = self.xtx = self.xty = torch.empty(0)
-
-    def update(self, X: ArrayLike, Y: ArrayLike) -> SufficientStats:
-        """Add one in-memory batch of row-aligned ``X [b, d_in]`` and ``Y [b, d_out]``."""
-        check_pair(X, Y)
-        x = as_tensor(X, self.device, self.matmul_dtype)
-        y = as_tensor(Y, self.device, self.matmul_dtype)
-        if self.n == 0:
-            d_in, d_out = x.shape[1], y.shape[1]
-
-            def zeros(*shape: int) -> torch.Tensor:
-                return torch.zeros(*shape, dtype=torch.float64, device=self.device)
-
-            self.sum_x, self.sum_y, self.sum_y2 = zeros(d_in), zeros(d_out), zeros(d_out)
-            self.xtx, self.xty = zeros(d_in, d_in), zeros(d_in, d_out)
-        elif (x.shape[1], y.shape[1]) != (self.sum_x.numel(), self.sum_y.numel()):
-            raise CrosslayerError(
-                f"batch widths {x.shape[1]}→{y.shape[1]} differ from earlier batches "
-                f"{self.sum_x.numel()}→{self.sum_y.numel()}",
-                "stream batches of the same source and target hooks",
-            )
-        self.n += x.shape[0]
-        self.sum_x += x.sum(0, dtype=torch.float64)
-        self.sum_y += y.sum(0, dtype=torch.float64)
-        self.sum_y2 += (y.double() ** 2).sum(0)
-        self.xtx += (x.T @ x).double()
-        self.xty += (x.T @ y).double()
-        return self
-
-    def with_targets(self, X: ArrayLike, Y: ArrayLike) -> SufficientStats:
-        """A copy with the target statistics of ``Y`` and this object's input statistics.
-
-        For in-memory data: ``X`` must be the same rows this object accumulated, so that X'X
-        is computed once and reused for many blocks of targets (the per-feature probes).
-        """
-        x = as_tensor(X, self.device, self.matmul_dtype)
-        y = as_tensor(Y, self.device, self.matmul_dtype)
-        if x.shape[0] != self.n or y.shape[0] != self.n:
-            raise CrosslayerError(
-                f"with_targets got {y.shape[0]} rows, the statistics hold {self.n}",
-                "pass the same rows that were accumulated",
-            )
-        out = copy.copy(self)
-        out.sum_y, out.sum_y2 = y.sum(0, dtype=torch.float64), (y.double() ** 2).sum(0)
-        out.xty = (x.T @ y).double()
-        return out
-
-    def outputs(self, cols: slice) -> SufficientStats:
-        """The statistics of a block of output columns (shares the input statistics)."""
-        out = copy.copy(self)
-        out.sum_y, out.sum_y2, out.xty = self.sum_y[cols], self.sum_y2[cols], self.xty[:, cols]
-        return out
-
-    def centered(
-        self, mean_x: torch.Tensor, mean_y: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``Σ(x-μ)(x-μ)ᵀ``, ``Σ(x-μ)(y-ν)ᵀ`` and per-dim ``Σ(y-ν)²`` around given means."""
-        sx, n = self.sum_x, self.n
-        g = self.xtx - torch.outer(sx, mean_x) - torch.outer(mean_x, sx)
-        g += n * torch.outer(mean_x, mean_x)
-        h = self.xty - torch.outer(sx, mean_y) - torch.outer(mean_x, self.sum_y)
-        h += n * torch.outer(mean_x, mean_y)
-        c = self.sum_y2 - 2 * mean_y * self.sum_y + n * mean_y**2
-        return g, h, c
-
-
-def accumulate(
-    X: ArrayLike, Y: ArrayLike, stats: SufficientStats, chunk_size: int = 8192
-) -> SufficientStats:
-    """Stream two row-aligned arrays (memmaps are read ``chunk_size`` rows at a time)."""
-    n, _, _ = check_pair(X, Y)
-    for rows in row_chunks(n, chunk_size):
-        stats.update(X[rows], Y[rows])
-    return stats
-
-
-class RidgeEigen:
-    """The train covariance ``Cxx = V Λ Vᵀ``, decomposed once; ridge for any alpha and targets.
-
-    With ``Q = Vᵀ Cxy`` the ridge coefficients are ``B(α) = V diag(1/(λ+αs)) Q`` (``[d_in,
-    d_out]``, ``s = trace(Cxx)/d_in``), so each alpha and each block of targets costs a
-    diagonal scaling instead of a new solve. Shared by the transcoder, the depth sweep and the
-    per-feature regression probes.
-    """
-
-    def __init__(self, train: SufficientStats) -> None:
-        if train.n < 2:
-            raise CrosslayerError(
-                "fewer than two training tokens",
-                "fit on at least two tokens (many more than d_in in practice)",
-            )
-        self.n = train.n
-        self.mean_x = train.sum_x / train.n
-        g = train.xtx - train.n * torch.outer(self.mean_x, self.mean_x)
-        evals, self.V = torch.linalg.eigh(g / train.n)
-        self.evals = evals.clamp(min=0.0)  # round-off can make a null direction slightly < 0
-        self.scale = float(self.evals.sum()) / self.evals.numel()
-        if self.scale <= 0:
-            raise CrosslayerError(
-                "the source activations are constant over the training tokens",
-                "check the source hook and that the store holds real data",
-            )
-
-    def project(self, train: SufficientStats) -> tuple[torch.Tensor, torch.Tensor]:
-        """``Q = Vᵀ Cxy`` for the targets in ``train``, and their train means."""
-        mean_y = train.sum_y / train.n
-        h = train.xty - train.n * torch.outer(self.mean_x, mean_y)
-        return self.V.T @ (h / train.n), mean_y
-
-    def shrink(self, alpha: float) -> torch.Tensor:
-        """``1/(λ + α s)`` per eigen-direction."""
-        return 1.0 / (self.evals + alpha * self.scale)
-
-    def coef(self, q: torch.Tensor, alpha: float) -> torch.Tensor:
-        """Ridge coefficients ``[d_in, d_out]`` on centred data."""
-        return self.V @ (self.shrink(alpha)[:, None] * q)
-
-    def sse_path(
-        self, q: torch.Tensor, mean_y: torch.Tensor, val: SufficientStats, alphas: np.ndarray
-    ) -> np.ndarray:
-        """Σ squared error on ``val`` for every alpha, from ``val``'s statistics alone.
-
-        ``SSE(α) = c - 2 Σ_k D_k a_k + Dᵀ M D`` with ``D = 1/(λ+αs)``, ``a_k = Σ_j Q_kj (VᵀH)_kj``
-        and ``M = (VᵀGV) ∘ (QQᵀ)``, where G, H, c are val's statistics centred on the train
-        means: O(d_in²) per alpha after one O(d_in²·d_out) set-up.
-        """
-        g, h, c = val.centered(self.mean_x, mean_y)
-        a = (q * (self.V.T @ h)).sum(1)
-        m = (self.V.T @ g @ self.V) * (q @ q.T)
-        out = []
-        for alpha in alphas:
-            d = self.shrink(float(alpha))
-            out.append(float(c.sum() - 2 * d @ a + d @ m @ d))
-        return np.asarray(out)
-
-    def gcv_path(
-        self, q: torch.Tensor, mean_y: torch.Tensor, train: SufficientStats, alphas: np.ndarray
-    ) -> np.ndarray:
-        """Generalised cross-validation ``(SSE/n) / (1 - df/n)²`` on the train statistics."""
-        sse = self.sse_path(q, mean_y, train, alphas)
-        df = np.array([float((self.evals * self.shrink(float(a))).sum()) for a in alphas])
-        return (sse / self.n) / np.maximum(1.0 - df / self.n, 1e-12) ** 2
-
-    def sse_per_dim(
-        self, coef: torch.Tensor, mean_y: torch.Tensor, val: SufficientStats
-    ) -> torch.Tensor:
-        """Per-output Σ squared error of centred coefficients ``coef`` on ``val``'s statistics."""
-        g, h, c = val.centered(self.mean_x, mean_y)
-        return c - 2 * (coef * h).sum(0) + (coef * (g @ coef)).sum(0)
-
-
-@dataclass
-class RidgeSolution:
-    """A ridge fit for one block of targets, with the criterion that chose its alpha."""
-
-    coef: torch.Tensor  # [d_in, d_out], applied to x - mean_x
-    mean_y: torch.Tensor  # intercept in centred form
-    alpha: float  # relative (times trace(Cxx)/d_in)
-    criterion: str  # "heldout" | "gcv" | "single"
-    scores: np.ndarray  # held-out SSE or GCV per alpha
-    train_report: RegressionReport
-    heldout_report: RegressionReport | None
-
-
-def solve_ridge(
-    eig: RidgeEigen, train: SufficientStats, val: SufficientStats | None, alphas: np.ndarray
-) -> RidgeSolution:
-    """Pick alpha (held-out SSE, else GCV) and report both splits from statistics alone."""
-    q, mean_y = eig.project(train)
-    if len(alphas) == 1:
-        scores, criterion = np.array([np.nan]), "single"
-    elif val is not None and val.n > 0:
-        scores, criterion = eig.sse_path(q, mean_y, val, alphas), "heldout"
-    else:
-        scores, criterion = eig.gcv_path(q, mean_y, train, alphas), "gcv"
-    alpha = float(alphas[0] if criterion == "single" else alphas[int(np.nanargmin(scores))])
-    coef = eig.coef(q, alpha)
-
-    def report(stats: SufficientStats) -> RegressionReport:
-        sse = eig.sse_per_dim(coef, mean_y, stats).clamp(min=0.0)
-        return report_from_sums(stats.n, stats.sum_y, stats.sum_y2, sse)
-
-    return RidgeSolution(
-        coef,
-        mean_y,
-        alpha,
-        criterion,
-        scores,
-        report(train),
-        report(val) if val is not None and val.n > 1 else None,
-    )
-
-
-def load_rows(X: ArrayLike, device: torch.device, chunk_size: int = 8192) -> torch.Tensor:
-    """Read a whole (possibly memmapped, float16) array into one float32 tensor, by chunks."""
-    n, d = check_2d("X", X)
-    out = torch.empty(n, d, dtype=torch.float32, device=device)
-    for rows in row_chunks(n, chunk_size):
-        out[rows] = as_tensor(X[rows], device)
-    return out
+# Re-exported: these lived here before crosslayer.linalg existed.
+__all__ = [
+    "DEFAULT_ALPHAS",
+    "AffineTranscoder",
+    "MLPTranscoder",
+    "RidgeEigen",
+    "SufficientStats",
+    "fit_transcoder_on_store",
+    "solve_ridge",
+]
 
 
 class AffineTranscoder(RegressorMixin, BaseEstimator):
@@ -449,6 +249,35 @@ class AffineTranscoder(RegressorMixin, BaseEstimator):
             raise CrosslayerError(
                 "chunk_size and batch_size must be >= 1 and epochs >= 0", "pass positive sizes"
             )
+
+
+def fit_transcoder_on_store(
+    store: ActivationStore | str | Path,
+    source: str,
+    target: str,
+    *,
+    batch_size: int = 4096,
+    **transcoder_kwargs: Any,
+) -> AffineTranscoder:
+    """Fit a ridge :class:`AffineTranscoder` ``source → target`` on a store, under torchrun too.
+
+    Each rank streams only its own shards (train rows into the training statistics,
+    held-out rows into the statistics that choose alpha); the statistics are all-reduced
+    and every rank solves the same system, so every rank returns the same transcoder as
+    a single process reading the whole store.
+    """
+    if isinstance(store, str | Path):
+        store = open_store(store)
+    tc = AffineTranscoder(solver="ridge", **transcoder_kwargs)
+    tc._reset()
+    shards: Sequence[int] = distributed.my_shards(len(store.manifest["shards"]))
+    for split, stats in (("train", tc.train_stats_), ("heldout", tc.heldout_stats_)):
+        for batch in store.iter_batches(
+            [source, target], split=split, batch_size=batch_size, dtype=np.float64, shards=shards
+        ):
+            stats.update(batch[source], batch[target])
+        distributed.all_reduce_stats(stats)
+    return tc.finalize()
 
 
 class MLPTranscoder(RegressorMixin, BaseEstimator):

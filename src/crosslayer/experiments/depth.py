@@ -4,7 +4,7 @@ One pass over the store's train batches accumulates X'X once and X'Y for all tar
 (the targets' columns side by side); one pass over the held-out batches does the same. The
 train covariance is eigendecomposed once; each target then gets its own alpha (chosen on
 held-out data) and its metrics on both splits, all from the statistics
-(:func:`crosslayer.transcoder.solve_ridge`), with no further pass over the activations.
+(:func:`crosslayer.linalg.solve_ridge`), with no further pass over the activations.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from crosslayer.errors import CrosslayerError
+from crosslayer.linalg import DEFAULT_ALPHAS, RidgeEigen, SufficientStats, solve_ridge
 from crosslayer.metrics import DEFINITIONS
-from crosslayer.transcoder import DEFAULT_ALPHAS, RidgeEigen, SufficientStats, solve_ridge
 
 _RESID_POST = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
 

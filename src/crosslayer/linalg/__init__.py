@@ -1,0 +1,28 @@
+"""The linear algebra shared by transcoders, probes, the depth sweep and torchrun reductions.
+
+Two ideas, one module each:
+
+* :mod:`~crosslayer.linalg.stats`: :class:`SufficientStats`, the float64 sums (n, Σx, Σy, Σy²,
+  X'X, X'Y) that every least-squares fit here is computed from. They are additive, so they
+  stream over batches, all-reduce over ranks and accept merged rows (one row standing for
+  ``count`` identical tokens: :meth:`SufficientStats.from_weighted_rows`).
+* :mod:`~crosslayer.linalg.ridge`: :class:`RidgeEigen` decomposes the train covariance once and
+  gives ridge coefficients, held-out error and GCV for any alpha and any block of targets;
+  :func:`solve_ridge` picks alpha and reports both splits from statistics alone.
+
+Array checks and the streaming regression metrics live one layer below, in
+:mod:`crosslayer.metrics`; everything here is built on them.
+"""
+
+from crosslayer.linalg.ridge import DEFAULT_ALPHAS, RidgeEigen, RidgeSolution, solve_ridge
+from crosslayer.linalg.stats import SufficientStats, accumulate, load_rows
+
+__all__ = [
+    "DEFAULT_ALPHAS",
+    "RidgeEigen",
+    "RidgeSolution",
+    "SufficientStats",
+    "accumulate",
+    "load_rows",
+    "solve_ridge",
+]
