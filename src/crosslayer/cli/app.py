@@ -1,9 +1,16 @@
-"""The shared Typer application and consoles; sub-command modules import from here."""
+"""The shared Typer application; sub-command modules register themselves on :data:`app`.
+
+The consoles live in :mod:`crosslayer.console` (the library prints progress there too) and are
+re-exported here for the sub-commands.
+"""
 
 from __future__ import annotations
 
 import typer
-from rich.console import Console
+
+from crosslayer.console import console, console_err
+
+__all__ = ["app", "console", "console_err"]
 
 app = typer.Typer(
     name="crosslayer",
@@ -13,5 +20,3 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-console_err = Console(stderr=True)

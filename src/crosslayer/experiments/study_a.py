@@ -50,7 +50,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from crosslayer import fs
+from crosslayer import console, fs
 from crosslayer.config import RunConfig
 from crosslayer.errors import ConfigMismatchError, CrosslayerError, DataError
 from crosslayer.provenance import versions
@@ -97,9 +97,7 @@ class Run:
 
     def say(self, message: str) -> None:
         if self.progress:
-            from crosslayer.cli.app import console_err
-
-            console_err.print(f"[bold cyan]study A[/] {message}", highlight=False)
+            console.say("study A", message)
 
     @contextmanager
     def stage(self, name: str, message: str) -> Iterator[None]:

@@ -34,8 +34,16 @@ from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
 from crosslayer import distributed
+from crosslayer.console import console_err
 from crosslayer.device import resolve_device
 from crosslayer.errors import ConfigMismatchError, CrosslayerError
 from crosslayer.fs import atomic_dir, atomic_write_json
@@ -430,16 +438,6 @@ class _Progress:
 
     def __enter__(self) -> _Progress:
         if self.enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-            )
-
-            from crosslayer.cli.app import console_err
-
             self.bar = Progress(
                 TextColumn("SAE"),
                 BarColumn(),
