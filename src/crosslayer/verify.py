@@ -25,12 +25,21 @@ from typing import Any, Literal
 
 from crosslayer.errors import CrosslayerError
 from crosslayer.fs import atomic_write_json
+from crosslayer.rundir import (
+    CHECKSUMS,
+    CONFIG,
+    REPORT,
+    RESULTS,
+    SAES,
+    STAGES,
+    STORES,
+    SWEEP_STORE,
+    TRAINED_SAES,
+    sae_path,
+)
 from crosslayer.store.format import MANIFEST, VerifyReport, sha256_file, verify_store
 
-CHECKSUMS = "checksums.json"
 CHECKSUMS_FORMAT = "crosslayer-run-checksums"
-STORES = ("store", "sweep_store")  # store directories of a run; their manifests hold sums
-TRAINED_SAES = ("baseline", "residual")  # saes/<name>: every run trains both
 SAE_WEIGHTS = "sae_weights.safetensors"
 
 Status = Literal["ok", "missing", "damaged"]
@@ -135,7 +144,7 @@ def verify_path(path: str | Path) -> PathReport:
         report = verify_store(path)
         artefact = _store_artefact(path.name or str(path), report)
         return PathReport(path, "store", [artefact], True, store=report)
-    if (path / "config.json").is_file() or (path / "results.json").is_file():
+    if (path / CONFIG).is_file() or (path / RESULTS).is_file():
         return _verify_run(path)
     where = (
         "it does not exist"
@@ -190,14 +199,14 @@ def _verify_run(run_dir: Path) -> PathReport:
     def art(name: str, kind: str) -> Artefact:
         return arts.setdefault(name, Artefact(name, kind))
 
-    config = _read_json(run_dir, "config.json", art("config.json", "config"))
-    results = _read_json(run_dir, "results.json", art("results.json", "results"))
+    config = _read_json(run_dir, CONFIG, art(CONFIG, "config"))
+    results = _read_json(run_dir, RESULTS, art(RESULTS, "results"))
     if config and results and config.get("config_hash") != results.get("config_hash"):
-        art("results.json", "results").problems.append(
+        art(RESULTS, "results").problems.append(
             Problem("", "damaged", "its config_hash differs from config.json's")
         )
     if results is not None and results.get("schema") != "crosslayer.study_a":
-        art("results.json", "results").problems.append(
+        art(RESULTS, "results").problems.append(
             Problem("", "damaged", "not a study A results file")
         )
     results = results or {}
@@ -207,15 +216,15 @@ def _verify_run(run_dir: Path) -> PathReport:
         sweep = bool((results.get("data") or {}).get("sweep_store"))
     else:
         sweep = bool(((config or {}).get("config", {}).get("sweep") or {}).get("enabled", True))
-    for name in STORES if sweep or (run_dir / "sweep_store").exists() else STORES[:1]:
+    for name in STORES if sweep or (run_dir / SWEEP_STORE).exists() else STORES[:1]:
         arts[name] = _check_store(run_dir / name, name)
 
     # SAE directories: both trained ones, and any other under saes/.
     names = set(TRAINED_SAES)
-    if (run_dir / "saes").is_dir():
-        names |= {p.name for p in (run_dir / "saes").iterdir() if p.is_dir()}
+    if (run_dir / SAES).is_dir():
+        names |= {p.name for p in (run_dir / SAES).iterdir() if p.is_dir()}
     for name in sorted(names):
-        _check_sae(run_dir / "saes" / name, art(f"saes/{name}", "sae"))
+        _check_sae(run_dir / sae_path(name), art(sae_path(name), "sae"))
 
     # Files results.json names: stores, trained SAEs, plots; and the report beside them.
     if results:
@@ -226,15 +235,15 @@ def _verify_run(run_dir: Path) -> PathReport:
             if _inside(where, run_dir) in arts:
                 continue  # a store or SAE of the run: checked, and reported, on its own
             if not where.exists():
-                art("results.json", "results").problems.append(
+                art(RESULTS, "results").problems.append(
                     Problem(str(rel), "missing", "named by results.json")
                 )
         for plot in results.get("plots") or []:
             a = art(plot, "plot")
             if not (run_dir / plot).is_file():
                 a.problems.append(Problem("", "missing", "named by results.json"))
-    report = art("report.html", "report")
-    if not (run_dir / "report.html").is_file():
+    report = art(REPORT, "report")
+    if not (run_dir / REPORT).is_file():
         report.problems.append(Problem("", "missing"))
 
     checked = _check_sums(run_dir, art, arts)
@@ -270,8 +279,8 @@ def _check_sums(
     for rel, digest in record["files"].items():
         parts = rel.split("/")
         # A file counts against the artefact holding it: saes/<name>, stages, or itself.
-        owner = "/".join(parts[:2]) if parts[0] == "saes" and len(parts) > 2 else parts[0]
-        a = art(owner, "sae" if parts[0] == "saes" else "stages" if owner == "stages" else "file")
+        owner = "/".join(parts[:2]) if parts[0] == SAES and len(parts) > 2 else parts[0]
+        a = art(owner, "sae" if parts[0] == SAES else "stages" if owner == STAGES else "file")
         inside = rel[len(owner) + 1 :]  # "" when the file is the artefact itself
         if any(p.file in ("", inside) for p in a.problems):
             continue  # already reported (or the whole artefact is missing)
@@ -279,8 +288,8 @@ def _check_sums(
             a.problems.append(Problem(inside, "missing"))
         elif sha256_file(run_dir / rel) != digest:
             a.problems.append(Problem(inside, "damaged", "checksum differs"))
-    if "stages" in arts:
-        arts["stages"].summary = "checksums match"
+    if STAGES in arts:
+        arts[STAGES].summary = "checksums match"
     return set(record["files"])
 
 

@@ -26,6 +26,7 @@ from crosslayer.report.dashboards import (
     study_b_dashboards,
 )
 from crosslayer.report.sections import Section, find_sections
+from crosslayer.rundir import RunDir
 
 __all__ = ["Dashboard", "Section", "find_sections", "render_report", "write_report"]
 
@@ -110,6 +111,6 @@ def write_report(run_dir: str | Path, *, model: Any = None, out: str | Path | No
     and list the tokens each feature promotes. ``out`` defaults to ``RUN_DIR/report.html``.
     """
     html = render_report(run_dir, model=model)
-    path = Path(out) if out is not None else Path(run_dir) / "report.html"
+    path = Path(out) if out is not None else RunDir(Path(run_dir)).report
     fs.atomic_write_bytes(path, html.encode("utf-8"))
     return path

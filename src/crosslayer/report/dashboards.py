@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from crosslayer.report.figures import activation_histogram
+from crosslayer.rundir import RunDir
 
 PREDICTABILITY = ("balanced_accuracy", "auroc", "r2", "token_determinedness")
 
@@ -185,7 +186,7 @@ def open_run_store(run_dir: Path, results: dict[str, Any]) -> Any:
     """The run's activation store (in the run directory, else where results.json says)."""
     from crosslayer.store import open_store
 
-    local = run_dir / "store"
+    local = RunDir(run_dir).store
     return open_store(local if local.is_dir() else _in_run(run_dir, results["data"]["store"]))
 
 
@@ -193,7 +194,7 @@ def load_run_sae(run_dir: Path, results: dict[str, Any], name: str) -> Any:
     """An SAE of the run: ``saes/<name>`` for the trained ones, the ``--sae`` spec otherwise."""
     from crosslayer.sae import load_sae
 
-    local = run_dir / "saes" / name
+    local = RunDir(run_dir).sae(name)
     spec = local if local.is_dir() else _in_run(run_dir, results["saes"][name]["path"])
     return load_sae(str(spec), device="cpu")
 
@@ -218,7 +219,7 @@ def _store_activations(
     source, target = results["hooks"]["source"], results["hooks"]["target"]
     coef = intercept = None
     if name == "residual":
-        saved = np.load(run_dir / "stages" / "transcoder.npz")
+        saved = np.load(RunDir(run_dir).transcoder_weights)
         coef, intercept = saved["coef"], saved["intercept"]
     parts = []
     for batch in store.iter_batches([source, target], split=None, batch_size=batch_size):
