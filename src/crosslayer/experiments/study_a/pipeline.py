@@ -1,0 +1,145 @@
+"""``run_study_a``: study A's stages, in order. Each stage lives in its own module."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from crosslayer import fs
+from crosslayer.config import RunConfig
+from crosslayer.experiments.study_a.comparison import compare_saes
+from crosslayer.experiments.study_a.features import analyse_sae
+from crosslayer.experiments.study_a.inputs import (
+    check_split,
+    collect_stores,
+    load_data,
+    prepare_corpora,
+    resolve_hooks,
+)
+from crosslayer.experiments.study_a.plots import write_plots
+from crosslayer.experiments.study_a.results import SCHEMA, SCHEMA_VERSION, STUDY_REFERENCE
+from crosslayer.experiments.study_a.run import JsonFile, open_run
+from crosslayer.experiments.study_a.saes import sae_report, train_saes
+from crosslayer.experiments.study_a.sweep import run_depth_sweep
+from crosslayer.experiments.study_a.transcoders import fit_transcoders, residuals
+from crosslayer.model import LoadedModel, load_model
+from crosslayer.provenance import versions
+from crosslayer.report import write_report
+from crosslayer.rundir import STORE, SWEEP_STORE, TRAINED_SAES, sae_path
+from crosslayer.sae import load_sae
+from crosslayer.verify import forget_checksums, record_checksums
+
+
+def run_study_a(
+    cfg: RunConfig | None = None, *, model: LoadedModel | None = None, progress: bool = True
+) -> dict[str, Any]:
+    """Run study A as configured and return the contents of ``results.json`` plus ``out``.
+
+    ``model``: an already loaded :class:`~crosslayer.model.LoadedModel` to use instead of
+    loading ``cfg.model`` (tests pass a tiny one). Outputs go to ``cfg.out``; rerunning with
+    the same config reuses every finished stage. ``out`` in the returned dict is the run
+    directory (``results.json`` itself holds only paths relative to it). The last file
+    written is ``checksums.json`` (sha256 of the run's files, for ``crosslayer verify``).
+    """
+    cfg = cfg or RunConfig()
+    run = open_run(cfg, progress)
+    # Files are about to change: a checksums.json from an earlier attempt would call them
+    # damaged. It comes back, complete, when the run finishes.
+    forget_checksums(run.out)
+    started = time.perf_counter()
+
+    # 1. model, pretrained SAE, hooks; the corpus and both splits checked before any work
+    with run.stage("load", f"loading {cfg.model if model is None else model.spec}"):
+        lm = model if model is not None else load_model(cfg.model, device=cfg.device)
+        pretrained = None if cfg.sae is None else load_sae(cfg.sae, model=lm, device=cfg.device)
+        hooks = resolve_hooks(cfg, lm, pretrained)
+        corpora = prepare_corpora(cfg, lm.tokenizer)
+    plan = corpora.split
+    run.say(
+        f"{hooks.source} → {hooks.target}; {plan.n_train:,} train tokens ({plan.docs_train} "
+        f"docs), {plan.n_heldout:,} held-out ({plan.docs_heldout} docs)"
+    )
+
+    # 2. activations (the split as collected, not as planned, is what counts)
+    store, sweep_store = collect_stores(run, lm, corpora, hooks)
+    data = load_data(store, hooks)
+    split = data.split_counts(store)
+    check_split(split, cfg)
+
+    # 3-4. transcoders, residuals
+    transcoders = fit_transcoders(run, data)
+    R_train = residuals(transcoders.ridge, data.X_train, data.Y_train)
+    R_heldout = residuals(transcoders.ridge, data.X_heldout, data.Y_heldout)
+
+    # 5. SAEs: baseline on the target, residual on the residuals, same config and tokens
+    saes = train_saes(
+        run, hooks.target, lm.identity, {"baseline": data.Y_train, "residual": R_train}
+    )
+    sae_inputs = {"baseline": (data.Y_train, data.Y_heldout), "residual": (R_train, R_heldout)}
+    if pretrained is not None:
+        saes["pretrained"] = pretrained
+        sae_inputs["pretrained"] = (data.Y_train, data.Y_heldout)
+
+    # 6-7. probes, per-feature analysis, contexts (rows: store row of each train+held-out row)
+    rows = np.concatenate([data.train_idx, data.heldout_idx])
+    features: dict[str, dict[str, Any]] = {}
+    sae_reports: dict[str, dict[str, Any]] = {}
+    for name, sae in saes.items():
+        x_train, x_heldout = sae_inputs[name]
+        with run.stage(f"probes_{name}", f"probing every alive feature of the {name} SAE"):
+            analyse = partial(
+                analyse_sae, run, name, sae, data, x_train, x_heldout, rows, store, lm.tokenizer
+            )
+            features[name] = run.cached(JsonFile(run.dirs.features(name)), analyse)
+            sae_reports[name] = sae_report(run, name, sae, x_heldout)
+    comparison = compare_saes(run, features)
+
+    # 8. depth sweep
+    depth = None if sweep_store is None else run_depth_sweep(run, sweep_store, hooks)
+
+    # 9. results.json, plots, report: the report reads results.json, so it comes last
+    results: dict[str, Any] = {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        # Paths are relative to the run directory and the config leaves out `out`, so the
+        # same config and seed give the same file wherever the run is written.
+        "config": cfg.model_dump(mode="json", exclude={"out"}),
+        "config_hash": cfg.hash(),
+        "versions": versions(),
+        "model": lm.identity,
+        "hooks": {"source": hooks.source, "target": hooks.target},
+        "data": {
+            "corpus": corpora.main.identity(),
+            "n_tokens": int(store.n_tokens),
+            "n_train": split.n_train,
+            "n_heldout": split.n_heldout,
+            "docs_train": split.docs_train,
+            "docs_heldout": split.docs_heldout,
+            "d_model": int(lm.d_model),
+            "store": STORE,
+            "sweep_store": None if sweep_store is None else SWEEP_STORE,
+        },
+        "study_reference": STUDY_REFERENCE,
+        "transcoder": transcoders.metrics,
+        "saes": {
+            name: sae_reports[name] | {"path": sae_path(name) if name in TRAINED_SAES else cfg.sae}
+            for name in saes
+        },
+        "features": features,
+        "comparison": comparison,
+        "depth_sweep": depth,
+        "timings": run.timings | {"total": round(time.perf_counter() - started, 2)},
+    }
+    results = fs.jsonable(results)
+    with run.stage("plots", "writing plots"):
+        results["plots"] = write_plots(results, run.out)
+    fs.atomic_write_json(run.dirs.results, results)
+    with run.stage("report", "writing report.html"):
+        write_report(run.out, model=lm)
+    record_checksums(run.out)
+    return dict(results) | {"out": str(run.out)}

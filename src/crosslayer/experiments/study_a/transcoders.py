@@ -1,0 +1,123 @@
+"""Stages 3-4: the transcoders (ridge, the study's Adam recipe, an MLP) and the residuals."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crosslayer import fs
+from crosslayer.experiments.study_a.inputs import Data
+from crosslayer.experiments.study_a.run import Run, sample_rows
+from crosslayer.transcoder import DEFAULT_ALPHAS, AffineTranscoder, MLPTranscoder
+
+
+@dataclass
+class Transcoders:
+    """The ridge transcoder the residuals come from, and the metrics of every transcoder."""
+
+    ridge: AffineTranscoder
+    metrics: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TranscoderFiles:
+    """Checkpoint of the transcoder stage: the ridge weights (.npz) and all metrics (.json).
+
+    The JSON is written last, so both files present means the stage finished.
+    """
+
+    weights: Path
+    metrics: Path
+    device: str
+
+    def done(self) -> bool:
+        return self.weights.is_file() and self.metrics.is_file()
+
+    def load(self) -> Transcoders:
+        saved = np.load(self.weights)
+        ridge = AffineTranscoder(device=self.device)
+        ridge.coef_, ridge.intercept_ = saved["coef"], saved["intercept"]
+        ridge.n_features_in_ = ridge.coef_.shape[1]
+        return Transcoders(ridge, json.loads(self.metrics.read_text()))
+
+    def save(self, value: Transcoders) -> Transcoders:
+        np.savez(self.weights, coef=value.ridge.coef_, intercept=value.ridge.intercept_)
+        value.metrics = fs.jsonable(value.metrics)
+        fs.atomic_write_json(self.metrics, value.metrics)
+        return value
+
+
+def fit_transcoders(run: Run, data: Data) -> Transcoders:
+    """Ridge transcoder (kept) plus the study's Adam recipe and an MLP, all on train only.
+
+    The ridge strength is chosen by generalised cross-validation on the train split, so
+    held-out tokens play no part in fitting and their scores are honest.
+    """
+    files = TranscoderFiles(
+        run.dirs.transcoder_weights, run.dirs.transcoder_metrics, run.cfg.device
+    )
+    return run.cached(files, lambda: _fit_all(run, data))
+
+
+def _fit_all(run: Run, data: Data) -> Transcoders:
+    cfg, seed, device = run.cfg.transcoder, run.cfg.seed, run.cfg.device
+    alphas = tuple(cfg.alphas) if cfg.alphas else DEFAULT_ALPHAS
+
+    # One checkpoint for all three (they are scored together), each timed on its own.
+    with run.stage("transcoder", "fitting the ridge transcoder (train split only)"):
+        ridge = AffineTranscoder(alphas, device=device)
+        ridge.fit(data.X_train, data.Y_train)  # no held-out data given: alpha by GCV
+        metrics: dict[str, Any] = {
+            "ridge": _metrics(ridge, data)
+            | {"alpha": ridge.alpha_, "alpha_criterion": ridge.alpha_criterion_},
+        }
+    if cfg.study_recipe:
+        sample = sample_rows(len(data.X_train), cfg.adam_tokens, seed)
+        with run.stage("transcoder_adam", f"fitting the study's Adam recipe on {len(sample):,}"):
+            adam = AffineTranscoder(
+                solver="adam",
+                lr=cfg.adam_lr,
+                epochs=cfg.adam_epochs,
+                batch_size=cfg.adam_batch_size,
+                seed=seed,
+                device=device,
+            ).fit(data.X_train[sample], data.Y_train[sample])
+            metrics["study_recipe"] = _metrics(adam, data) | {
+                "n_fit_tokens": len(sample),
+                "lr": cfg.adam_lr,
+                "epochs": cfg.adam_epochs,
+                "batch_size": cfg.adam_batch_size,
+            }
+    if cfg.mlp:
+        with run.stage("transcoder_mlp", f"fitting the MLP transcoder ({cfg.mlp_hidden} hidden)"):
+            mlp = MLPTranscoder(
+                cfg.mlp_hidden,
+                max_epochs=cfg.mlp_max_epochs,
+                alphas=alphas,
+                seed=seed,
+                device=device,
+            ).fit(data.X_train, data.Y_train)  # early stopping on a slice of train
+            metrics["mlp"] = _metrics(mlp, data) | {
+                "hidden": cfg.mlp_hidden,
+                "epochs_run": len(mlp.val_losses_) - 1,
+            }
+    return Transcoders(ridge, metrics)
+
+
+def _metrics(model: AffineTranscoder | MLPTranscoder, data: Data) -> dict[str, Any]:
+    """Held-out metrics (ours) and train metrics (where the study measured), per-dim R² too."""
+    heldout = model.evaluate(data.X_heldout, data.Y_heldout)
+    train = model.evaluate(data.X_train, data.Y_train)
+    return {
+        "heldout": heldout.summary() | {"r2_per_dim": heldout.r2_per_dim},
+        "train": train.summary(),
+    }
+
+
+def residuals(transcoder: AffineTranscoder, X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """``Y - transcoder(X)``: the part of the target the affine map does not predict."""
+    return (Y - transcoder.predict(X)).astype(np.float32)
