@@ -16,79 +16,68 @@ runs them:
 * **memory**: the peak resident size, as the sum of its main terms (see :func:`_memory`);
 * **time**: FLOPs of each stage divided by the measured GFLOP/s times an efficiency factor
   calibrated on the measured runs of ``benchmarks/results/study_a.md``.
+
+The figures of the cost model are data, ``crosslayer/data/plan_calibration.json``, each with the
+measurement it came from. The hooks are resolved by the run's own rules
+(:mod:`crosslayer.experiments.study_a.hooks`), and the sizes that drive disk and memory
+(shard tokens, SAE shuffle buffer, probe feature chunk) are imported from the modules that
+use them, so a change there moves the plan with it.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from importlib import resources
+from io import StringIO
 from typing import Any, cast
 
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
 from crosslayer.config import RunConfig
+from crosslayer.device import resolve_device
 from crosslayer.errors import CrosslayerError
+from crosslayer.experiments.study_a.hooks import check_order, pick_target, sweep_hooks, sweep_tokens
+from crosslayer.model.hooks import parse_hook
 from crosslayer.model.shape import ModelInfo, model_info
+from crosslayer.probes import FEATURE_CHUNK as PROBE_FEATURE_CHUNK
+from crosslayer.sae.train import SAETrainConfig
+from crosslayer.store.collect import SHARD_TOKENS as STORE_SHARD_TOKENS
+from crosslayer.store.format import META
 
 # --------------------------------------------------------------------------------------------
-# calibration
-#
-# Efficiency = (stage FLOPs / stage seconds) / matmul peak, from the default profile's stage
-# timings on the quiet 2-core box (benchmarks/results/study_a.md, "Default profile": the
-# `timings` of that run's results.json, 444 s wall) divided by the fp32 matmul peak
-# measured on that box the same day (300.8 GFLOP/s, benchmarks/results/collect.md). The FLOP
-# counts are those of the functions below for that config (80,000 tokens, d 640, width 2,048).
+# calibration: every figure of the cost model, with the measurement it came from, lives in
+# crosslayer/data/plan_calibration.json; the sizes the stages use are imported from them.
 
-BENCH_PEAK_GFLOPS = 300.8
 
-EFFICIENCY = {
-    # forward through 13 blocks, 80,000 tokens in 78.6 s, after taking off the store write
-    # (fitted jointly with the sweep store, below); bench_collect's own figure, writes
-    # included, is 0.48 through 9 blocks
-    "collect": 0.53,
-    # X'X and X'Y in float64 plus two predictions of every token (2.7 s)
-    "transcoder": 0.30,
-    # the study's nn.Linear + Adam, batch 256 (7.3 s)
-    "transcoder_adam": 0.37,
-    # MLP transcoder, 5 epochs (18.5 s)
-    "transcoder_mlp": 0.26,
-    # sae-lens SAETrainer, TopK, batch 512 (33.5 s and 38.8 s, less SAE_WARMUP_S)
-    "sae": 0.30,
-    # L-BFGS logistic + ridge probes (35.6 s and 48.4 s in the quiet default run after the
-    # probes merged repeated rows, less PROBE_S_PER_FEATURE x features). The FLOPs below count
-    # every fitted token; with hook_embed as source the fit runs on ~6x fewer distinct rows,
-    # so this is an effective figure (0.22 before the merge), optimistic for residual sources.
-    "probes": 0.67,
-    # one pass of float64 statistics over the sweep store (8.2 s)
-    "depth_sweep": 0.14,
-}
-# The store write (np.save + sha256 of every file): 100 MB/s, from the two collections of the
-# default run (411 MB main store in 78.6 s, 1,076 MB sweep store in 38.7 s) solved together
-# with the collect efficiency above.
-WRITE_BYTES_PER_S = 100e6
-# Model load: 6.5 s per GB of weights (cached Gemma 3 270M, 1.07 GB: "load" 8.1 s default,
-# 7.5 s quick, including the split plan that tokenises the corpus: ~1e-5 s per token).
-LOAD_S_PER_GB, TOKENISE_S_PER_TOKEN = 6.5, 1e-5
-# First load of a GGUF: dequantise and cache; 50 s for Gemma 3 270M on a less busy box
-# (benchmarks/results/model_load.md; 144 s on a busy one).
-DEQUANTISE_S_PER_PARAM = 50.0 / 268e6
-# Plots, report.html and imports: wall minus in-run total, 20 s default (3,445 alive
-# features), 8.5 s quick (1,336): 5 s + 3 ms per alive feature.
-REPORT_S, REPORT_S_PER_FEATURE = 5.0, 3e-3
-# Costs that do not scale with FLOPs, read off a tiny run (d 64, where FLOPs are nil): the
-# first SAE pays ~2.5 s of one-time set-up (sae-lens imports, trainer); the probe stage pays
-# ~10 ms per feature (token-determinedness, contexts, the study's sklearn protocol, L-BFGS
-# bookkeeping) -- with it, the quick profile's probes come out 52 s against 73 s measured
-# on a busy box, without it 45 s.
-SAE_WARMUP_S, PROBE_S_PER_FEATURE = 2.5, 0.01
-# Alive features are unknown before training: 75% of the latents is the mean of the four
-# measured SAEs (default 1,750 and 1,695 of 2,048; quick 721 and 615 of 1,024).
-ALIVE_FRACTION = 0.75
+def _calibration() -> dict[str, Any]:
+    text = resources.files("crosslayer").joinpath("data/plan_calibration.json").read_text()
+    return dict(json.loads(text))
 
-# store and SAE constants (docs/store_format.md; crosslayer.sae.train.SAETrainConfig)
-SHARD_TOKENS = 16384  # crosslayer.store.collect's default, which study A uses
+
+_CAL = _calibration()
+BENCH_PEAK_GFLOPS: float = _CAL["bench_peak_gflops"]["value"]
+EFFICIENCY: dict[str, float] = {k: v["value"] for k, v in _CAL["efficiency"].items()}
+WRITE_BYTES_PER_S: float = _CAL["write_bytes_per_s"]["value"]
+LOAD_S_PER_GB: float = _CAL["load_s_per_gb"]["value"]
+TOKENISE_S_PER_TOKEN: float = _CAL["tokenise_s_per_token"]["value"]
+DEQUANTISE_S_PER_PARAM: float = _CAL["dequantise_s_per_param"]["value"]
+REPORT_S: float = _CAL["report_s"]["value"]
+REPORT_S_PER_FEATURE: float = _CAL["report_s_per_feature"]["value"]
+SAE_WARMUP_S: float = _CAL["sae_warmup_s"]["value"]
+PROBE_S_PER_FEATURE: float = _CAL["probe_s_per_feature"]["value"]
+ALIVE_FRACTION: float = _CAL["alive_fraction"]["value"]
+
+# The stages' own sizes, from where they are defined (docs/store_format.md for the header).
+SHARD_TOKENS = STORE_SHARD_TOKENS  # study A collects with the store's default
 NPY_HEADER = 128  # bytes of a .npy format-1.0 header for these shapes
-SHUFFLE_BUFFER = 2**17
-FEATURE_CHUNK = 512  # crosslayer.probes.FeatureProbes(feature_chunk=512)
+SHUFFLE_BUFFER: int = SAETrainConfig.model_fields["shuffle_buffer"].default
+FEATURE_CHUNK = PROBE_FEATURE_CHUNK  # study A probes with FeatureProbes' default
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,8 +155,6 @@ class RunPlan:
 
     def table(self) -> Any:
         """A rich table: one row per stage, then the total."""
-        from rich.table import Table
-
         table = Table(
             title=f"Plan: {self.model} ({self.params / 1e6:,.0f}M params, d_model "
             f"{self.shape['d_model']}, {self.shape['n_layers']} blocks), {self.source} → "
@@ -224,10 +211,6 @@ class RunPlan:
         return "\n".join(lines)
 
     def __str__(self) -> str:
-        from io import StringIO
-
-        from rich.console import Console
-
         buf = StringIO()
         Console(file=buf, width=120, color_system=None).print(self.table())
         return buf.getvalue() + self.summary()
@@ -266,8 +249,6 @@ def measure_gflops(d_model: int, device: str = "cpu", seconds: float = 0.3) -> f
     box this shape reaches 0.93x the 2048³ peak the efficiency factors are relative to
     (interleaved runs, median of 8): inside the factors' own noise, so it is used as is.
     """
-    import torch
-
     dev = torch.device(device)
     n = 2048
     a = torch.randn(n, d_model, device=dev)
@@ -294,10 +275,6 @@ def measure_gflops(d_model: int, device: str = "cpu", seconds: float = 0.3) -> f
 
 def store_bytes(n_tokens: int, dims: list[int], dtype: str) -> int:
     """Bytes of a store directory: activations + per-token metadata + headers + manifest."""
-    import numpy as np
-
-    from crosslayer.store.format import META
-
     per_value = 2 if dtype == "float16" else 4
     per_token = sum(dims) * per_value + sum(
         cast("np.dtype[Any]", dt).itemsize for dt in META.values()
@@ -320,8 +297,6 @@ def sae_bytes(width: int, d: int, arch: str) -> int:
 
 def _blocks_run(hook: str) -> int:
     """Blocks a forward runs to reach ``hook`` (it stops there)."""
-    from crosslayer.model import parse_hook
-
     p = parse_hook(hook)
     if p.layer is None:
         return 0
@@ -350,11 +325,12 @@ class _Ctx:
 
 
 def _resolve_hooks(cfg: RunConfig, n_layers: int, notes: list[str]) -> tuple[str, str]:
-    """(source, target) as the run will resolve them, checked against the model's depth."""
-    from crosslayer.experiments.study_a import default_target
-    from crosslayer.model import hook_depth, parse_hook
+    """(source, target) as the run will resolve them, checked against the model's depth.
 
-    target = cfg.target or default_target(n_layers)
+    The run's own rules (:mod:`crosslayer.experiments.study_a.hooks`); only the check against
+    the model differs, as there is no model loaded to validate the names.
+    """
+    target = pick_target(cfg, n_layers)
     if cfg.sae is not None and cfg.target is None:
         notes.append(f"target assumed {target}: the run takes the --sae's own hook")
     for hook in (cfg.source, target):
@@ -364,11 +340,7 @@ def _resolve_hooks(cfg: RunConfig, n_layers: int, notes: list[str]) -> tuple[str
                 f"hook {hook} is past the model's last block ({n_layers} blocks)",
                 f"use a block between 0 and {n_layers - 1}",
             )
-    if hook_depth(target) <= hook_depth(cfg.source):
-        raise CrosslayerError(
-            f"target hook {target} is not deeper than source hook {cfg.source}",
-            "pass a --target later in the forward pass than --source",
-        )
+    check_order(cfg.source, target)
     return cfg.source, target
 
 
@@ -385,9 +357,6 @@ def plan_run(
     probe and use this throughput (e.g. ``BENCH_PEAK_GFLOPS`` to estimate for the project box).
     ``info``: the model's shape, if already known.
     """
-    from crosslayer.device import resolve_device
-    from crosslayer.experiments.study_a import sweep_hooks
-
     info = info or model_info(cfg.model, model)
     shape = info.shape
     device = resolve_device(cfg.device)
@@ -409,7 +378,7 @@ def plan_run(
     n = cfg.tokens
     n_heldout = round(n * cfg.data.heldout_frac)
     n_train = n - n_heldout
-    n_sweep = min(cfg.sweep.tokens, n) if cfg.sweep.enabled else 0
+    n_sweep = sweep_tokens(cfg) if cfg.sweep.enabled else 0
     sweep = sweep_hooks(source, target) if cfg.sweep.enabled else []
 
     stages = [_load_stage(cfg, info, n + n_sweep, device.type)]
@@ -590,8 +559,6 @@ def _memory(
     in float32, plus the largest of SAE training, probes and transcoder statistics).
     """
     d, n = shape.d_model, cfg.tokens
-    from crosslayer.device import resolve_device
-
     bf16 = resolve_device(cfg.device).type == "cuda"
     per_value = {"float32": 4, "float16": 2}
     shard_main = 2 * min(SHARD_TOKENS, n) * 2 * d * per_value[cfg.data.store_dtype]

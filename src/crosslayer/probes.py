@@ -41,6 +41,8 @@ DEAD = "dead in train (never active)"
 ALWAYS = "always active in train (no inactive token)"
 ONE_CLASS_HELDOUT = "one class only in held-out"
 
+FEATURE_CHUNK = 512  # features per matrix product (the default; the plan sizes memory by it)
+
 
 class _Columns:
     """Feature activations as column blocks: an array [n, m] or ``fn(start, stop) -> [n, k]``."""
@@ -136,7 +138,7 @@ class FeatureProbes(BaseEstimator):
         C: float = 1.0,
         threshold: float = 0.0,
         max_iter: int = 100,
-        feature_chunk: int = 512,
+        feature_chunk: int = FEATURE_CHUNK,
         target_chunk: int = 64,
         chunk_size: int = 8192,
         device: str | None = None,

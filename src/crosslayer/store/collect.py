@@ -54,6 +54,9 @@ StoreDtype = Literal["float32", "float16"]
 FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
 
 
+SHARD_TOKENS = 16384  # tokens per shard: one shard's activations fit in memory while written
+
+
 class CollectConfig(BaseModel):
     """Everything ``crosslayer collect`` takes, as a config object (mirrors the CLI flags)."""
 
@@ -71,7 +74,7 @@ class CollectConfig(BaseModel):
     seed: int = 0
     device: str = "auto"
     text_field: str = "text"
-    shard_tokens: int = Field(16384, gt=0)
+    shard_tokens: int = Field(SHARD_TOKENS, gt=0)
 
     def run(self, *, progress: bool = True) -> ActivationStore:
         """Load the corpus and the model, then :func:`collect`."""
@@ -252,7 +255,7 @@ def collect(
     seed: int = 0,
     dtype: StoreDtype = "float32",
     batch_size: int = 8,
-    shard_tokens: int = 16384,
+    shard_tokens: int = SHARD_TOKENS,
     text_field: str = "text",
     progress: bool = True,
 ) -> ActivationStore:
