@@ -17,7 +17,7 @@ def eval_sae_command(
     model: str = typer.Option(
         None, "--model", help="Model for CE loss recovered (e.g. gemma-3-270m)"
     ),
-    n_contexts: int = typer.Option(16, "--contexts", help="Held-out contexts for CE loss"),
+    n_contexts: int = typer.Option(16, "--contexts", min=1, help="Held-out contexts for CE loss"),
     out: Path = typer.Option(None, "--out", help="Write the metrics as JSON here"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
 ) -> None:
@@ -31,6 +31,8 @@ def eval_sae_command(
     from crosslayer.sae import evaluate_sae, load_sae
     from crosslayer.store import open_store
 
+    if out is not None:
+        _check_out_file(out)
     acts = open_store(store)
     lm = None
     if model is not None:
@@ -59,3 +61,14 @@ def eval_sae_command(
         atomic_write_json(
             out, {"sae": sae, "store": str(store), "metrics": metrics, "versions": versions()}
         )
+
+
+def _check_out_file(out: Path) -> None:
+    """``--out`` must be a file path that can be written: not a directory, none of its
+    parents a file (checked before the SAE is evaluated)."""
+    from crosslayer.errors import CrosslayerError
+    from crosslayer.fs import check_dir_path
+
+    if out.is_dir():
+        raise CrosslayerError(f"--out {out} is a directory", "pass a file path, e.g. metrics.json")
+    check_dir_path(out.parent, "--out")

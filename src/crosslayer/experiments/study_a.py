@@ -788,10 +788,13 @@ def run_study_a(
     """
     from crosslayer.corpus import load_corpus
     from crosslayer.model import load_model
+    from crosslayer.plan import check_run
+    from crosslayer.rules import check_steps
     from crosslayer.sae import evaluate_sae, load_sae
     from crosslayer.verify import forget_checksums, record_checksums
 
     cfg = cfg or RunConfig()
+    check_run(cfg, model)  # everything checkable before the run directory exists
     run = open_run(cfg, progress)
     # Files are about to change: a checksums.json from an earlier attempt would call them
     # damaged. It comes back, complete, when the run finishes.
@@ -806,6 +809,7 @@ def run_study_a(
         corpus = load_corpus(cfg.corpus, max_doc_chars=cfg.data.max_doc_chars)
         plan = plan_split(corpus, lm.tokenizer, cfg, cfg.tokens)
         check_split(plan, cfg)
+        check_steps(plan["n_train"] * cfg.sae_training.epochs, cfg.sae_training.batch_size)
         corpora = (corpus, sweep_corpus(cfg.corpus, cfg) if cfg.sweep.enabled else None)
         if cfg.sweep.enabled:
             n_sweep = min(cfg.sweep.tokens, cfg.tokens)

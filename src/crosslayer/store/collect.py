@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rich.progress import (
     BarColumn,
     Progress,
@@ -73,8 +73,20 @@ class CollectConfig(BaseModel):
     text_field: str = "text"
     shard_tokens: int = Field(16384, gt=0)
 
+    @model_validator(mode="after")
+    def _some_train_tokens(self) -> CollectConfig:
+        if self.heldout_frac >= 1:
+            raise CrosslayerError(
+                f"--heldout-frac {self.heldout_frac:g} holds out every document: no train tokens",
+                "use a fraction below 1, e.g. 0.1",
+            )
+        return self
+
     def run(self, *, progress: bool = True) -> ActivationStore:
         """Load the corpus and the model, then :func:`collect`."""
+        from crosslayer.fs import check_dir_path
+
+        check_dir_path(self.out, itself=False)  # a file AT out: "is not an activation store"
         corpus = load_corpus(self.corpus, text_field=self.text_field)  # cheap: fail fast
         model = load_model(self.model, device=self.device)
         return collect(
