@@ -152,6 +152,14 @@ def _layers(work: Path, model: Path) -> list[str]:
 GEMMA_SCOPE = "gemma-scope-2b-pt-res-canonical/layer_20/width_16k/canonical"
 
 
+def _gemma_scope_d32(work: Path) -> str:
+    """A complete Gemma Scope 1 params.npz for a 32-wide model (the store's model has 64)."""
+    d, n = 32, 8
+    arrays = {"W_enc": (d, n), "W_dec": (n, d), "b_enc": (n,), "b_dec": (d,), "threshold": (n,)}
+    np.savez(work / "params.npz", **{k: np.ones(v, np.float32) for k, v in arrays.items()})
+    return str(work / "params.npz")
+
+
 def _eval_sae(work: Path, store: Path, sae: str, model: Path) -> list[str]:
     return ["eval-sae", "--sae", sae, "--store", str(store), "--model", str(model),
             "--device", "cpu"]  # fmt: skip
@@ -210,6 +218,13 @@ CASES: list[tuple[str, Build, str]] = [
     ("sae-npz-missing-arrays",
      lambda w, m, s: _eval_sae(w, s, _gemma_scope_npz(w, truncate=False), m), "params.npz"),
     ("sae-not-an-sae", lambda w, m, s: _eval_sae(w, s, str(w), m), "is not an SAE"),
+    ("eval-sae-store-of-another-model",
+     lambda w, m, s: ["eval-sae", "--sae", _gemma_scope_d32(w), "--store", str(s),
+                      "--hook", "hook_embed", "--device", "cpu"],
+     "activations have width 64 but the SAE expects d_in=32"),
+    ("eval-sae-model-of-another-width",  # the SAE is read first, then checked on the model
+     lambda w, m, s: [*_eval_sae(w, s, _gemma_scope_d32(w), m), "--hook", "hook_embed"],
+     "SAE input width d_in=32 does not match the model's d_model=64"),
     ("train-sae-hook-not-in-store",
      lambda w, m, s: ["train-sae", "--store", str(s), "--hook", "blocks.0.hook_resid_post",
                       "--out", str(w / "sae"), "--no-progress"], "is not in the store"),

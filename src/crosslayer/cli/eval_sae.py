@@ -28,18 +28,21 @@ def eval_sae_command(
     """
     from crosslayer.fs import atomic_write_json
     from crosslayer.provenance import versions
-    from crosslayer.sae import evaluate_sae, load_sae
+    from crosslayer.sae import check_against_model, evaluate_sae, load_sae
     from crosslayer.store import open_store
 
     if out is not None:
         _check_out_file(out)
     acts = open_store(store)
+    loaded = load_sae(sae, device=device, hook=hook)  # a bad SAE fails before the model loads
     lm = None
     if model is not None:
         from crosslayer.model import load_model
+        from crosslayer.model.shape import checked_info
 
+        checked_info(model)  # path, file type, hub: before the weights load
         lm = load_model(model, device=device)
-    loaded = load_sae(sae, model=lm, device=device, hook=hook)
+        check_against_model(loaded, lm)
     metrics = evaluate_sae(loaded, acts, lm, hook=hook, n_contexts=n_contexts)
     for key in (
         "hook",
