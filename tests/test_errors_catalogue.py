@@ -160,6 +160,12 @@ def _gemma_scope_d32(work: Path) -> str:
     return str(work / "params.npz")
 
 
+def _heldout_store(work: Path, model: Path) -> str:
+    """A small store with held-out tokens (the module's store has none)."""
+    assert main(collect_args(model, work / "st", 300, "--heldout-frac", "0.5")) == 0
+    return str(work / "st")
+
+
 def _eval_sae(work: Path, store: Path, sae: str, model: Path) -> list[str]:
     return ["eval-sae", "--sae", sae, "--store", str(store), "--model", str(model),
             "--device", "cpu"]  # fmt: skip
@@ -219,7 +225,7 @@ CASES: list[tuple[str, Build, str]] = [
      lambda w, m, s: _eval_sae(w, s, _gemma_scope_npz(w, truncate=False), m), "params.npz"),
     ("sae-not-an-sae", lambda w, m, s: _eval_sae(w, s, str(w), m), "is not an SAE"),
     ("eval-sae-store-of-another-model",
-     lambda w, m, s: ["eval-sae", "--sae", _gemma_scope_d32(w), "--store", str(s),
+     lambda w, m, s: ["eval-sae", "--sae", _gemma_scope_d32(w), "--store", _heldout_store(w, m),
                       "--hook", "hook_embed", "--device", "cpu"],
      "activations have width 64 but the SAE expects d_in=32"),
     ("eval-sae-model-of-another-width",  # the SAE is read first, then checked on the model
