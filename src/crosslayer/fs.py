@@ -73,6 +73,20 @@ def atomic_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
+def remove_temporaries(root: str | os.PathLike[str], *, recursive: bool = False) -> None:
+    """Remove the hidden temporaries (``.NAME.tmp-*``) that a writer killed inside
+    :func:`atomic_dir` or :func:`atomic_write_bytes` leaves in ``root`` (and below it, with
+    ``recursive``). None of them is part of an artefact: the rename never happened."""
+    root = Path(root)
+    if not root.is_dir():
+        return
+    for orphan in list(root.rglob(".*.tmp-*") if recursive else root.glob(".*.tmp-*")):
+        if orphan.is_dir():
+            shutil.rmtree(orphan, ignore_errors=True)
+        else:
+            orphan.unlink(missing_ok=True)
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file, fsync and rename."""
     path = Path(path)

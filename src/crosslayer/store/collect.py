@@ -12,7 +12,6 @@ straddles a shard boundary is run twice, once per shard (under 1% extra work).
 from __future__ import annotations
 
 import math
-import shutil
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from crosslayer import distributed
+from crosslayer import distributed, fs
 from crosslayer.corpus import Context, Corpus, iter_contexts, load_corpus
 from crosslayer.errors import ConfigMismatchError, CrosslayerError, DataError
 from crosslayer.model import DEFAULT_MODEL, LoadedModel, load_model
@@ -202,11 +201,7 @@ def _open_or_start(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """
     # A run killed mid-write leaves hidden temporaries: a shard directory or the manifest's
     # temp file (even the very first manifest's). Neither is part of the store.
-    for orphan in path.glob(".*.tmp-*") if path.is_dir() else ():
-        if orphan.is_dir():
-            shutil.rmtree(orphan, ignore_errors=True)
-        else:
-            orphan.unlink(missing_ok=True)
+    fs.remove_temporaries(path)
     if (path / MANIFEST).is_file():
         old = read_manifest(path)
         if old.get("config_hash") != manifest["config_hash"]:
