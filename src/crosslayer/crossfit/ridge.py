@@ -125,10 +125,15 @@ class CrossFitRidge(BaseEstimator):
         self.coef_ = np.empty((K, d, m), dtype=np.float32)
         self.intercept_ = np.empty((K, m))
         self.sse_ = np.zeros(m)
-        sum_f, sum_f2 = np.zeros(m), np.zeros(m)
+        sum_f, sum_f2, raw_f2 = np.zeros(m), np.zeros(m), np.zeros(m)
         for j0 in range(0, m, self.feature_chunk):
             j1 = min(j0 + self.feature_chunk, m)
             f = lay.targets(F, j0, j1, dev)
+            # Centred too (an exact shift, undone below): a weak feature's X'F is a small
+            # difference of large float32 sums otherwise.
+            f_shift = f.mean(0, dtype=F64)
+            raw_f2[j0:j1] = f.double().square().sum(0).cpu().numpy()
+            f -= f_shift.float()
             sy = torch.stack([f[lay.rows(k)].sum(0, dtype=F64) for k in range(K)])
             syy = torch.stack([f[lay.rows(k)].double().square().sum(0) for k in range(K)])
             sxy = torch.stack([self._cross(x[lay.rows(k)], f[lay.rows(k)]) for k in range(K)])
@@ -155,13 +160,13 @@ class CrossFitRidge(BaseEstimator):
                 self.alpha_[k, j0:j1] = a_sel.cpu().numpy()
                 self.cv_sse_[k, :, j0:j1] = path.cpu().numpy()
                 self.coef_[k, :, j0:j1] = coef.float().cpu().numpy()
-                self.intercept_[k, j0:j1] = nu.cpu().numpy()
+                self.intercept_[k, j0:j1] = (nu + f_shift).cpu().numpy()
         self.x_mean_ = np.stack([(t.mean + self._shift).cpu().numpy() for t in outer])
         self.x_scale_ = np.stack([t.scale.cpu().numpy() for t in outer])
         self.sst_ = sum_f2 - sum_f**2 / n
         with np.errstate(divide="ignore", invalid="ignore"):
             r2 = 1.0 - self.sse_ / self.sst_
-        self.r2_ = np.where(self.sst_ > 1e-12 * np.maximum(sum_f2, 1e-300), r2, np.nan)
+        self.r2_ = np.where(self.sst_ > 1e-12 * np.maximum(raw_f2, 1e-300), r2, np.nan)
         self.fold_ids_, self.alphas_ = folds, alphas
         self.n_features_in_ = d
         return self
