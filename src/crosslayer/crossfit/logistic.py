@@ -97,6 +97,8 @@ class CrossFitLogistic(BaseEstimator):
     Cs: inverse L2 strengths searched by grouped inner CV (one value: used as given).
     threshold: a feature is active where its activation is ``> threshold``.
     tol: per-feature stop on the max-abs gradient (see the module docstring).
+    inner_tol: the same for the inner-CV fits, which only rank the Cs (default: ``tol``;
+        a looser value makes the search cheaper).
     max_iter: L-BFGS iterations per problem; problems that stop earlier without reaching
         ``tol`` are counted in ``n_not_converged_``.
     decision: ``"train"`` (threshold maximising training balanced accuracy) or ``"zero"``.
@@ -119,6 +121,7 @@ class CrossFitLogistic(BaseEstimator):
         Cs: tuple[float, ...] = DEFAULT_CS,
         threshold: float = 0.0,
         tol: float = 1e-5,
+        inner_tol: float | None = None,
         max_iter: int = 500,
         history: int = 10,
         decision: str = "train",
@@ -131,6 +134,7 @@ class CrossFitLogistic(BaseEstimator):
         self.Cs = Cs
         self.threshold = threshold
         self.tol = tol
+        self.inner_tol = inner_tol
         self.max_iter = max_iter
         self.history = history
         self.decision = decision
@@ -223,7 +227,7 @@ class CrossFitLogistic(BaseEstimator):
             else:
                 c_sel = torch.full((ok.numel(),), Cs[0], dtype=dt, device=dev)
                 u0 = torch.zeros(basis.P.shape[0] + 1, ok.numel(), dtype=dt, device=dev)
-            res = self._solve(xw, weights, train, penalty, c_sel, u0)
+            res = self._solve(xw, weights, train, penalty, c_sel, u0, self.tol)
             cols = (j0 + ok).cpu().numpy()
             self.fitted_[k, cols] = True
             self.C_[k, cols] = c_sel.double().cpu().numpy()
@@ -278,12 +282,15 @@ class CrossFitLogistic(BaseEstimator):
         p, c = xw[train[0]].shape[1] + 1, ok.numel()
         loss = torch.zeros(len(Cs), c, dtype=F64, device=penalty.device)
         last = torch.zeros(len(Cs), p, c, dtype=dt, device=penalty.device)
+        tol = self.tol if self.inner_tol is None else self.inner_tol
         for i in train:
             inner = [t for t in train if t != i]
-            u = torch.zeros(p, c, dtype=dt, device=penalty.device)
+            # Warm starts: along the path from the previous C, and the first C of each inner
+            # fold from the previous fold's (the training sets overlap in all but one fold).
+            u = last[0].clone()
             for a, C in enumerate(Cs):
                 cc = torch.full((c,), C, dtype=dt, device=u.device)
-                res = self._solve(xw, weights, inner, penalty, cc, u)
+                res = self._solve(xw, weights, inner, penalty, cc, u, tol)
                 u = res.u
                 last[a] = u
                 loss[a] += self._balanced_log_loss(xw[i], weights[i], u)
@@ -316,6 +323,7 @@ class CrossFitLogistic(BaseEstimator):
         penalty: torch.Tensor,
         C: torch.Tensor,
         u0: torch.Tensor,
+        tol: float,
     ) -> LBFGSResult:
         """Class-balanced L2 logistic regression on the rows of ``folds``, one per column.
 
@@ -361,7 +369,7 @@ class CrossFitLogistic(BaseEstimator):
             res = batched_lbfgs(
                 evaluate,
                 u0,
-                tol=self.tol,
+                tol=tol,
                 max_iter=self.max_iter,
                 history=self.history,
                 loss_noise=1e-6 if xs.dtype == torch.float32 else 1e-12,
@@ -403,6 +411,7 @@ class CrossFitLogistic(BaseEstimator):
             Cs.size < 1
             or not (Cs > 0).all()
             or self.tol <= 0
+            or (self.inner_tol is not None and self.inner_tol <= 0)
             or self.max_iter < 1
             or self.history < 1
             or self.feature_chunk < 1
