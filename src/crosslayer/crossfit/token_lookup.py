@@ -95,22 +95,29 @@ def _crossfit(
         N[k].index_add_(0, ids[rows], torch.ones(int(rows.sum()), dtype=F64))
     sq = torch.stack([f[folds == k].square().sum(0) for k in range(K)])  # [K, c]
     s_tot, n_tot = S.sum(0), N.sum(0)
+    lam_grid = torch.as_tensor(grid, dtype=F64)
 
-    def table(out: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-token sums ``[G, c]``, counts ``[G, 1]`` and means ``[c]`` of all folds but out."""
+    def sse_path(k: int, out: list[int], lam: torch.Tensor, per_feature: bool) -> torch.Tensor:
+        """Σ_{i in fold k} (f_i - f̂_i)² for the lookup fitted on all folds but ``out``.
+
+        With ``w_t = N_t / (N_t + λ)`` (0 for an unseen token or λ = ∞) the prediction is
+        ``μ + w_t d_t``, ``d_t`` the token's mean minus μ, so the error is
+        ``Σ (f - μ)² - 2 Σ_t w_t d_t (S_kt - N_kt μ) + Σ_t w_t² N_kt d_t²``: for a grid of λ
+        (``lam [A]``, the same w for every feature) two matrix products; for one λ per
+        feature (``per_feature``, ``lam [c]``) one elementwise pass.
+        """
         s = s_tot - S[out].sum(0)
-        cnt = (n_tot - N[out].sum(0))[:, None]
-        return s, cnt, s.sum(0) / cnt.sum()
-
-    def shrink(s: torch.Tensor, cnt: torch.Tensor, mu: torch.Tensor, lam: torch.Tensor):
-        """Per-token means shrunk toward mu with pseudo-count lam (``[]`` or ``[c]``)."""
-        pred = (s + lam * mu) / (cnt + lam)
-        # lam = inf is the plain mean; an unseen token with lam = 0 has no mean of its own.
-        return torch.where(torch.isinf(lam) | (cnt + lam == 0), mu.expand_as(s), pred)
-
-    def sse(k: int, pred: torch.Tensor) -> torch.Tensor:
-        """Σ_{i in fold k} (f_i - pred_{t_i})² from fold k's per-token sums."""
-        return sq[k] - 2 * (S[k] * pred).sum(0) + (N[k][:, None] * pred.square()).sum(0)
+        cnt = n_tot - N[out].sum(0)
+        mu = s.sum(0) / cnt.sum()
+        d = torch.where(cnt[:, None] > 0, s / cnt.clamp(min=1)[:, None] - mu, 0.0)
+        b = d * (S[k] - N[k][:, None] * mu)
+        e = N[k][:, None] * d.square()
+        c0 = sq[k] - 2 * mu * S[k].sum(0) + N[k].sum() * mu.square()
+        if per_feature:
+            w = _weight(cnt[:, None], lam[None, :])  # [G, c]
+            return c0 - 2 * (w * b).sum(0) + (w.square() * e).sum(0)
+        w = _weight(cnt[None, :], lam[:, None])  # [A, G]
+        return c0[None, :] - 2 * (w @ b) + w.square() @ e
 
     sse_out = torch.zeros(c, dtype=F64)
     chosen = np.empty((K, c))
@@ -118,15 +125,19 @@ def _crossfit(
         path = torch.zeros(len(grid), c, dtype=F64)
         for i in range(K):
             if i != k:
-                s, cnt, mu = table([k, i])
-                for a, lam in enumerate(grid):
-                    path[a] += sse(i, shrink(s, cnt, mu, torch.tensor(lam, dtype=F64)))
+                path += sse_path(i, [k, i], lam_grid, per_feature=False)
         best = path.argmin(0)  # first minimum: the least shrinkage among ties
-        lam_sel = torch.as_tensor(grid, dtype=F64)[best]
-        sse_out += sse(k, shrink(*table([k]), lam_sel[None, :])).clamp(min=0.0)
+        lam_sel = lam_grid[best]
+        sse_out += sse_path(k, [k], lam_sel, per_feature=True).clamp(min=0.0)
         chosen[k] = lam_sel.numpy()
     total_sq = sq.sum(0)
     sst = total_sq - s_tot.sum(0) ** 2 / n_tot.sum()
     r2 = 1.0 - sse_out / sst
     r2 = torch.where(sst > 1e-12 * total_sq.clamp(min=1e-300), r2, torch.nan)
     return r2.numpy(), chosen
+
+
+def _weight(cnt: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """``N / (N + λ)``: the share of a token's own mean; 0 if unseen or λ = ∞."""
+    w = cnt / (cnt + lam).clamp(min=1e-300)
+    return torch.where(torch.isinf(lam) | (cnt == 0), torch.zeros_like(w), w)
