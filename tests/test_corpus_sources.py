@@ -228,7 +228,7 @@ def test_malformed_hf_spec(spec):
 
 def test_unreachable_hub_dataset_is_one_error():
     # conftest sets HF_DATASETS_OFFLINE, so this fails fast without touching the network.
-    with pytest.raises(CrosslayerError, match="could not open dataset"):
+    with pytest.raises(CrosslayerError, match=r"streamed from the hub.*HF_.*_OFFLINE is set"):
         load_corpus("hf:nobody/no-such-dataset-crosslayer")
 
 

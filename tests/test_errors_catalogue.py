@@ -115,6 +115,57 @@ def _gemma_scope_npz(work: Path, truncate: bool) -> str:
     return str(d / "params.npz")
 
 
+def _bytes(path: Path, data: bytes) -> str:
+    path.write_bytes(data)
+    return str(path)
+
+
+# Latin-1 "café" in the second record: the byte 0xe9 at offset 31 is not UTF-8
+LATIN1_JSONL = b'{"text": "hello"}\n{"text": "caf\xe9"}\n'
+BINARY = bytes(range(256)) * 4  # 0x80 at offset 128 is the first byte that is not UTF-8
+
+
+def _parquet_binary(work: Path) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": pa.array([b"raw bytes"], pa.binary())}), work / "c.parquet")
+    return str(work / "c.parquet")
+
+
+def _run(work: Path, model: Path, *extra: str) -> list[str]:
+    """``crosslayer run`` on the tiny model, into ``work/run``: every case fails before that
+    directory is made."""
+    return ["run", "--model", str(model), "--corpus", "builtin:news", "--out", str(work / "run"),
+            "--no-progress", "--device", "cpu", *extra]  # fmt: skip
+
+
+def _train_sae(work: Path, store: str, *extra: str) -> list[str]:
+    return ["train-sae", "--store", store, "--hook", "hook_embed", "--out", str(work / "sae"),
+            "--no-progress", "--device", "cpu", *extra]  # fmt: skip
+
+
+def _layers(work: Path, model: Path) -> list[str]:
+    return ["layers", "--model", str(model), "--out", str(work / "layers")]
+
+
+GEMMA_SCOPE = "gemma-scope-2b-pt-res-canonical/layer_20/width_16k/canonical"
+
+
+def _gemma_scope_d32(work: Path) -> str:
+    """A complete Gemma Scope 1 params.npz for a 32-wide model (the store's model has 64)."""
+    d, n = 32, 8
+    arrays = {"W_enc": (d, n), "W_dec": (n, d), "b_enc": (n,), "b_dec": (d,), "threshold": (n,)}
+    np.savez(work / "params.npz", **{k: np.ones(v, np.float32) for k, v in arrays.items()})
+    return str(work / "params.npz")
+
+
+def _heldout_store(work: Path, model: Path) -> str:
+    """A small store with held-out tokens (the module's store has none)."""
+    assert main(collect_args(model, work / "st", 300, "--heldout-frac", "0.5")) == 0
+    return str(work / "st")
+
+
 def _eval_sae(work: Path, store: Path, sae: str, model: Path) -> list[str]:
     return ["eval-sae", "--sae", sae, "--store", str(store), "--model", str(model),
             "--device", "cpu"]  # fmt: skip
@@ -173,12 +224,142 @@ CASES: list[tuple[str, Build, str]] = [
     ("sae-npz-missing-arrays",
      lambda w, m, s: _eval_sae(w, s, _gemma_scope_npz(w, truncate=False), m), "params.npz"),
     ("sae-not-an-sae", lambda w, m, s: _eval_sae(w, s, str(w), m), "is not an SAE"),
+    ("eval-sae-store-of-another-model",
+     lambda w, m, s: ["eval-sae", "--sae", _gemma_scope_d32(w), "--store", _heldout_store(w, m),
+                      "--hook", "hook_embed", "--device", "cpu"],
+     "activations have width 64 but the SAE expects d_in=32"),
+    ("eval-sae-model-of-another-width",  # the SAE is read first, then checked on the model
+     lambda w, m, s: [*_eval_sae(w, s, _gemma_scope_d32(w), m), "--hook", "hook_embed"],
+     "SAE input width d_in=32 does not match the model's d_model=64"),
     ("train-sae-hook-not-in-store",
      lambda w, m, s: ["train-sae", "--store", str(s), "--hook", "blocks.0.hook_resid_post",
                       "--out", str(w / "sae"), "--no-progress"], "is not in the store"),
     ("train-sae-store-missing",
      lambda w, m, s: ["train-sae", "--store", str(w / "nope"), "--hook", "hook_embed",
                       "--out", str(w / "sae"), "--no-progress"], "no activation store"),
+    # corpus files that are not UTF-8 text, and a parquet text column of raw bytes
+    ("corpus-not-utf8", lambda w, m, s: _collect(w, m, ("--corpus", _bytes(w / "b.txt", BINARY))),
+     "b.txt is not UTF-8 text (byte 0x80 at offset 128)"),
+    ("corpus-not-utf8-jsonl",
+     lambda w, m, s: _collect(w, m, ("--corpus", _bytes(w / "c.jsonl", LATIN1_JSONL))),
+     "c.jsonl is not UTF-8 text (byte 0xe9 at offset 31)"),
+    ("corpus-not-utf8-in-dir",
+     lambda w, m, s: _collect(w, m, ("--corpus", str(Path(_bytes(w / "b.txt", BINARY)).parent))),
+     "b.txt is not UTF-8 text"),
+    ("run-corpus-not-utf8",
+     lambda w, m, s: _run(w, m, "--corpus", _bytes(w / "b.txt", BINARY)), "is not UTF-8 text"),
+    ("corpus-parquet-not-text", lambda w, m, s: _collect(w, m, ("--corpus", _parquet_binary(w))),
+     "column 'text' holds binary, not text"),
+    ("contrast-items-not-utf8",
+     lambda w, m, s: ["contrast", "--items", _bytes(w / "i.jsonl", LATIN1_JSONL),
+                      "--model", str(m), "--out", str(w / "c")], "items file"),
+    ("interpret-facts-not-utf8",
+     lambda w, m, s: ["interpret", "--facts", _bytes(w / "f.json", BINARY), "--model", str(m),
+                      "--sae", "1=x", "--out", str(w / "i")], "fact file"),
+    # run configs that used to fail only after collection: now before the run directory
+    ("run-l0-over-width", lambda w, m, s: _run(w, m, "--width", "16", "--target-l0", "64"),
+     "target L0 64 is out of range for width 16"),
+    ("run-topk-fractional-l0",
+     lambda w, m, s: _run(w, m, "--arch", "topk", "--target-l0", "2.5"), "integer target_l0"),
+    ("run-sae-lr-too-large", lambda w, m, s: _run(w, m, "--set", "sae_training.lr=3"),
+     "lr must be in (0, 1)"),
+    ("run-sae-batch-over-tokens",
+     lambda w, m, s: _run(w, m, "--tokens", "100", "--set", "sae_training.batch_size=100000"),
+     "less than one batch of 100,000"),
+    ("run-negative-alpha", lambda w, m, s: _run(w, m, "--set", "transcoder.alphas=[-1]"),
+     "alphas must be a non-empty list of numbers >= 0"),
+    ("run-source-is-target",
+     lambda w, m, s: _run(w, m, "--source", "blocks.1.hook_resid_post",
+                          "--target", "blocks.1.hook_resid_post"), "are the same hook"),
+    ("run-target-not-deeper",
+     lambda w, m, s: _run(w, m, "--source", "blocks.2.hook_resid_post",
+                          "--target", "blocks.1.hook_resid_post"), "is not deeper than source"),
+    ("run-hook-typo", lambda w, m, s: _run(w, m, "--source", "hook_embd"), "unknown hook name"),
+    ("run-hook-past-last-block",
+     lambda w, m, s: _run(w, m, "--target", "blocks.9.hook_resid_post"),
+     "past the model's last block (4 blocks)"),
+    ("run-model-missing", lambda w, m, s: _run(w, m, "--model", str(w / "nope")),
+     "does not exist"),
+    ("run-device-unknown", lambda w, m, s: _run(w, m, "--device", "tpu"), "unknown device 'tpu'"),
+    ("run-sae-unknown", lambda w, m, s: _run(w, m, "--sae", "no-such-release/x"),
+     "unknown SAE release 'no-such-release'"),
+    ("run-out-is-a-file", lambda w, m, s: _swap(_run(w, m), "--out", _write(w / "f", "x")),
+     "is a file"),
+    ("run-out-inside-a-file",
+     lambda w, m, s: _swap(_run(w, m), "--out", str(Path(_write(w / "f", "x")) / "run")),
+     "lies inside the file"),
+    ("run-flag-not-a-number", lambda w, m, s: _run(w, m, "--width", "abc"),
+     "Invalid value for '--width'"),
+    ("run-config-typo",
+     lambda w, m, s: _run(w, m, "--config", _write(w / "c.yaml", "sae_trainig:\n  width: 8\n")),
+     "unknown config key 'sae_trainig'"),
+    ("run-config-wrong-type",
+     lambda w, m, s: _run(w, m, "--config", _write(w / "c.toml", 'tokens = "many"\n')),
+     "config key 'tokens'"),
+    ("run-config-bad-syntax",
+     lambda w, m, s: _run(w, m, "--config", _write(w / "c.yaml", "tokens: [1\n")),
+     "cannot parse"),
+    ("run-config-section-typo",
+     lambda w, m, s: _run(w, m, "--set", "probes.max_featurs=5"),
+     "unknown config key 'probes.max_featurs' in section 'probes'"),
+    # the hub with no network: HF_HUB_OFFLINE (set by conftest); no DNS: test_no_dns_*
+    ("hub-model-offline", lambda w, m, s: _collect(w, m, ("--model", "google/gemma-2-2b")),
+     "'google/gemma-2-2b' is neither a local path nor in the local Hugging Face cache, and "
+     "HF_HUB_OFFLINE is set"),
+    ("run-hub-model-offline", lambda w, m, s: _run(w, m, "--model", "google/gemma-2-2b"),
+     "huggingface-cli download google/gemma-2-2b"),
+    ("hub-dataset-offline", lambda w, m, s: _collect(w, m, ("--corpus", "hf:someone/texts")),
+     "hub datasets are streamed"),
+    ("hub-sae-offline", lambda w, m, s: _eval_sae(w, s, GEMMA_SCOPE, m),
+     "not in the local Hugging Face cache, and HF_HUB_OFFLINE is set"),
+    # other commands
+    ("train-sae-l0-over-width",  # checked before the store is read (there is none here)
+     lambda w, m, s: _train_sae(w, str(w / "nope"), "--width", "16", "--target-l0", "64"),
+     "target L0 64 is out of range for width 16"),
+    ("train-sae-zero-epochs", lambda w, m, s: _train_sae(w, str(s), "--epochs", "0"),
+     "epochs must be at least 1"),
+    ("train-sae-tokens-under-a-batch",
+     lambda w, m, s: _train_sae(w, str(s), "--tokens", "10", "--batch-size", "64"),
+     "less than one batch of 64"),
+    ("train-sae-out-inside-a-file",
+     lambda w, m, s: _swap(_train_sae(w, str(s)), "--out", str(Path(_write(w / "f", "x")) / "s")),
+     "lies inside the file"),
+    ("collect-out-inside-a-file",
+     lambda w, m, s: _collect(w, m, ("--out", str(Path(_write(w / "f", "x")) / "store"))),
+     "lies inside the file"),
+    ("collect-heldout-everything", lambda w, m, s: _collect(w, m, ("--heldout-frac", "1")),
+     "holds out every document"),
+    ("collect-tokens-zero", lambda w, m, s: _collect(w, m, ("--tokens", "0")),
+     "Invalid value for '--tokens'"),
+    ("eval-sae-contexts-zero",
+     lambda w, m, s: [*_eval_sae(w, s, str(w), m), "--contexts", "0"],
+     "Invalid value for '--contexts'"),
+    ("eval-sae-out-is-a-directory",
+     lambda w, m, s: [*_eval_sae(w, s, str(w), m), "--out", str(w)], "is a directory"),
+    ("layers-out-is-a-file",
+     lambda w, m, s: ["layers", "--model", str(m), "--out", _write(w / "f", "x")], "is a file"),
+    ("contrast-alpha-out-of-range",
+     lambda w, m, s: ["contrast", "--model", str(m), "--out", str(w / "c"), "--alpha", "2"],
+     "--alpha 2 is not a significance level"),
+    ("interpret-out-is-a-file",
+     lambda w, m, s: ["interpret", "--facts", _write(w / "f.json", '[[["[MASK] x", "y", "P1"]]]'),
+                      "--model", str(m), "--sae", "1=x", "--out", _write(w / "o", "x")],
+     "is a file"),
+    ("layers-range-reversed",
+     lambda w, m, s: [*_layers(w, m), "--layers", "3-1"], "the range 3-1 is empty"),
+    # checked against the model's config before its weights load (no "Loading weights" bar)
+    ("layers-layer-out-of-range",
+     lambda w, m, s: [*_layers(w, m), "--layers", "0,9"], "invalid for a model with 4 blocks"),
+    ("layers-sae-layer-out-of-range",
+     lambda w, m, s: [*_layers(w, m), "--sae", f"7={w}"], "layers [7] invalid"),
+    ("layers-sae-unknown",
+     lambda w, m, s: [*_layers(w, m), "--sae", "1=no-such-release/x"], "unknown SAE release"),
+    ("layers-store-missing",
+     lambda w, m, s: [*_layers(w, m), "--store", str(w / "nope")], "no activation store"),
+    ("contrast-sae-dir-missing",
+     lambda w, m, s: ["contrast", "--model", str(m), "--out", str(w / "c"),
+                      "--sae-dir", str(w / "nope")], "is not a directory"),
+    ("unknown-command", lambda w, m, s: ["colect"], "No such command 'colect'"),
 ]  # fmt: skip
 
 
@@ -193,23 +374,94 @@ def _limit_file_size(limit: int) -> tuple[int, int]:
     return before
 
 
+def _tree(work: Path) -> set[str]:
+    """Every path under ``work``, directories included (an empty run directory counts)."""
+    return {str(p.relative_to(work)) for p in work.rglob("*")}
+
+
+def _fails_in_one_line(argv: list[str], fragment: str, capsys: pytest.CaptureFixture[str]) -> str:
+    """Run the CLI: exit code 2, exactly one ``error:`` line holding ``fragment``."""
+    capsys.readouterr()
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, (code, err)
+    assert err.count("\n") == 0 and err.startswith("error: "), err
+    assert "Traceback" not in err and fragment in err, err
+    return err
+
+
 @pytest.mark.parametrize(("case", "build", "fragment"), CASES, ids=[c[0] for c in CASES])
 def test_bad_input_gives_one_line(case, build, fragment, tiny_dir, store, tmp_path, capsys):
     work = tmp_path / "work"
     work.mkdir()
     argv = build(work, tiny_dir, store)
-    before = store_files(work)
-    capsys.readouterr()
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code != 0
-    assert err.count("\n") == 0 and err.startswith("error: "), err
-    assert "Traceback" not in err and fragment in err, err
+    before, tree = store_files(work), _tree(work)
+    _fails_in_one_line(argv, fragment, capsys)
     after = store_files(work)
     if case in RESUMABLE:
         manifest = json.loads(after.pop("out/manifest.json"))
         assert manifest["complete"] is False and manifest["shards"] == []
+        tree |= {"out", "out/manifest.json"}
     assert after == before, "a partial artefact was left behind"
+    assert _tree(work) == tree, "a new file or directory was left behind"
+
+
+def test_run_config_fails_before_any_work(tiny_dir, tmp_path, capsys, monkeypatch):
+    """An L0 above the width is refused when the config is built: no run directory, no
+    store, and the model is never loaded (it used to fail after both stores were collected)."""
+    import crosslayer.model
+
+    def no_load(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(crosslayer.model, "load_model", no_load)
+    argv = _run(tmp_path, tiny_dir, "--width", "16", "--target-l0", "64")
+    _fails_in_one_line(argv, "use 0 < target_l0 < 16", capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_split_too_small_for_a_batch_fails_before_collection(tiny_dir, tmp_path, capsys):
+    """The exact train split (known once the corpus is tokenised) against the SAE batch:
+    refused before the stores are collected."""
+    argv = _run(tmp_path, tiny_dir, "--tokens", "2000", "--set", "sae_training.epochs=1",
+                "--set", "sae_training.batch_size=1990", "--set", "data.heldout_frac=0.5",
+                "--set", "data.max_doc_chars=200",
+                "--set", "sweep.enabled=false")  # fmt: skip
+    _fails_in_one_line(argv, "less than one batch of 1,990", capsys)
+    assert not (tmp_path / "run" / "store").exists()
+
+
+# The hub with no network and no offline variable set: the host does not resolve.
+NO_DNS: list[tuple[str, Callable[[Path, Path], list[str]], str]] = [
+    ("model", lambda w, m: _collect(w, m, ("--model", "google/gemma-2-2b")),
+     "huggingface-cli download google/gemma-2-2b"),
+    ("dataset", lambda w, m: _collect(w, m, ("--corpus", "hf:someone/texts")),
+     "save_to_disk"),
+    ("sae", lambda w, m: ["run", "--model", str(m), "--sae", GEMMA_SCOPE, "--out", str(w / "r")],
+     f"SAE {GEMMA_SCOPE} is not in the local Hugging Face cache"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("what", "build", "fragment"), NO_DNS, ids=[c[0] for c in NO_DNS])
+def test_no_dns_gives_one_line_at_once(what, build, fragment, tiny_dir, tmp_path, capsys,
+                                       monkeypatch):  # fmt: skip
+    import socket
+
+    from crosslayer.hub import OFFLINE_VARS
+
+    asked: list[str] = []
+
+    def no_dns(host: str, *args: object, **kwargs: object) -> None:
+        asked.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    for name in OFFLINE_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    err = _fails_in_one_line(build(tmp_path, tiny_dir), fragment, capsys)
+    assert "(huggingface.co) cannot be reached: no network" in err
+    assert asked == ["huggingface.co"]
+    assert list(tmp_path.iterdir()) == [], "nothing may be written"
 
 
 def test_full_disk_gives_one_line(tiny_dir, tmp_path, capsys):

@@ -80,7 +80,10 @@ def test_other_decoder_families(tmp_path: Path, family: str) -> None:
     [
         ("/nonexistent/model.gguf", "does not exist"),
         ("./no-such-model-dir", "does not exist"),
-        ("nonexistent-org-xyz/no-such-model", "could not load model"),
+        (
+            "nonexistent-org-xyz/no-such-model",
+            "neither a local path nor in the local Hugging Face cache",
+        ),
     ],
 )
 def test_bad_specs_are_errors(spec: str, match: str) -> None:

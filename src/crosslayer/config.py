@@ -22,10 +22,11 @@ from typing import Any, Literal
 
 import tomllib
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from crosslayer.errors import CrosslayerError
 from crosslayer.provenance import config_hash
+from crosslayer.rules import check_alphas, check_sae_lr, check_sae_sparsity, check_steps
 
 ProfileName = Literal["default", "quick"]
 
@@ -242,9 +243,34 @@ class RunConfig(BaseModel):
     probes: ProbeConfig = Field(default_factory=ProbeConfig)
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
 
+    @model_validator(mode="after")
+    def _cross_checks(self) -> RunConfig:
+        """Rules between keys that would otherwise fail only after the stores are collected."""
+        validate_run_config(self)
+        return self
+
     def hash(self) -> str:
         """Hash of everything that changes the numbers (the output directory does not)."""
         return config_hash(self.model_dump(mode="json", exclude={"out"}))
+
+
+def validate_run_config(cfg: RunConfig) -> None:
+    """Every rule of a run that needs no model, corpus or file: the SAE settings (the same
+    rules ``train_sae`` applies), the ridge strengths, and token counts that cannot fill one
+    batch. Raised by :class:`RunConfig` itself, so a bad config fails before any work."""
+    st = cfg.sae_training
+    check_sae_sparsity(st.arch, st.width, st.target_l0)
+    check_sae_lr(st.lr)
+    # Both SAEs train on the train split, a part of `tokens` (run_study_a checks the exact
+    # split's size against the batch once the corpus is tokenised, still before collection).
+    check_steps(cfg.tokens * st.epochs, st.batch_size)
+    if cfg.transcoder.alphas:  # [] and null both mean the default strengths
+        check_alphas(cfg.transcoder.alphas)
+    if cfg.target is not None and cfg.target == cfg.source:
+        raise CrosslayerError(
+            f"source and target are the same hook ({cfg.source})",
+            "pass a --target later in the forward pass than --source",
+        )
 
 
 # A profile is a partial config applied on top of the field defaults ("default" = no change).

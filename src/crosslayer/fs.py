@@ -31,6 +31,25 @@ def _disk_error(path: Path, e: OSError) -> CrosslayerError:
     return CrosslayerError(f"could not write {path}: {e.strerror or e}", "check the path")
 
 
+def check_dir_path(
+    path: str | os.PathLike[str], flag: str = "--out", *, itself: bool = True
+) -> None:
+    """A directory can be made at ``path``: no file above it and (``itself``) none at it.
+
+    Checked before any work, so a bad ``--out`` is one line, not a traceback from mkdir after
+    the model has loaded.
+    """
+    path = Path(path)
+    if itself and path.exists() and not path.is_dir():
+        raise CrosslayerError(f"{flag} {path} is a file", "choose a new or empty directory")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise CrosslayerError(
+                f"{flag} {path} lies inside the file {parent}",
+                "choose a directory whose parents are directories",
+            )
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary directory beside ``final``; rename it into place on success.
@@ -52,6 +71,20 @@ def atomic_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def remove_temporaries(root: str | os.PathLike[str], *, recursive: bool = False) -> None:
+    """Remove the hidden temporaries (``.NAME.tmp-*``) that a writer killed inside
+    :func:`atomic_dir` or :func:`atomic_write_bytes` leaves in ``root`` (and below it, with
+    ``recursive``). None of them is part of an artefact: the rename never happened."""
+    root = Path(root)
+    if not root.is_dir():
+        return
+    for orphan in list(root.rglob(".*.tmp-*") if recursive else root.glob(".*.tmp-*")):
+        if orphan.is_dir():
+            shutil.rmtree(orphan, ignore_errors=True)
+        else:
+            orphan.unlink(missing_ok=True)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

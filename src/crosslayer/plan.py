@@ -44,7 +44,7 @@ from crosslayer.device import resolve_device
 from crosslayer.errors import CrosslayerError
 from crosslayer.experiments.study_a.hooks import check_order, pick_target, sweep_hooks, sweep_tokens
 from crosslayer.model.hooks import parse_hook
-from crosslayer.model.shape import ModelInfo, model_info
+from crosslayer.model.shape import ModelInfo, checked_info, model_info
 from crosslayer.probes import FEATURE_CHUNK as PROBE_FEATURE_CHUNK
 from crosslayer.sae.train import SAETrainConfig
 from crosslayer.store.collect import SHARD_TOKENS as STORE_SHARD_TOKENS
@@ -324,6 +324,16 @@ class _Ctx:
         return flops / (EFFICIENCY[kind] * self.gflops * 1e9)
 
 
+def _check_layer(hook: str, n_layers: int) -> None:
+    """A valid hook name whose block (if any) the model has."""
+    layer = parse_hook(hook).layer
+    if layer is not None and layer >= n_layers:
+        raise CrosslayerError(
+            f"hook {hook} is past the model's last block ({n_layers} blocks)",
+            f"use a block between 0 and {n_layers - 1}",
+        )
+
+
 def _resolve_hooks(cfg: RunConfig, n_layers: int, notes: list[str]) -> tuple[str, str]:
     """(source, target) as the run will resolve them, checked against the model's depth.
 
@@ -334,14 +344,36 @@ def _resolve_hooks(cfg: RunConfig, n_layers: int, notes: list[str]) -> tuple[str
     if cfg.sae is not None and cfg.target is None:
         notes.append(f"target assumed {target}: the run takes the --sae's own hook")
     for hook in (cfg.source, target):
-        layer = parse_hook(hook).layer
-        if layer is not None and layer >= n_layers:
-            raise CrosslayerError(
-                f"hook {hook} is past the model's last block ({n_layers} blocks)",
-                f"use a block between 0 and {n_layers - 1}",
-            )
+        _check_layer(hook, n_layers)
     check_order(cfg.source, target)
     return cfg.source, target
+
+
+def check_run(cfg: RunConfig, model: Any = None) -> None:
+    """Everything about a run that can be checked before its directory exists and without the
+    model's weights: device, model (path, file type, hub cache or network), hooks against the
+    model's depth, the --sae spec, the corpus (opened, its first document read) and --out.
+
+    :class:`RunConfig`'s own validator has already checked the rules between keys; together
+    they make a bad run fail in seconds, leaving nothing behind.
+    """
+    from crosslayer.corpus import load_corpus
+    from crosslayer.device import resolve_device
+    from crosslayer.fs import check_dir_path
+    from crosslayer.sae.load import check_sae_spec
+
+    resolve_device(cfg.device)
+    info = checked_info(cfg.model) if model is None else model_info(cfg.model, model)
+    n_layers = info.shape.n_layers
+    if cfg.sae is None or cfg.target is not None:
+        _resolve_hooks(cfg, n_layers, [])
+    else:  # the target is the SAE's own hook, known once it is loaded
+        _check_layer(cfg.source, n_layers)
+    if cfg.sae is not None:
+        check_sae_spec(cfg.sae)
+    load_corpus(cfg.corpus, max_doc_chars=cfg.data.max_doc_chars)
+    if cfg.out:
+        check_dir_path(cfg.out)
 
 
 def plan_run(

@@ -43,6 +43,7 @@ from crosslayer.metrics import (
     check_pair,
     row_chunks,
 )
+from crosslayer.rules import check_alphas
 from crosslayer.store.reader import ActivationStore, open_store
 
 # Re-exported: these lived here before crosslayer.linalg existed.
@@ -239,12 +240,7 @@ class AffineTranscoder(RegressorMixin, BaseEstimator):
     def _check_params(self) -> None:
         if self.solver not in ("ridge", "adam"):
             raise CrosslayerError(f"unknown solver {self.solver!r}", "use 'ridge' or 'adam'")
-        a = np.asarray(self.alphas, dtype=float)
-        if a.ndim != 1 or a.size == 0 or not np.all(np.isfinite(a)) or np.any(a < 0):
-            raise CrosslayerError(
-                f"alphas must be a non-empty list of numbers >= 0, got {self.alphas!r}",
-                "pass e.g. alphas=(1e-6, 1e-4, 1e-2)",
-            )
+        check_alphas(self.alphas)
         if self.chunk_size < 1 or self.batch_size < 1 or self.epochs < 0:
             raise CrosslayerError(
                 "chunk_size and batch_size must be >= 1 and epochs >= 0", "pass positive sizes"

@@ -50,6 +50,13 @@ def _usage_errors() -> tuple[type[Exception], ...]:
     return tuple(classes)
 
 
+def _usage_fix(e: Exception) -> str:
+    """``see `crosslayer CMD --help``` for the sub-command the usage error came from."""
+    ctx = getattr(e, "ctx", None)
+    path = ctx.command_path if ctx is not None else "crosslayer"
+    return f"see `{path} --help`"
+
+
 def _aborts() -> tuple[type[Exception], ...]:
     import click
     import typer
@@ -70,8 +77,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except SystemExit as e:
         return int(e.code or 0)
-    except _usage_errors() as e:  # a bad flag or value: click prints its usage line
-        e.show()  # type: ignore[attr-defined]
+    except _usage_errors() as e:  # a bad flag or value: one line, as for our own errors
+        console_err.print(
+            f"[bold red]error:[/] {e.format_message()} — {_usage_fix(e)}",  # type: ignore[attr-defined]
+            highlight=False,
+            soft_wrap=True,
+            markup=True,
+        )
         return int(e.exit_code)  # type: ignore[attr-defined]
     except _aborts():
         return 1

@@ -31,16 +31,22 @@ def contrast_command(
 
     Example: crosslayer contrast --out runs/contrast --layers 0-17
     """
+    from crosslayer.errors import CrosslayerError
     from crosslayer.experiments.contrast import read_items, run_contrast, summary_lines
-    from crosslayer.experiments.reps import parse_layers, parse_sae_args
+    from crosslayer.experiments.reps import check_inputs, parse_layers, parse_sae_args
+    from crosslayer.fs import check_dir_path
     from crosslayer.model import load_model
 
+    if not 0 < alpha < 1:
+        raise CrosslayerError(f"--alpha {alpha:g} is not a significance level", "use 0 < alpha < 1")
     read_items(items)  # a bad file fails before the model loads
+    check_dir_path(out)
+    blocks, saes = parse_layers(layers), sae_dir if sae_dir else (parse_sae_args(sae) or None)
+    check_inputs(model, blocks, saes)
     lm = load_model(model)
     result = run_contrast(
-        lm, items, layers=parse_layers(layers),
-        saes=sae_dir if sae_dir else (parse_sae_args(sae) or None),
-        sae_on_residual=sae_on_residual, alpha=alpha, seed=seed, out=out, progress=progress,
+        lm, items, layers=blocks, saes=saes, sae_on_residual=sae_on_residual, alpha=alpha,
+        seed=seed, out=out, progress=progress,
     )  # fmt: skip
     for line in summary_lines(result):
         console.print(line, highlight=False)

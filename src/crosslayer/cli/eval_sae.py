@@ -17,7 +17,7 @@ def eval_sae_command(
     model: str = typer.Option(
         None, "--model", help="Model for CE loss recovered (e.g. gemma-3-270m)"
     ),
-    n_contexts: int = typer.Option(16, "--contexts", help="Held-out contexts for CE loss"),
+    n_contexts: int = typer.Option(16, "--contexts", min=1, help="Held-out contexts for CE loss"),
     out: Path = typer.Option(None, "--out", help="Write the metrics as JSON here"),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
 ) -> None:
@@ -28,16 +28,21 @@ def eval_sae_command(
     """
     from crosslayer.fs import atomic_write_json
     from crosslayer.provenance import versions
-    from crosslayer.sae import evaluate_sae, load_sae
+    from crosslayer.sae import check_against_model, evaluate_sae, load_sae
     from crosslayer.store import open_store
 
+    if out is not None:
+        _check_out_file(out)
     acts = open_store(store)
+    loaded = load_sae(sae, device=device, hook=hook)  # a bad SAE fails before the model loads
     lm = None
     if model is not None:
         from crosslayer.model import load_model
+        from crosslayer.model.shape import checked_info
 
+        checked_info(model)  # path, file type, hub: before the weights load
         lm = load_model(model, device=device)
-    loaded = load_sae(sae, model=lm, device=device, hook=hook)
+        check_against_model(loaded, lm)
     metrics = evaluate_sae(loaded, acts, lm, hook=hook, n_contexts=n_contexts)
     for key in (
         "hook",
@@ -59,3 +64,14 @@ def eval_sae_command(
         atomic_write_json(
             out, {"sae": sae, "store": str(store), "metrics": metrics, "versions": versions()}
         )
+
+
+def _check_out_file(out: Path) -> None:
+    """``--out`` must be a file path that can be written: not a directory, none of its
+    parents a file (checked before the SAE is evaluated)."""
+    from crosslayer.errors import CrosslayerError
+    from crosslayer.fs import check_dir_path
+
+    if out.is_dir():
+        raise CrosslayerError(f"--out {out} is a directory", "pass a file path, e.g. metrics.json")
+    check_dir_path(out.parent, "--out")

@@ -35,16 +35,20 @@ def interpret_command(
     from crosslayer.errors import CrosslayerError
     from crosslayer.experiments.interpret import run_interpret, summary_lines
     from crosslayer.experiments.pararel import read_facts
-    from crosslayer.experiments.reps import parse_layers, parse_sae_args
+    from crosslayer.experiments.reps import check_inputs, parse_layers, parse_sae_args
+    from crosslayer.fs import check_dir_path
     from crosslayer.model import load_model
 
     read_facts(facts, relation=relation, n_groups=groups)  # fail before the model loads
+    check_dir_path(out)
     saes = sae_dir if sae_dir else parse_sae_args(sae)
     if not saes:
         raise CrosslayerError("interpret needs SAEs", "pass --sae LAYER=SPEC or --sae-dir CLONE")
+    blocks = parse_layers(layers)
+    check_inputs(model, blocks, saes, store)
     lm = load_model(model)
     result = run_interpret(
-        lm, facts, saes, relation=relation, n_groups=groups, layers=parse_layers(layers),
+        lm, facts, saes, relation=relation, n_groups=groups, layers=blocks,
         top_k=top_k, before=before, sae_on_residual=sae_on_residual, store=store, out=out,
     )  # fmt: skip
     for line in summary_lines(result):

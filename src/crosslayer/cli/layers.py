@@ -29,13 +29,16 @@ def layers_command(
     Example: crosslayer layers --out runs/layers --layers 0,6,12,17 --store runs/demo/store
     """
     from crosslayer.experiments.layers import DEFAULT_PROMPTS, run_layers, summary_lines
-    from crosslayer.experiments.reps import parse_layers, parse_sae_args
+    from crosslayer.experiments.reps import check_inputs, parse_layers, parse_sae_args
+    from crosslayer.fs import check_dir_path
     from crosslayer.model import load_model
 
+    check_dir_path(out)  # fail before the model loads
+    blocks, saes = parse_layers(layers), sae_dir if sae_dir else (parse_sae_args(sae) or None)
+    check_inputs(model, blocks, saes, store)
     lm = load_model(model)
     result = run_layers(
-        lm, prompt or list(DEFAULT_PROMPTS), layers=parse_layers(layers),
-        saes=sae_dir if sae_dir else (parse_sae_args(sae) or None),
+        lm, prompt or list(DEFAULT_PROMPTS), layers=blocks, saes=saes,
         sae_on_residual=sae_on_residual, store=store, max_tokens=max_tokens, out=out,
     )  # fmt: skip
     for line in summary_lines(result):

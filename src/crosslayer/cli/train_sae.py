@@ -44,13 +44,13 @@ def train_sae_command(
     """
     from crosslayer import distributed
     from crosslayer.errors import CrosslayerError
+    from crosslayer.fs import check_dir_path
     from crosslayer.sae import train_sae
+    from crosslayer.sae.train import parse_train_config
     from crosslayer.store import open_store
 
     if arch not in ("jumprelu", "topk"):
         raise CrosslayerError(f"unknown architecture {arch!r}", "use --arch jumprelu or topk")
-    acts = open_store(store)
-    out = out or store / "saes" / f"{hook}-{arch}-{width}"
     cfg = {
         "arch": arch,
         "width": width,
@@ -62,6 +62,11 @@ def train_sae_command(
         "seed": seed,
         "device": device,
     }
+    parse_train_config(cfg)  # every setting checked before the store is read
+    if out is not None:
+        check_dir_path(out, itself=False)
+    acts = open_store(store)
+    out = out or store / "saes" / f"{hook}-{arch}-{width}"
     with distributed.session():
         sae = train_sae(acts, cfg, out, hook=hook, overwrite=overwrite, progress=progress)
         if distributed.rank() != 0:  # rank 0 reports for all

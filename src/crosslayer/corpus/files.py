@@ -9,6 +9,7 @@ recursively in sorted path order, so the document order is the same on every mac
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,48 @@ from crosslayer.fs import sha256_file
 
 SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
 _HASH_LIMIT = 256 * 2**20  # hash files up to this size for the identity; bigger: size + mtime
+
+
+TEXT_SUFFIXES = (".txt", ".jsonl", ".json")  # decoded as UTF-8; parquet stores typed columns
+
+
+def utf8_error(path: Path, what: str = "corpus file") -> CrosslayerError | None:
+    """The one-line error for the first byte of ``path`` that is not UTF-8, else None.
+
+    Streams the file through an incremental decoder (1 MiB at a time), so the offset is the
+    exact byte offset in the file whatever its size.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with path.open("rb") as f:
+        while True:
+            chunk = f.read(2**20)
+            pending = len(decoder.getstate()[0])  # bytes of a split character, kept back
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as e:
+                at = offset - pending + e.start
+                return CrosslayerError(
+                    f"{what} {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at "
+                    f"offset {at:,})",
+                    f"convert it (e.g. `iconv -f latin1 -t utf-8 {path.name} > "
+                    f"{path.stem}.utf8{path.suffix}`) or pass a UTF-8 text file",
+                )
+            if not chunk:
+                return None
+            offset += len(chunk)
+
+
+def read_text_file(path: Path, what: str = "corpus file") -> str:
+    """The whole of ``path`` as UTF-8 text; a file that is not is one line naming the byte."""
+    try:
+        return path.read_text("utf-8")
+    except UnicodeDecodeError:
+        raise (utf8_error(path, what) or _undecodable(path, what)) from None
+
+
+def _undecodable(path: Path, what: str = "corpus file") -> CrosslayerError:
+    return CrosslayerError(f"{what} {path} is not UTF-8 text", "pass a UTF-8 text file")
 
 
 def _record_text(record: Any, text_field: str, where: str) -> tuple[str, str]:
@@ -47,12 +90,16 @@ def _record_text(record: Any, text_field: str, where: str) -> tuple[str, str]:
 
 
 def _read_txt(path: Path, root: Path) -> Iterator[tuple[str, str]]:
-    yield str(path.relative_to(root)) if path != root else path.name, path.read_text("utf-8")
+    yield str(path.relative_to(root)) if path != root else path.name, read_text_file(path)
 
 
 def _read_jsonl(path: Path, text_field: str) -> Iterator[tuple[str, str]]:
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise (utf8_error(path) or _undecodable(path)) from None
             if not line.strip():
                 continue
             try:
@@ -67,7 +114,7 @@ def _read_jsonl(path: Path, text_field: str) -> Iterator[tuple[str, str]]:
 
 def _read_json(path: Path, text_field: str) -> Iterator[tuple[str, str]]:
     try:
-        records = json.loads(path.read_text("utf-8"))
+        records = json.loads(read_text_file(path))
     except json.JSONDecodeError as e:
         raise CrosslayerError(
             f"{path} is not valid JSON (line {e.lineno}: {e.msg})", "fix the file"
@@ -82,6 +129,7 @@ def _read_json(path: Path, text_field: str) -> Iterator[tuple[str, str]]:
 
 
 def _read_parquet(path: Path, text_field: str) -> Iterator[tuple[str, str]]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(path)
@@ -90,6 +138,12 @@ def _read_parquet(path: Path, text_field: str) -> Iterator[tuple[str, str]]:
         raise CrosslayerError(
             f"{path} has no column {text_field!r} (columns: {', '.join(names)})",
             "pass --text-field with one of those",
+        )
+    kind = pf.schema_arrow.field(text_field).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise CrosslayerError(
+            f"{path}: column {text_field!r} holds {kind}, not text",
+            "store the text as a string column, or pass --text-field with a text column",
         )
     columns = [text_field] + (["title"] if "title" in names and text_field != "title" else [])
     for batch in pf.iter_batches(batch_size=1024, columns=columns):
@@ -144,8 +198,18 @@ def fingerprint(path: Path) -> dict[str, Any]:
 
 
 def load_files(path: Path, text_field: str) -> TextCorpus:
-    """A corpus over one file or a directory of files."""
+    """A corpus over one file or a directory of files.
+
+    Text files up to the hashing limit are checked for UTF-8 here, whole (a pass as cheap as
+    the hash of their identity), so a bad byte deep in a file fails before any work rather
+    than halfway through a collection; larger ones fail, in the same words, when read.
+    """
     files = list_files(path)
+    for f in files:
+        if f.suffix.lower() in TEXT_SUFFIXES and f.stat().st_size <= _HASH_LIMIT:
+            error = utf8_error(f)
+            if error is not None:
+                raise error
 
     def records() -> Iterator[tuple[str, str]]:
         for f in files:

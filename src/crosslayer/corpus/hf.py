@@ -82,11 +82,22 @@ def load_hf(spec: str, text_field: str) -> TextCorpus:
         corpus.name = spec
         return corpus
 
+    if not Path(path).exists():  # a hub dataset: streamed, so it needs the network
+        from crosslayer import hub
+
+        hub.require_hub(
+            f"dataset {path!r} is not local (hub datasets are streamed from the hub)",
+            hub.offline_fix("dataset", path),
+        )
+
     def records() -> Iterator[tuple[str, str]]:
         import datasets
 
+        from crosslayer import hub
+
         try:
-            ds = datasets.load_dataset(path, config, split=split, streaming=True)
+            with hub.quiet():
+                ds = datasets.load_dataset(path, config, split=split, streaming=True)
         except Exception as e:  # datasets raises many types: offline, not found, bad config
             raise CrosslayerError(
                 f"could not open dataset {spec!r}: {str(e).splitlines()[0] if str(e) else e!r}",

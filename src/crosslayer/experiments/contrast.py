@@ -69,7 +69,9 @@ def read_items(source: str | Path = BUILTIN) -> list[ContrastItem]:
     path = Path(source)
     if not path.is_file():
         raise CrosslayerError(f"items file {path} not found", "pass a .json or .jsonl file")
-    text = path.read_text(encoding="utf-8")
+    from crosslayer.corpus.files import read_text_file
+
+    text = read_text_file(path, "items file")
     if path.suffix == ".jsonl":
         return _parse_lines(text, str(path))
     try:

@@ -49,9 +49,11 @@ def read_facts(
     path = Path(path)
     if not path.is_file():
         raise CrosslayerError(f"fact file {path} not found", "pass a PARAREL JSON file")
+    from crosslayer.corpus.files import read_text_file
+
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raw = json.loads(read_text_file(path, "fact file"))
+    except json.JSONDecodeError as e:
         raise CrosslayerError(f"{path} is not valid JSON ({e})", "pass a PARAREL JSON file") from e
     if not isinstance(raw, list) or not raw:
         raise CrosslayerError(

@@ -48,6 +48,11 @@ def parse_layers(text: str | None) -> list[int] | None:
         out: list[int] = []
         for part in text.split(","):
             lo, _, hi = part.strip().partition("-")
+            if hi and int(hi) < int(lo):
+                raise CrosslayerError(
+                    f"--layers {text!r}: the range {part.strip()} is empty",
+                    f"write LOW-HIGH, e.g. {hi.strip()}-{lo.strip()}",
+                )
             out += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
         return out
     except ValueError as e:
@@ -67,18 +72,47 @@ def parse_sae_args(items: Sequence[str]) -> dict[int, str]:
     return out
 
 
-def check_layers(model: LoadedModel, layers: Sequence[int] | None) -> list[int]:
-    """Default: every block. Out-of-range or repeated layers are an error."""
+def check_layers(model: LoadedModel | int, layers: Sequence[int] | None) -> list[int]:
+    """Default: every block. Out-of-range or repeated layers are an error. ``model``: the
+    model or its number of blocks."""
+    n_layers = model if isinstance(model, int) else model.n_layers
     if layers is None:
-        return list(range(model.n_layers))
+        return list(range(n_layers))
     out = [int(x) for x in layers]
-    bad = [x for x in out if not 0 <= x < model.n_layers]
+    bad = [x for x in out if not 0 <= x < n_layers]
     if bad or not out or len(set(out)) != len(out):
         raise CrosslayerError(
-            f"layers {out} invalid for a model with {model.n_layers} blocks",
-            f"give distinct layers from 0 to {model.n_layers - 1}",
+            f"layers {out} invalid for a model with {n_layers} blocks",
+            f"give distinct layers from 0 to {n_layers - 1}",
         )
     return out
+
+
+def check_inputs(
+    model: str,
+    layers: Sequence[int] | None,
+    saes: Mapping[int, str] | str | Path | None,
+    store: str | Path | None = None,
+) -> None:
+    """The model spec, ``--layers``, the ``--sae`` specs and ``--store`` of layers / contrast /
+    interpret, checked before the model's weights load (reading only its config)."""
+    from crosslayer.model.shape import checked_info
+    from crosslayer.sae.load import check_sae_spec
+    from crosslayer.store import open_store
+
+    n_layers = checked_info(model).shape.n_layers
+    check_layers(n_layers, layers)
+    if isinstance(saes, (str, Path)):
+        if not Path(saes).is_dir():
+            raise CrosslayerError(
+                f"--sae-dir {saes} is not a directory", "pass a Gemma Scope clone directory"
+            )
+    elif saes:
+        check_layers(n_layers, list(saes))
+        for spec in saes.values():
+            check_sae_spec(spec)
+    if store is not None:
+        open_store(store)
 
 
 def sae_sites(

@@ -25,7 +25,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from crosslayer import fs
+from crosslayer import fs, hub
 from crosslayer.device import resolve_device, resolve_dtype
 from crosslayer.errors import CrosslayerError
 from crosslayer.model.hooks import capture, decoder_layers, parse_hook, replace, site, sublayer
@@ -221,6 +221,11 @@ def _resolve(spec: str) -> tuple[str, str]:
     path = Path(spec).expanduser()
     looks_like_path = spec.endswith(".gguf") or spec.startswith(("/", ".", "~")) or path.exists()
     if not looks_like_path:
+        if not hub.model_in_cache(spec):
+            hub.require_hub(
+                f"model {spec!r} is neither a local path nor in the local Hugging Face cache",
+                hub.offline_fix("model", spec),
+            )
         return "hub", spec
     if not path.exists():
         raise CrosslayerError(
@@ -242,10 +247,15 @@ def _resolve(spec: str) -> tuple[str, str]:
     return "dir", str(path.resolve())
 
 
-def _from_pretrained(source: str, dtype: torch.dtype) -> tuple[PreTrainedModel, Any]:
+def _from_pretrained(source: str, dtype: torch.dtype, cached: bool) -> tuple[PreTrainedModel, Any]:
+    """A local directory, or a hub id: from the local cache alone when it is there (no request
+    to the hub, which would retry for minutes with no network), else downloaded."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        with hub.quiet():
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=cached)
+            model = AutoModelForCausalLM.from_pretrained(
+                source, dtype=dtype, local_files_only=cached
+            )
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CrosslayerError(
@@ -283,7 +293,8 @@ def load_model(
         meta = json.loads((cached / "crosslayer_source.json").read_text())
         weights = f"gguf-sha256:{meta['gguf_sha256'][:16]}"
     else:
-        model, tokenizer = _from_pretrained(source, dt)
+        local = kind == "dir" or hub.model_in_cache(source)
+        model, tokenizer = _from_pretrained(source, dt, local)
         commit = getattr(model.config, "_commit_hash", None)
         weights = (
             f"hf-commit:{commit}" if commit else f"config:{config_hash(model.config.to_dict())}"

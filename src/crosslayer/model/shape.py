@@ -168,20 +168,40 @@ def model_info(spec: str, model: Any = None) -> ModelInfo:
         return ModelInfo(shape, "the GGUF header", False, _first_cache_bytes(shape))
     if path.is_dir():
         return ModelInfo(_config_dir(path), f"{path}/config.json", True, 0)
+    from crosslayer import hub
+
+    in_cache = hub.model_in_cache(spec)
+    if not in_cache and spec in KNOWN:  # not downloaded yet: plan with the table, count it
+        shape = KNOWN[spec]
+        return ModelInfo(shape, "table of known models", False, shape.params() * 4)
+    if not in_cache:
+        hub.require_hub(
+            f"model {spec!r} is neither a local path nor in the local Hugging Face cache",
+            hub.offline_fix("model", spec),
+        )
     try:
         from transformers import AutoConfig
 
-        config = AutoConfig.from_pretrained(spec)
+        with hub.quiet():
+            config = AutoConfig.from_pretrained(spec, local_files_only=in_cache)
     except (OSError, ValueError) as e:
-        if spec in KNOWN:  # not downloaded yet: plan with the table, count the download
-            shape = KNOWN[spec]
-            return ModelInfo(shape, "table of known models", False, shape.params() * 4)
         raise CrosslayerError(
             f"cannot read the config of model {spec!r} (not a local path, not in the local "
             "Hugging Face cache)",
             "check the id or path; hub models must already be in the local HF cache",
         ) from e
     return ModelInfo(shape_from_config(config), f"Hugging Face config of {spec}", True, 0)
+
+
+def checked_info(spec: str) -> ModelInfo:
+    """:func:`model_info` after the loader's own checks of ``spec`` (path, file type, hub
+    cache or network), so that a bad ``--model`` gives the same line before the weights load
+    as :func:`~crosslayer.model.load_model` would."""
+    from crosslayer.model.loading import ALIASES, _resolve
+
+    if spec not in ALIASES:  # an alias is shipped: nothing to check
+        _resolve(spec)
+    return model_info(spec)
 
 
 # --------------------------------------------------------------------------------------------

@@ -362,8 +362,8 @@ def _unknown(what: str, name: str, known: list[str], how: str) -> CrosslayerErro
     )
 
 
-def _load_release(spec: str, dev: torch.device) -> SAE[Any]:
-    """``release/sae_id``: local HF cache first (no network), else sae-lens's hub loader."""
+def _lookup(spec: str) -> tuple[str, str, Any]:
+    """``release/sae_id`` → (release, sae_id, sae-lens's directory entry), or a one-line error."""
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
     directory = get_pretrained_saes_directory()
@@ -378,6 +378,37 @@ def _load_release(spec: str, dev: torch.device) -> SAE[Any]:
             list(lookup.saes_map),
             f"crosslayer.sae.list_sae_ids({release!r})",
         )
+    return release, sae_id, lookup
+
+
+def check_sae_spec(spec: str) -> None:
+    """What ``load_sae(spec)`` needs, checked without reading weights: an existing path, or a
+    known release/id that is in the local hub cache or can be downloaded now."""
+    if Path(spec).expanduser().exists():
+        return
+    release, sae_id, lookup = _lookup(spec)
+    from huggingface_hub import try_to_load_from_cache
+
+    folder = lookup.saes_map[sae_id]
+    names = {"gemma_2": "params.npz", "gemma_3": "params.safetensors"}
+    name = names.get(lookup.conversion_func, "sae_weights.safetensors")
+    if not isinstance(try_to_load_from_cache(lookup.repo_id, f"{folder}/{name}"), str):
+        _require_hub(release, sae_id)
+
+
+def _require_hub(release: str, sae_id: str) -> None:
+    from crosslayer import hub
+
+    hub.require_hub(
+        f"SAE {release}/{sae_id} is not in the local Hugging Face cache",
+        "download it on a machine with network (huggingface-cli download) and copy the HF "
+        "cache (~/.cache/huggingface) here, or pass the SAE's local path",
+    )
+
+
+def _load_release(spec: str, dev: torch.device) -> SAE[Any]:
+    """``release/sae_id``: local HF cache first (no network), else sae-lens's hub loader."""
+    release, sae_id, lookup = _lookup(spec)
     folder = lookup.saes_map[sae_id]
     cached = _from_hf_cache(lookup.repo_id, folder, lookup.conversion_func, dev)
     if cached is None:
@@ -409,15 +440,14 @@ def _from_hf_cache(
 
 
 def _from_hub(release: str, sae_id: str, dev: torch.device) -> SAE[Any]:
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        raise CrosslayerError(
-            f"{release}/{sae_id} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set",
-            "download it on a connected machine (huggingface-cli download) or pass its local path",
-        )
+    from crosslayer import hub
+
+    _require_hub(release, sae_id)
     from sae_lens import SAE
 
     try:
-        return SAE.from_pretrained(release, sae_id, device=str(dev))
+        with hub.quiet():
+            return SAE.from_pretrained(release, sae_id, device=str(dev))
     except Exception as e:  # network errors come in many types (requests, httpx, OSError)
         raise CrosslayerError(
             f"could not download {release}/{sae_id}: {type(e).__name__}: {e}".splitlines()[0],

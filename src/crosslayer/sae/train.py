@@ -48,6 +48,7 @@ from crosslayer.device import resolve_device
 from crosslayer.errors import ConfigMismatchError, CrosslayerError
 from crosslayer.fs import atomic_dir, atomic_write_json
 from crosslayer.provenance import config_hash, versions
+from crosslayer.rules import check_sae_lr, check_sae_sparsity, check_steps
 from crosslayer.sae.data import Source, as_source, batches
 
 
@@ -93,22 +94,13 @@ class SAETrainConfig(BaseModel):
     device: str | None = None
 
 
-def _check(cfg: SAETrainConfig, d_in: int) -> None:
-    """Range checks that need d_in, as one-line errors before anything is written."""
-    if not 1 <= cfg.width <= 2**22:
-        raise CrosslayerError(f"width {cfg.width} is out of range", "use 1 to 4194304 latents")
-    if cfg.target_l0 is not None and not 0 < cfg.target_l0 < cfg.width:
-        raise CrosslayerError(
-            f"target L0 {cfg.target_l0:g} is out of range for width {cfg.width}",
-            f"use 0 < target_l0 < {cfg.width} (typically 20-150)",
-        )
-    if cfg.arch == "topk" and (cfg.target_l0 is None or cfg.target_l0 != int(cfg.target_l0)):
-        raise CrosslayerError("TopK needs an integer target_l0 (its k)", "pass e.g. target_l0=64")
+def check_train_config(cfg: SAETrainConfig) -> None:
+    """Range checks of the settings alone, as one-line errors before any data is read."""
+    check_sae_sparsity(cfg.arch, cfg.width, cfg.target_l0)
     for name in ("batch_size", "epochs", "n_batches_for_norm_estimate", "dead_feature_window"):
         if getattr(cfg, name) < 1:
             raise CrosslayerError(f"{name} must be at least 1", f"set {name} >= 1")
-    if not 0 < cfg.lr < 1 or cfg.l0_coefficient < 0:
-        raise CrosslayerError("lr must be in (0, 1) and l0_coefficient >= 0", "fix the config")
+    check_sae_lr(cfg.lr, cfg.l0_coefficient)
     if cfg.jumprelu_threshold_lr_scale <= 0:
         raise CrosslayerError(
             "jumprelu_threshold_lr_scale must be positive", "use e.g. 10 (the default)"
@@ -118,11 +110,21 @@ def _check(cfg: SAETrainConfig, d_in: int) -> None:
             f"batch_size {cfg.batch_size} is less than the {distributed.world_size()} processes",
             "raise batch_size or start fewer processes (torchrun --nproc-per-node)",
         )
-    if cfg.n_tokens is not None and cfg.n_tokens < cfg.batch_size:
+    if cfg.n_tokens is not None:
+        check_steps(cfg.n_tokens, cfg.batch_size, "n_tokens")
+
+
+def parse_train_config(cfg: SAETrainConfig | dict[str, Any] | None) -> SAETrainConfig:
+    """``cfg`` validated (keys, types, then :func:`check_train_config`) as one-line errors."""
+    try:
+        parsed = SAETrainConfig.model_validate(cfg or {})
+    except Exception as e:  # pydantic.ValidationError: wrong key or type
         raise CrosslayerError(
-            f"n_tokens {cfg.n_tokens} is less than one batch",
-            f"use n_tokens >= batch_size ({cfg.batch_size})",
-        )
+            f"bad SAE training config: {_first_error(e)}",
+            "see crosslayer.sae.SAETrainConfig for valid keys",
+        ) from e
+    check_train_config(parsed)
+    return parsed
 
 
 def _training_sae(
@@ -188,28 +190,17 @@ def train_sae(
     from sae_lens.config import SAETrainerConfig
     from sae_lens.training.sae_trainer import SAETrainer
 
-    try:
-        cfg = SAETrainConfig.model_validate(cfg or {})
-    except Exception as e:  # pydantic.ValidationError: wrong key or type
-        raise CrosslayerError(
-            f"bad SAE training config: {_first_error(e)}",
-            "see crosslayer.sae.SAETrainConfig for valid keys",
-        ) from e
+    cfg = parse_train_config(cfg)
     if out is None:
         raise CrosslayerError("no output folder given", "pass out='runs/my_sae' (CLI: --out)")
     out = Path(out)
     if out.exists() and not overwrite:
         raise CrosslayerError(f"{out} already exists", "choose another --out or pass --overwrite")
     source = as_source(data, hook)
-    _check(cfg, source.d)
     device = resolve_device(cfg.device)
     total_tokens = cfg.n_tokens or source.n_tokens * cfg.epochs
+    check_steps(total_tokens, cfg.batch_size)
     steps = total_tokens // cfg.batch_size
-    if steps < 1:
-        raise CrosslayerError(
-            f"{total_tokens} tokens is less than one batch of {cfg.batch_size}",
-            "lower batch_size or give more tokens",
-        )
     run_hash = config_hash({"cfg": cfg.model_dump(), "data": source.identity, "hook": hook})
     metadata = _metadata(cfg, source, hook, model_identity, steps, run_hash)
 

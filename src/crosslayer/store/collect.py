@@ -12,7 +12,6 @@ straddles a shard boundary is run twice, once per shard (under 1% extra work).
 from __future__ import annotations
 
 import math
-import shutil
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rich.progress import (
     BarColumn,
     Progress,
@@ -33,7 +32,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from crosslayer import distributed
+from crosslayer import distributed, fs
 from crosslayer.corpus import Context, Corpus, iter_contexts, load_corpus
 from crosslayer.errors import ConfigMismatchError, CrosslayerError, DataError
 from crosslayer.model import DEFAULT_MODEL, LoadedModel, load_model
@@ -76,8 +75,20 @@ class CollectConfig(BaseModel):
     text_field: str = "text"
     shard_tokens: int = Field(SHARD_TOKENS, gt=0)
 
+    @model_validator(mode="after")
+    def _some_train_tokens(self) -> CollectConfig:
+        if self.heldout_frac >= 1:
+            raise CrosslayerError(
+                f"--heldout-frac {self.heldout_frac:g} holds out every document: no train tokens",
+                "use a fraction below 1, e.g. 0.1",
+            )
+        return self
+
     def run(self, *, progress: bool = True) -> ActivationStore:
         """Load the corpus and the model, then :func:`collect`."""
+        from crosslayer.fs import check_dir_path
+
+        check_dir_path(self.out, itself=False)  # a file AT out: "is not an activation store"
         corpus = load_corpus(self.corpus, text_field=self.text_field)  # cheap: fail fast
         model = load_model(self.model, device=self.device)
         return collect(
@@ -193,11 +204,7 @@ def _open_or_start(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """
     # A run killed mid-write leaves hidden temporaries: a shard directory or the manifest's
     # temp file (even the very first manifest's). Neither is part of the store.
-    for orphan in path.glob(".*.tmp-*") if path.is_dir() else ():
-        if orphan.is_dir():
-            shutil.rmtree(orphan, ignore_errors=True)
-        else:
-            orphan.unlink(missing_ok=True)
+    fs.remove_temporaries(path)
     if (path / MANIFEST).is_file():
         old = read_manifest(path)
         if old.get("config_hash") != manifest["config_hash"]:

@@ -13,6 +13,7 @@ from crosslayer.errors import CrosslayerError, DataError
 from crosslayer.experiments.study_a.hooks import check_order, pick_target, sweep_hooks, sweep_tokens
 from crosslayer.experiments.study_a.run import Run
 from crosslayer.model import LoadedModel
+from crosslayer.rules import check_steps
 from crosslayer.store import ActivationStore, collect
 
 if TYPE_CHECKING:
@@ -120,6 +121,7 @@ def prepare_corpora(cfg: RunConfig, tokenizer: Any) -> Corpora:
     corpus = load_corpus(cfg.corpus, max_doc_chars=cfg.data.max_doc_chars)
     split = plan_split(corpus, tokenizer, cfg, cfg.tokens)
     check_split(split, cfg)
+    check_steps(split.n_train * cfg.sae_training.epochs, cfg.sae_training.batch_size)
     sweep = None
     if cfg.sweep.enabled:
         sweep = sweep_corpus(cfg.corpus, cfg)

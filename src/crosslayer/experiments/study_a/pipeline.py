@@ -27,6 +27,7 @@ from crosslayer.experiments.study_a.saes import sae_report, train_saes
 from crosslayer.experiments.study_a.sweep import run_depth_sweep
 from crosslayer.experiments.study_a.transcoders import fit_transcoders, residuals
 from crosslayer.model import LoadedModel, load_model
+from crosslayer.plan import check_run
 from crosslayer.provenance import versions
 from crosslayer.report import write_report
 from crosslayer.rundir import STORE, SWEEP_STORE, TRAINED_SAES, sae_path
@@ -46,6 +47,7 @@ def run_study_a(
     written is ``checksums.json`` (sha256 of the run's files, for ``crosslayer verify``).
     """
     cfg = cfg or RunConfig()
+    check_run(cfg, model)  # everything checkable before the run directory exists
     run = open_run(cfg, progress)
     # Files are about to change: a checksums.json from an earlier attempt would call them
     # damaged. It comes back, complete, when the run finishes.

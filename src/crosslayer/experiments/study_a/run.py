@@ -167,6 +167,8 @@ def open_run(cfg: RunConfig, progress: bool = True) -> Run:
         fs.atomic_write_json(
             dirs.config, {"config": mine, "config_hash": cfg.hash(), "versions": versions()}
         )
+    # a run killed while writing a stage leaves a hidden temporary beside its output
+    fs.remove_temporaries(out, recursive=True)
     dirs.stages.mkdir(parents=True, exist_ok=True)
     return Run(cfg, out, progress)
 

@@ -1,0 +1,443 @@
+"""Cross-fitted logistic probes: per-feature C by grouped inner CV, converged per feature.
+
+A feature is *active* on a token when its activation is ``> threshold``. For each outer fold
+``k`` and feature ``j`` the probe is scikit-learn's ``LogisticRegression(C=C_kj,
+class_weight="balanced")`` on X standardised with the training folds ``T_k``' mean and std,
+fitted on ``T_k``. ``C_kj`` is what ``LogisticRegressionCV(Cs, cv=<leave one training fold
+out>, class_weight="balanced", scoring=<class-balanced log loss>)`` picks on ``T_k``: the inner
+fits use ``T_k``'s standardisation and ``T_k``'s class weights, as ``LogisticRegressionCV``
+does, and C maximises the mean over inner folds of minus the validation fold's class-balanced
+log loss ``½ mean_active ℓ + ½ mean_inactive ℓ``.
+
+Each problem is solved to its own gradient tolerance by :func:`batched_lbfgs` (one problem
+per column; a feature's fit does not depend on its batch), in coordinates whitened by the
+eigendecomposition of ``T_k``'s covariance so that every problem is well conditioned. The
+objective is scikit-learn's divided by ``C · n_train`` (same minimiser, O(1) gradients);
+``tol`` bounds the max-abs gradient of that objective in the whitened coordinates.
+
+Out of fold: the decision threshold of fold ``k`` maximises the balanced accuracy on ``T_k``'s
+own tokens; fold ``k``'s tokens are scored as ``z - threshold_k`` and the pooled scores give
+the balanced accuracy (``> 0`` = active) and AUROC.
+
+Tokens with identical X rows inside one fold are merged with their counts (per feature: how
+many are active) before fitting: exact, and ~6x fewer rows for token embeddings.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator
+
+from crosslayer.crossfit.folds import check_folds
+from crosslayer.crossfit.lbfgs import LBFGSResult, batched_lbfgs
+from crosslayer.crossfit.stats import F64, FoldLayout, check_targets, load_sorted
+from crosslayer.device import resolve_device
+from crosslayer.errors import CrosslayerError
+from crosslayer.metrics import ArrayLike, check_2d, row_chunks
+
+DEFAULT_CS: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
+
+
+class _FoldRows:
+    """One fold's distinct X rows, the map token -> distinct row, and tokens per row."""
+
+    def __init__(self, x: torch.Tensor, merge: bool) -> None:
+        self.index: torch.Tensor | None = None
+        self.x, self.counts = x, torch.ones(len(x), dtype=x.dtype, device=x.device)
+        if not merge or len(x) < 2:
+            return
+        g = torch.Generator(device="cpu").manual_seed(0)
+        proj = torch.randn(x.shape[1], generator=g, dtype=F64).to(x.device)
+        _, index, counts = torch.unique(x.double() @ proj, return_inverse=True, return_counts=True)
+        if len(counts) > 0.8 * len(x):
+            return  # too few repeats to be worth it
+        first = torch.full((len(counts),), len(x), dtype=torch.long, device=x.device)
+        first.scatter_reduce_(0, index, torch.arange(len(x), device=x.device), "amin")
+        rep = x[first]
+        if torch.equal(rep[index], x):  # a hash collision would merge different rows
+            self.index, self.x, self.counts = index, rep, counts.to(x.dtype)
+
+    def sum(self, v: torch.Tensor) -> torch.Tensor:
+        """Per-token values ``[n_f, c]`` summed over each distinct row: ``[r_f, c]``."""
+        if self.index is None:
+            return v
+        out = torch.zeros(len(self.x), v.shape[1], dtype=v.dtype, device=v.device)
+        return out.index_add_(0, self.index, v)
+
+
+class _Basis:
+    """Training set ``T``'s standardisation and whitening: ``xw = ((x - μ)/σ) P``."""
+
+    def __init__(self, rows: list[_FoldRows]) -> None:
+        x = torch.cat([r.x for r in rows]).double()
+        c = torch.cat([r.counts for r in rows]).double()
+        self.n = float(c.sum())
+        self.mean = (c @ x) / self.n
+        xc = x - self.mean
+        var = (c @ xc.square()) / self.n
+        scale = var.sqrt()
+        self.scale = torch.where(scale > 1e-12 * scale.max(), scale, torch.ones_like(scale))
+        xs = xc / self.scale
+        evals, V = torch.linalg.eigh((xs * c[:, None]).T @ xs / self.n)
+        # The floor keeps null directions (constant or collinear inputs) finite.
+        lam = evals.clamp(min=0.0) + 1e-3 * float(evals.clamp(min=0.0).mean())
+        self.P = V * lam.rsqrt()  # w = P u on standardised X
+        self.penalty = 1.0 / lam  # ||w||² = Σ_k u_k² / lam_k
+
+    def whiten(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return (((x.double() - self.mean) / self.scale) @ self.P).to(dtype)
+
+
+class CrossFitLogistic(BaseEstimator):
+    """Out-of-fold, class-balanced L2 logistic probes for every feature.
+
+    Parameters
+    ----------
+    Cs: inverse L2 strengths searched by grouped inner CV (one value: used as given).
+    threshold: a feature is active where its activation is ``> threshold``.
+    tol: per-feature stop on the max-abs gradient (see the module docstring).
+    inner_tol: the same for the inner-CV fits, which only rank the Cs (default: ``tol``;
+        a looser value makes the search cheaper).
+    max_iter: L-BFGS iterations per problem; problems that stop earlier without reaching
+        ``tol`` are counted in ``n_not_converged_``.
+    decision: ``"train"`` (threshold maximising training balanced accuracy) or ``"zero"``.
+    merge_rows: merge identical X rows within each fold (exact).
+    feature_chunk: features solved together (memory and speed only).
+    dtype: ``"float32"`` (fast) or ``"float64"`` for the rows, products and parameters.
+
+    Learned (``K`` folds, ``m`` features): ``C_ [K, m]``, ``cv_loss_ [K, n_Cs, m]`` (mean inner
+    validation balanced log loss), ``coef_ [K, m, d]`` and ``intercept_ [K, m]`` on X
+    standardised by ``x_mean_``, ``x_scale_ [K, d]``, ``threshold_ [K, m]`` (decision
+    threshold on the logit), ``converged_ [K, m]`` and ``n_iter_ [K, m]`` of the outer fits,
+    ``n_not_converged_`` (all fits, inner included), ``fitted_ [K, m]`` (both classes in
+    ``T_k``), ``balanced_accuracy_ [m]``, ``auroc_ [m]`` (pooled out-of-fold; NaN unless
+    fitted in every fold and both classes occur), ``n_pos_train_ [K, m]``,
+    ``n_pos_ [m]`` (active tokens, all folds).
+    """
+
+    def __init__(
+        self,
+        Cs: tuple[float, ...] = DEFAULT_CS,
+        threshold: float = 0.0,
+        tol: float = 1e-5,
+        inner_tol: float | None = None,
+        max_iter: int = 500,
+        history: int = 10,
+        decision: str = "train",
+        merge_rows: bool = True,
+        feature_chunk: int = 512,
+        chunk_size: int = 4096,
+        dtype: str = "float32",
+        device: str | None = None,
+    ) -> None:
+        self.Cs = Cs
+        self.threshold = threshold
+        self.tol = tol
+        self.inner_tol = inner_tol
+        self.max_iter = max_iter
+        self.history = history
+        self.decision = decision
+        self.merge_rows = merge_rows
+        self.feature_chunk = feature_chunk
+        self.chunk_size = chunk_size
+        self.dtype = dtype
+        self.device = device
+
+    def fit(self, X: ArrayLike, F: ArrayLike, fold_ids: ArrayLike) -> CrossFitLogistic:
+        """Fit and score every feature out of fold; ``fold_ids [n]`` from ``grouped_folds``."""
+        Cs = np.sort(np.asarray(self.Cs, dtype=np.float64))
+        self._check_params(Cs)
+        dev = resolve_device(self.device)
+        dt = torch.float64 if self.dtype == "float64" else torch.float32
+        n, d = check_2d("X", X)
+        m = check_targets(F, n)
+        folds, K = check_folds(fold_ids, n)
+        lay = FoldLayout.from_ids(folds, K)
+        x = load_sorted(X, lay.order, dev, self.chunk_size)
+        rows = [_FoldRows(x[lay.rows(k)], self.merge_rows) for k in range(K)]
+        bases = [_Basis([rows[i] for i in range(K) if i != k]) for k in range(K)]
+        self._allocate(K, m, d, len(Cs))
+        self.n_not_converged_ = 0
+        for j0 in range(0, m, self.feature_chunk):
+            j1 = min(j0 + self.feature_chunk, m)
+            lab = (lay.targets(F, j0, j1, dev) > self.threshold).to(dt)
+            pos = [rows[k].sum(lab[lay.rows(k)]) for k in range(K)]  # active tokens per row
+            self._fit_chunk(x, lay, rows, bases, pos, lab, Cs, j0, j1, dt)
+        self.x_mean_ = np.stack([b.mean.cpu().numpy() for b in bases])
+        self.x_scale_ = np.stack([b.scale.cpu().numpy() for b in bases])
+        self.fold_ids_, self.Cs_ = folds, Cs
+        self.n_features_in_ = d
+        return self
+
+    def score(self, X: ArrayLike | None = None, F: ArrayLike | None = None) -> float:
+        """Mean out-of-fold balanced accuracy over the features where it is defined."""
+        return float(np.nanmean(self.balanced_accuracy_))
+
+    def _allocate(self, K: int, m: int, d: int, n_cs: int) -> None:
+        self.C_ = np.full((K, m), np.nan)
+        self.cv_loss_ = np.full((K, n_cs, m), np.nan)
+        self.coef_ = np.full((K, m, d), np.nan, dtype=np.float32)
+        self.intercept_ = np.full((K, m), np.nan)
+        self.threshold_ = np.full((K, m), np.nan)
+        self.converged_ = np.zeros((K, m), dtype=bool)
+        self.n_iter_ = np.zeros((K, m), dtype=np.int64)
+        self.fitted_ = np.zeros((K, m), dtype=bool)
+        self.n_pos_train_ = np.zeros((K, m), dtype=np.int64)
+        self.n_pos_ = np.zeros(m, dtype=np.int64)
+        self.balanced_accuracy_ = np.full(m, np.nan)
+        self.auroc_ = np.full(m, np.nan)
+
+    def _fit_chunk(
+        self,
+        x: torch.Tensor,
+        lay: FoldLayout,
+        rows: list[_FoldRows],
+        bases: list[_Basis],
+        pos: list[torch.Tensor],
+        lab: torch.Tensor,
+        Cs: np.ndarray,
+        j0: int,
+        j1: int,
+        dt: torch.dtype,
+    ) -> None:
+        K, c = lay.n_folds, j1 - j0
+        dev = x.device
+        n_pos_fold = torch.stack([p.sum(0, dtype=F64) for p in pos])  # [K, c]
+        n_fold = torch.tensor([float(r.counts.sum()) for r in rows], dtype=F64, device=dev)
+        self.n_pos_[j0:j1] = n_pos_fold.sum(0).round().long().cpu().numpy()
+        z_oof = torch.full((len(x), c), float("nan"), dtype=dt, device=dev)
+        for k in range(K):
+            train = [i for i in range(K) if i != k]
+            P = n_pos_fold[train].sum(0)
+            N = float(n_fold[train].sum()) - P
+            self.n_pos_train_[k, j0:j1] = P.round().long().cpu().numpy()
+            ok = ((P > 0) & (N > 0)).nonzero().squeeze(1)
+            if ok.numel() == 0:
+                continue
+            # scikit-learn "balanced", computed once on T_k as LogisticRegressionCV does.
+            n_t = float(n_fold[train].sum())
+            w_pos, w_neg = (n_t / (2 * P[ok])).to(dt), (n_t / (2 * N[ok])).to(dt)
+            basis = bases[k]
+            xw = {i: basis.whiten(rows[i].x, dt) for i in train}
+            weights = {i: self._weights(rows[i], pos[i][:, ok], w_pos, w_neg) for i in train}
+            penalty = basis.penalty.to(dt)
+            if len(Cs) > 1:
+                c_sel, u0 = self._inner_cv(xw, weights, penalty, pos, train, ok, Cs, k, j0)
+            else:
+                c_sel = torch.full((ok.numel(),), Cs[0], dtype=dt, device=dev)
+                u0 = torch.zeros(basis.P.shape[0] + 1, ok.numel(), dtype=dt, device=dev)
+            res = self._solve(xw, weights, train, penalty, c_sel, u0, self.tol)
+            cols = (j0 + ok).cpu().numpy()
+            self.fitted_[k, cols] = True
+            self.C_[k, cols] = c_sel.double().cpu().numpy()
+            self.converged_[k, cols] = res.converged.cpu().numpy()
+            self.n_iter_[k, cols] = res.n_iter.cpu().numpy()
+            u = res.u
+            w = basis.P.to(dt) @ u[:-1]  # coefficients on standardised X
+            self.coef_[k, cols] = w.T.float().cpu().numpy()
+            self.intercept_[k, cols] = u[-1].double().cpu().numpy()
+            thr = self._decision_threshold(xw, weights, train, u)
+            self.threshold_[k, cols] = thr.double().cpu().numpy()
+            zk = torch.addmm(u[-1], basis.whiten(x[lay.rows(k)], dt), u[:-1])
+            z_oof[lay.rows(k), ok] = zk - thr
+        # Pooled out-of-fold metrics for features fitted in every fold.
+        full = torch.as_tensor(self.fitted_[:, j0:j1].all(0), device=dev)
+        n_pos = lab.sum(0)
+        full &= (n_pos > 0) & (n_pos < len(lab))
+        idx = full.nonzero().squeeze(1)
+        if idx.numel():
+            z, y = z_oof[:, idx], lab[:, idx] > 0
+            tpr = ((z > 0) & y).sum(0, dtype=F64) / y.sum(0, dtype=F64)
+            tnr = ((z <= 0) & ~y).sum(0, dtype=F64) / (~y).sum(0, dtype=F64)
+            out = (j0 + idx).cpu().numpy()
+            self.balanced_accuracy_[out] = (0.5 * (tpr + tnr)).cpu().numpy()
+            self.auroc_[out] = auroc(z, y).cpu().numpy()
+
+    @staticmethod
+    def _weights(
+        r: _FoldRows, pos: torch.Tensor, w_pos: torch.Tensor, w_neg: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per distinct row: ``t`` = total class weight, ``b`` = weight of its inactive tokens."""
+        b = (r.counts.to(pos.dtype)[:, None] - pos) * w_neg
+        return pos * w_pos + b, b
+
+    def _inner_cv(
+        self,
+        xw: dict[int, torch.Tensor],
+        weights: dict[int, tuple[torch.Tensor, torch.Tensor]],
+        penalty: torch.Tensor,
+        pos: list[torch.Tensor],
+        train: list[int],
+        ok: torch.Tensor,
+        Cs: np.ndarray,
+        k: int,
+        j0: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Leave one training fold out for every C (ascending, warm-started along the path).
+
+        Returns the chosen C per feature and a warm start for the outer fit (the last inner
+        fold's solution at that C)."""
+        dt = penalty.dtype
+        p, c = xw[train[0]].shape[1] + 1, ok.numel()
+        loss = torch.zeros(len(Cs), c, dtype=F64, device=penalty.device)
+        last = torch.zeros(len(Cs), p, c, dtype=dt, device=penalty.device)
+        tol = self.tol if self.inner_tol is None else self.inner_tol
+        for i in train:
+            inner = [t for t in train if t != i]
+            # Warm starts: along the path from the previous C, and the first C of each inner
+            # fold from the previous fold's (the training sets overlap in all but one fold).
+            u = last[0].clone()
+            for a, C in enumerate(Cs):
+                cc = torch.full((c,), C, dtype=dt, device=u.device)
+                res = self._solve(xw, weights, inner, penalty, cc, u, tol)
+                u = res.u
+                last[a] = u
+                loss[a] += self._balanced_log_loss(xw[i], weights[i], u)
+        loss /= len(train)
+        best = loss.argmin(0)  # first minimum: the strongest penalty among ties
+        self.cv_loss_[k][:, (j0 + ok).cpu().numpy()] = loss.cpu().numpy()
+        sel = torch.as_tensor(Cs, dtype=dt, device=penalty.device)[best]
+        return sel, last[best, :, torch.arange(c)].T.contiguous()
+
+    @staticmethod
+    def _balanced_log_loss(
+        xw: torch.Tensor, w: tuple[torch.Tensor, torch.Tensor], u: torch.Tensor
+    ) -> torch.Tensor:
+        """Validation ``½ mean_active ℓ + ½ mean_inactive ℓ`` (one class only: its mean)."""
+        t, b = w
+        a = t - b  # weights are proportional to counts within a class, so means are ratios
+        z = torch.addmm(u[-1], xw, u[:-1])
+        lp = (a * torch.nn.functional.softplus(-z)).sum(0, dtype=F64)
+        ln = (b * torch.nn.functional.softplus(z)).sum(0, dtype=F64)
+        sa, sb = a.sum(0, dtype=F64), b.sum(0, dtype=F64)
+        mp = torch.where(sa > 0, lp / sa.clamp(min=1e-300), torch.nan)
+        mn = torch.where(sb > 0, ln / sb.clamp(min=1e-300), torch.nan)
+        return torch.nanmean(torch.stack([mp, mn]), 0)
+
+    def _solve(
+        self,
+        xw: dict[int, torch.Tensor],
+        weights: dict[int, tuple[torch.Tensor, torch.Tensor]],
+        folds: list[int],
+        penalty: torch.Tensor,
+        C: torch.Tensor,
+        u0: torch.Tensor,
+        tol: float,
+    ) -> LBFGSResult:
+        """Class-balanced L2 logistic regression on the rows of ``folds``, one per column.
+
+        Minimises ``(1/n) Σ_i [t_i softplus(-z_i) + b_i z_i] + Σ_k u_k² penalty_k / (2 C n)``
+        with ``z = xw u + u_0`` (``t`` total and ``b`` inactive class weight of row ``i``;
+        ``a softplus(-z) + b softplus(z) = t softplus(-z) + b z``), ``n`` the tokens.
+        """
+        xs = torch.cat([xw[i] for i in folds])
+        t_all = torch.cat([weights[i][0] for i in folds])
+        b_all = torch.cat([weights[i][1] for i in folds])
+        # Class weights sum to the token count on T_k (n/2 per class); on an inner subset the
+        # sum differs per feature, so each column is normalised by its own.
+        norm = t_all.sum(0, dtype=F64).to(xs.dtype)
+        lam = penalty[:, None] / C.to(xs.dtype)[None, :].to(penalty.device)
+        r = len(xs)
+
+        def evaluate(u: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            every = cols.numel() == t_all.shape[1]
+            tc = t_all if every else t_all[:, cols]
+            bc = b_all if every else b_all[:, cols]
+            nc, lc = norm[cols], lam[:, cols]
+            grad = torch.empty_like(u)
+            ridge = lc * u[:-1]
+            grad[:-1] = ridge
+            grad[-1].zero_()
+            loss = 0.5 * (ridge * u[:-1]).sum(0, dtype=F64)
+            gdata = torch.zeros(u.shape, dtype=F64, device=u.device)
+            ldata = torch.zeros(u.shape[1], dtype=F64, device=u.device)
+            for rr in row_chunks(r, self.chunk_size):
+                z = torch.addmm(u[-1], xs[rr], u[:-1])
+                ldata += (tc[rr] * torch.nn.functional.softplus(-z)).sum(0, dtype=F64)
+                ldata += (bc[rr] * z).sum(0, dtype=F64)
+                dz = torch.sigmoid(z.neg_()).mul_(tc[rr]).neg_().add_(bc[rr])
+                # float64 between row blocks: at the optimum the gradient is a small
+                # difference of large sums, and float32 accumulation would set its floor.
+                gdata[:-1] += (xs[rr].T @ dz).double()
+                gdata[-1] += dz.sum(0, dtype=F64)
+            # Per column: data term over its own normaliser, penalty over (C · normaliser).
+            grad = ((gdata + grad.double()) / nc.double()).to(u.dtype)
+            return (ldata + loss) / nc.double(), grad
+
+        with torch.no_grad():
+            res = batched_lbfgs(
+                evaluate,
+                u0,
+                tol=tol,
+                max_iter=self.max_iter,
+                history=self.history,
+                loss_noise=1e-6 if xs.dtype == torch.float32 else 1e-12,
+            )
+        self.n_not_converged_ += int((~res.converged).sum())
+        return res
+
+    def _decision_threshold(
+        self,
+        xw: dict[int, torch.Tensor],
+        weights: dict[int, tuple[torch.Tensor, torch.Tensor]],
+        folds: list[int],
+        u: torch.Tensor,
+    ) -> torch.Tensor:
+        """Per feature, the logit cut that maximises balanced accuracy on the training rows."""
+        if self.decision == "zero":
+            return torch.zeros(u.shape[1], dtype=u.dtype, device=u.device)
+        xs = torch.cat([xw[i] for i in folds])
+        t = torch.cat([weights[i][0] for i in folds])
+        b = torch.cat([weights[i][1] for i in folds])
+        a = t - b  # balanced weights: each class sums to n/2, so cum sums are TPR and FPR
+        z = torch.addmm(u[-1], xs, u[:-1])
+        zs, order = z.sort(0, descending=True)
+        tp = a.gather(0, order).cumsum(0) / a.sum(0)
+        fp = b.gather(0, order).cumsum(0) / b.sum(0)
+        ba = 0.5 * (1 + tp - fp)  # predicting active for the top i+1 rows
+        # A cut is only possible between two different logits.
+        ba[:-1][zs[:-1] == zs[1:]] = -1.0
+        best = ba.argmax(0)
+        hi = zs.gather(0, best[None])[0]
+        lo = zs.gather(0, (best + 1).clamp(max=len(zs) - 1)[None])[0]
+        cut = torch.where(best + 1 < len(zs), 0.5 * (hi + lo), hi - 1.0)
+        # Predicting nothing active (BA 0.5) is never better than the best cut above, except
+        # for a useless probe, where either gives 0.5.
+        return cut
+
+    def _check_params(self, Cs: np.ndarray) -> None:
+        if (
+            Cs.size < 1
+            or not (Cs > 0).all()
+            or self.tol <= 0
+            or (self.inner_tol is not None and self.inner_tol <= 0)
+            or self.max_iter < 1
+            or self.history < 1
+            or self.feature_chunk < 1
+            or self.decision not in ("train", "zero")
+            or self.dtype not in ("float32", "float64")
+        ):
+            raise CrosslayerError(
+                f"bad logistic settings Cs={self.Cs}, tol={self.tol}, max_iter={self.max_iter}, "
+                f"history={self.history}, feature_chunk={self.feature_chunk}, "
+                f"decision={self.decision!r}, dtype={self.dtype!r}",
+                "use Cs > 0, tol > 0, max_iter/history/feature_chunk >= 1, decision 'train' "
+                "or 'zero', dtype 'float32' or 'float64'",
+            )
+
+
+def auroc(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per column AUROC of scores ``z [n, c]`` for labels ``y [n, c]`` (Mann-Whitney U, ties
+    counted half), float64."""
+    zt = z.T.contiguous().double()
+    srt = zt.sort(1).values
+    # Average 1-based rank of each value: (#smaller + #smaller-or-equal + 1) / 2.
+    lo = torch.searchsorted(srt, zt, right=False)
+    hi = torch.searchsorted(srt, zt, right=True)
+    ranks = (lo + hi + 1).double() / 2
+    yt = y.T
+    n_pos = yt.sum(1, dtype=F64)
+    n_neg = yt.shape[1] - n_pos
+    u = (ranks * yt).sum(1) - n_pos * (n_pos + 1) / 2
+    return u / (n_pos * n_neg)

@@ -1,0 +1,275 @@
+"""Cross-fitted ridge probes: per-feature alpha by grouped inner CV, out-of-fold R².
+
+For each outer fold ``k`` the probe of feature ``j`` is fitted on the other folds ``T_k``, on X
+standardised with ``T_k``'s mean and std, with the penalty ``alpha_kj`` that minimises the
+summed squared error of leave-one-fold-out fits inside ``T_k`` (each inner fit trains on
+``T_k \\ {i}`` and is scored on fold ``i``). It then predicts fold ``k``. R² pools the squared
+errors of all folds: ``1 - Σ_k SSE_k / Σ_i (f_i - f̄)²``.
+
+Everything comes from per-fold sufficient statistics (:mod:`.stats`). Each training set is
+eigendecomposed once, ``Cxx = V Λ Vᵀ`` in float64, and serves every alpha and every feature:
+``w(α) = V diag(1/(λ+α)) Vᵀ Cxf``, and a validation fold's squared error for every alpha
+follows from the validation statistics alone (``c - 2 Σ D a + (D∘Q)ᵀ M (D∘Q)``, no second
+pass over the tokens). The inner training set ``T_k \\ {i}`` is the same for ``(k, i)`` and
+``(i, k)``, so K(K-1)/2 + K eigendecompositions serve the whole nested CV.
+
+``alpha`` is relative: on standardised X it equals scikit-learn ``Ridge(alpha=alpha * n_train)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator
+
+from crosslayer.crossfit.folds import check_folds
+from crosslayer.crossfit.stats import F64, FoldLayout, check_targets, load_sorted, standardisation
+from crosslayer.device import resolve_device
+from crosslayer.errors import CrosslayerError
+from crosslayer.metrics import ArrayLike, check_2d, row_chunks
+
+DEFAULT_ALPHAS: tuple[float, ...] = tuple(float(a) for a in np.logspace(-6, 2, 17))
+
+
+def _inverse(lam: torch.Tensor) -> torch.Tensor:
+    """``1/lam``, 0 where lam is 0 (alpha 0 on a null direction: the minimum-norm solution)."""
+    return torch.where(lam > 0, 1.0 / lam.clamp(min=1e-300), torch.zeros_like(lam))
+
+
+class _Train:
+    """One training set (a union of folds): its standardisation and eigendecomposition."""
+
+    def __init__(self, folds: list[int], n: float, sx: torch.Tensor, sxx: torch.Tensor) -> None:
+        self.folds, self.n = folds, n
+        self.mean, self.scale = standardisation(n, sx, sxx.diagonal())
+        g = (sxx - n * torch.outer(self.mean, self.mean)) / torch.outer(self.scale, self.scale)
+        evals, self.V = torch.linalg.eigh(g / n)
+        self.evals = evals.clamp(min=0.0)  # round-off makes null directions slightly < 0
+
+    def centred_val(self, n: float, sx: torch.Tensor, sxx: torch.Tensor) -> torch.Tensor:
+        """Validation scatter ``Σ (xs - 0)(xs - 0)ᵀ`` in this set's standardised coordinates."""
+        mu = self.mean
+        g = sxx - torch.outer(sx, mu) - torch.outer(mu, sx) + n * torch.outer(mu, mu)
+        return g / torch.outer(self.scale, self.scale)
+
+
+class CrossFitRidge(BaseEstimator):
+    """Out-of-fold ridge probes for every feature, alpha chosen per feature and fold.
+
+    Parameters
+    ----------
+    alphas: relative ridge strengths searched (``Ridge(alpha=a * n_train)`` on standardised X).
+    feature_chunk: features per block of matrix products (memory only; results do not depend
+        on it).
+    chunk_size: rows per block when reading X.
+
+    Learned (``K`` folds, ``m`` features, ``d`` inputs): ``alpha_ [K, m]`` chosen per fold,
+    ``cv_sse_ [K, n_alphas, m]`` the inner-CV squared error behind each choice, ``coef_ [K, d,
+    m]`` and ``intercept_ [K, m]`` on X standardised by ``x_mean_ [K, d]``, ``x_scale_ [K,
+    d]``; ``sse_ [m]`` pooled out-of-fold squared error, ``sst_ [m]`` squared deviation from
+    the pooled mean, ``r2_ [m] = 1 - sse_/sst_`` (NaN for a constant feature).
+    """
+
+    def __init__(
+        self,
+        alphas: tuple[float, ...] = DEFAULT_ALPHAS,
+        feature_chunk: int = 512,
+        chunk_size: int = 8192,
+        device: str | None = None,
+    ) -> None:
+        self.alphas = alphas
+        self.feature_chunk = feature_chunk
+        self.chunk_size = chunk_size
+        self.device = device
+
+    def fit(self, X: ArrayLike, F: ArrayLike, fold_ids: ArrayLike) -> CrossFitRidge:
+        """Fit every feature's probes; ``fold_ids [n]`` from :func:`grouped_folds`."""
+        alphas = np.sort(np.asarray(self.alphas, dtype=np.float64))
+        if alphas.size < 1 or (alphas < 0).any() or self.feature_chunk < 1:
+            raise CrosslayerError(
+                f"bad ridge settings alphas={self.alphas}, feature_chunk={self.feature_chunk}",
+                "use a non-empty grid of alphas >= 0 and feature_chunk >= 1",
+            )
+        dev = resolve_device(self.device)
+        n, d = check_2d("X", X)
+        m = check_targets(F, n)
+        folds, K = check_folds(fold_ids, n)
+        lay = FoldLayout.from_ids(folds, K)
+        x = load_sorted(X, lay.order, dev, self.chunk_size)
+        # Centre on the global mean first so that X'X in float32 keeps its precision (Gemma
+        # activations have a few huge-mean dimensions); every fit re-centres exactly in
+        # float64 from the sums, so this shift changes nothing else.
+        self._shift = x.mean(0, dtype=F64)
+        x -= self._shift.float()
+        nk = np.diff(lay.bounds).astype(np.float64)
+        sx = torch.stack([x[lay.rows(k)].sum(0, dtype=F64) for k in range(K)])
+        sxx = torch.stack([self._gram(x[lay.rows(k)]) for k in range(K)])
+
+        def train(out: set[int]) -> _Train:
+            f = [k for k in range(K) if k not in out]
+            return _Train(f, nk[f].sum(), sx[f].sum(0), sxx[f].sum(0))
+
+        outer = [train({k}) for k in range(K)]
+        pairs = {(a, b): train({a, b}) for a in range(K) for b in range(a + 1, K)}
+        # Validation scatter of fold i seen from inner set T_k \ {i}, in that set's eigenbasis.
+        inner: dict[tuple[int, int], tuple[_Train, torch.Tensor]] = {}
+        for k in range(K):
+            for i in range(K):
+                if i != k:
+                    t = pairs[(min(k, i), max(k, i))]
+                    g = t.centred_val(nk[i], sx[i], sxx[i])
+                    inner[(k, i)] = (t, t.V.T @ g @ t.V)
+        A = len(alphas)
+        self.alpha_ = np.empty((K, m))
+        self.cv_sse_ = np.empty((K, A, m))
+        self.coef_ = np.empty((K, d, m), dtype=np.float32)
+        self.intercept_ = np.empty((K, m))
+        self.sse_ = np.zeros(m)
+        sum_f, sum_f2, raw_f2 = np.zeros(m), np.zeros(m), np.zeros(m)
+        for j0 in range(0, m, self.feature_chunk):
+            j1 = min(j0 + self.feature_chunk, m)
+            f = lay.targets(F, j0, j1, dev)
+            # Centred too (an exact shift, undone below): a weak feature's X'F is a small
+            # difference of large float32 sums otherwise.
+            f_shift = f.mean(0, dtype=F64)
+            raw_f2[j0:j1] = f.double().square().sum(0).cpu().numpy()
+            f -= f_shift.float()
+            sy = torch.stack([f[lay.rows(k)].sum(0, dtype=F64) for k in range(K)])
+            syy = torch.stack([f[lay.rows(k)].double().square().sum(0) for k in range(K)])
+            sxy = torch.stack([self._cross(x[lay.rows(k)], f[lay.rows(k)]) for k in range(K)])
+            sum_f[j0:j1], sum_f2[j0:j1] = sy.sum(0).cpu().numpy(), syy.sum(0).cpu().numpy()
+            cache = {key: self._project(t, sy, sxy) for key, t in pairs.items()}
+            for k in range(K):
+                path = torch.zeros(A, j1 - j0, dtype=F64, device=dev)
+                for i in range(K):
+                    if i == k:
+                        continue
+                    t, M = inner[(k, i)]
+                    q, nu = cache[(min(k, i), max(k, i))]
+                    path += self._sse_path(t, M, q, nu, nk[i], sx[i], sy[i], syy[i], sxy[i], alphas)
+                best = path.argmin(0)  # first minimum: the smallest alpha among ties
+                a_sel = torch.as_tensor(alphas, device=dev)[best]
+                t = outer[k]
+                q, nu = self._project(t, sy, sxy)
+                coef = t.V @ (q * _inverse(t.evals[:, None] + a_sel[None, :]))  # standardised X
+                self.sse_[j0:j1] += (
+                    self._sse(t, coef, nu, nk[k], sx[k], sxx[k], sy[k], syy[k], sxy[k])
+                    .cpu()
+                    .numpy()
+                )
+                self.alpha_[k, j0:j1] = a_sel.cpu().numpy()
+                self.cv_sse_[k, :, j0:j1] = path.cpu().numpy()
+                self.coef_[k, :, j0:j1] = coef.float().cpu().numpy()
+                self.intercept_[k, j0:j1] = (nu + f_shift).cpu().numpy()
+        self.x_mean_ = np.stack([(t.mean + self._shift).cpu().numpy() for t in outer])
+        self.x_scale_ = np.stack([t.scale.cpu().numpy() for t in outer])
+        self.sst_ = sum_f2 - sum_f**2 / n
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r2 = 1.0 - self.sse_ / self.sst_
+        self.r2_ = np.where(self.sst_ > 1e-12 * np.maximum(raw_f2, 1e-300), r2, np.nan)
+        self.fold_ids_, self.alphas_ = folds, alphas
+        self.n_features_in_ = d
+        return self
+
+    def predict_oof(self, X: ArrayLike) -> np.ndarray:
+        """Out-of-fold predictions ``[n, m]``: each row by the probe of its own fold."""
+        if not hasattr(self, "coef_"):
+            raise CrosslayerError("this CrossFitRidge is not fitted", "call fit(X, F, folds)")
+        n, d = check_2d("X", X)
+        if n != len(self.fold_ids_) or d != self.n_features_in_:
+            raise CrosslayerError(
+                f"X is {n}x{d}, the probes were fitted on {len(self.fold_ids_)}x"
+                f"{self.n_features_in_}",
+                "pass the same X that was fitted (out-of-fold predictions are per row)",
+            )
+        out = np.empty((n, self.coef_.shape[2]), dtype=np.float32)
+        x = np.asarray(X, dtype=np.float32)
+        for k in range(len(self.alpha_)):
+            rows = np.nonzero(self.fold_ids_ == k)[0]
+            xs = (x[rows] - self.x_mean_[k]) / self.x_scale_[k]
+            out[rows] = xs.astype(np.float32) @ self.coef_[k] + self.intercept_[k]
+        return out
+
+    def score(self, X: ArrayLike | None = None, F: ArrayLike | None = None) -> float:
+        """Mean out-of-fold R² over the features where it is defined (from the fit)."""
+        return float(np.nanmean(self.r2_))
+
+    # Products in float32 (X is centred), summed in float64 by row chunks.
+    def _gram(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(x.shape[1], x.shape[1], dtype=F64, device=x.device)
+        for r in row_chunks(len(x), self.chunk_size):
+            out += (x[r].T @ x[r]).double()
+        return out
+
+    def _cross(self, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(x.shape[1], f.shape[1], dtype=F64, device=x.device)
+        for r in row_chunks(len(x), self.chunk_size):
+            out += (x[r].T @ f[r]).double()
+        return out
+
+    @staticmethod
+    def _project(
+        t: _Train, sy: torch.Tensor, sxy: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``Q = Vᵀ Cxf`` (standardised, centred) and the targets' means on training set t."""
+        nu = sy[t.folds].sum(0) / t.n
+        h = sxy[t.folds].sum(0) - t.n * torch.outer(t.mean, nu)
+        return t.V.T @ (h / t.scale[:, None] / t.n), nu
+
+    @staticmethod
+    def _val_terms(
+        t: _Train,
+        nu: torch.Tensor,
+        n: float,
+        sx: torch.Tensor,
+        sy: torch.Tensor,
+        syy: torch.Tensor,
+        sxy: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validation ``H = Σ xs (f - ν)`` (standardised by t) and ``c = Σ (f - ν)²``."""
+        mu = t.mean
+        h = sxy - torch.outer(sx, nu) - torch.outer(mu, sy) + n * torch.outer(mu, nu)
+        return h / t.scale[:, None], syy - 2 * nu * sy + n * nu**2
+
+    def _sse_path(
+        self,
+        t: _Train,
+        M: torch.Tensor,
+        q: torch.Tensor,
+        nu: torch.Tensor,
+        n: float,
+        sx: torch.Tensor,
+        sy: torch.Tensor,
+        syy: torch.Tensor,
+        sxy: torch.Tensor,
+        alphas: np.ndarray,
+    ) -> torch.Tensor:
+        """Validation SSE ``[n_alphas, c]`` of the fits on t for every alpha and feature."""
+        h, c = self._val_terms(t, nu, n, sx, sy, syy, sxy)
+        a = q * (t.V.T @ h)  # [d, c]
+        out = torch.empty(len(alphas), q.shape[1], dtype=F64, device=q.device)
+        for ai, alpha in enumerate(alphas):
+            D = _inverse(t.evals + alpha)
+            dq = D[:, None] * q
+            # float64: SSE = c - 2a + quad cancels by ~1/(1-R²) for well-predicted features,
+            # and float32 rounding there was enough to swap neighbouring alphas.
+            quad = (dq * (M @ dq)).sum(0)
+            out[ai] = c - 2 * (D[:, None] * a).sum(0) + quad
+        return out
+
+    def _sse(
+        self,
+        t: _Train,
+        coef: torch.Tensor,
+        nu: torch.Tensor,
+        n: float,
+        sx: torch.Tensor,
+        sxx: torch.Tensor,
+        sy: torch.Tensor,
+        syy: torch.Tensor,
+        sxy: torch.Tensor,
+    ) -> torch.Tensor:
+        """Test-fold SSE per feature of coefficients ``coef`` (float64, from statistics)."""
+        g = t.centred_val(n, sx, sxx)
+        h, c = self._val_terms(t, nu, n, sx, sy, syy, sxy)
+        return (c - 2 * (coef * h).sum(0) + (coef * (g @ coef)).sum(0)).clamp(min=0.0)

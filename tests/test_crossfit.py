@@ -1,0 +1,323 @@
+"""Cross-fitted per-feature scores against scikit-learn, and the biases they remove."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, Ridge
+from sklearn.metrics import roc_auc_score
+from sklearn.preprocessing import StandardScaler
+
+from crosslayer.compare import token_determinedness
+from crosslayer.crossfit import (
+    REASONS,
+    CrossFitLogistic,
+    CrossFitRidge,
+    apply_rule,
+    auroc,
+    count_positives,
+    grouped_folds,
+    token_lookup_r2,
+)
+from crosslayer.crossfit.positives import DEAD, FEW_NEG_FIT, FEW_POS_FIT, FEW_POS_SCORE, OK
+from crosslayer.errors import CrosslayerError
+
+
+def _data(n: int, d: int, m: int, n_docs: int, seed: int):
+    """Uneven-scale X with an offset, documents, and sparse features of X plus noise."""
+    rng = np.random.default_rng(seed)
+    docs = rng.integers(0, n_docs, n)
+    x = (rng.normal(size=(n, d)) * np.linspace(0.5, 5, d) + 3).astype(np.float32)
+    signal = np.linspace(0.0, 2.0, m)
+    z = (x - 3) / np.linspace(0.5, 5, d) @ rng.normal(size=(d, m)) * signal
+    z += rng.normal(size=(n, m)) - rng.uniform(0.5, 2.0, m)
+    return x.astype(np.float64), np.where(z > 0, z, 0).astype(np.float32), docs
+
+
+def _balanced_log_likelihood(est, X, y):
+    """The inner-CV score: minus ½ (mean log loss of actives + mean log loss of inactives)."""
+    lp = est.predict_log_proba(X)
+    return 0.5 * lp[y, 1].mean() + 0.5 * lp[~y, 0].mean()
+
+
+# ---------------------------------------------------------------------------- folds
+
+
+def test_folds_are_by_document_cover_every_token_once_and_are_deterministic():
+    rng = np.random.default_rng(0)
+    docs = np.repeat(rng.permutation(300), rng.integers(1, 40, 300))
+    folds = grouped_folds(docs, 5, seed=3)
+    assert folds.shape == docs.shape and set(np.unique(folds)) == set(range(5))
+    for doc in np.unique(docs):  # no document in two folds
+        assert len(np.unique(folds[docs == doc])) == 1
+    sizes = np.bincount(folds)
+    assert sizes.max() - sizes.min() <= np.bincount(docs).max()  # balanced by tokens
+    np.testing.assert_array_equal(folds, grouped_folds(docs, 5, seed=3))
+    assert not np.array_equal(folds, grouped_folds(docs, 5, seed=4))
+    with pytest.raises(CrosslayerError, match="documents"):
+        grouped_folds(np.zeros(10), 2)
+
+
+# ---------------------------------------------------------------------------- ridge
+
+
+def test_ridge_alpha_and_out_of_fold_predictions_equal_a_sklearn_nested_cv():
+    x, f, docs = _data(700, 6, 5, 30, seed=1)
+    f[:, 4] = x[:, 0] * 3 + 0.01 * f[:, 4]  # nearly exact: SSE cancels most, alpha small
+    folds, K = grouped_folds(docs, 4, seed=0), 4
+    alphas = (1e-5, 1e-3, 1e-2, 0.1, 1.0, 10.0)
+    r = CrossFitRidge(alphas=alphas, feature_chunk=2).fit(x, f, folds)
+    oof = np.zeros(f.shape)
+    for k in range(K):
+        T = folds != k
+        for j in range(f.shape[1]):
+            sst = ((f[:, j] - f[:, j].mean()) ** 2).sum()
+            path = []
+            for a in alphas:
+                sse = 0.0
+                for i in set(range(K)) - {k}:
+                    tr, va = T & (folds != i), folds == i
+                    sc = StandardScaler().fit(x[tr])
+                    fit = Ridge(alpha=a * tr.sum()).fit(sc.transform(x[tr]), f[tr, j])
+                    sse += ((fit.predict(sc.transform(x[va])) - f[va, j]) ** 2).sum()
+                path.append(sse)
+            # Float32 products: the SSE path agrees to ~1e-8 of the feature's variance.
+            np.testing.assert_allclose(np.array(path) / sst, r.cv_sse_[k, :, j] / sst, atol=1e-6)
+            best = alphas[int(np.argmin(path))]
+            assert r.alpha_[k, j] == best
+            sc = StandardScaler().fit(x[T])
+            fit = Ridge(alpha=best * T.sum()).fit(sc.transform(x[T]), f[T, j])
+            np.testing.assert_allclose(r.coef_[k, :, j], fit.coef_, atol=1e-4)
+            oof[folds == k, j] = fit.predict(sc.transform(x[folds == k]))
+    pred = r.predict_oof(x)
+    np.testing.assert_allclose(pred, oof, atol=1e-4 * f.std())
+    f64 = f.astype(np.float64)
+    r2 = 1 - ((f64 - oof) ** 2).sum(0) / ((f64 - f64.mean(0)) ** 2).sum(0)
+    np.testing.assert_allclose(r.r2_, r2, atol=1e-6)
+    assert r.r2_[4] > 0.99 and len(np.unique(r.alpha_)) > 1  # alpha differs across features
+
+
+# ---------------------------------------------------------------------------- logistic
+
+
+@pytest.fixture(scope="module")
+def small_logistic():
+    x, f, docs = _data(600, 5, 4, 30, seed=2)
+    folds = grouped_folds(docs, 3, seed=0)
+    Cs = (0.001, 0.01, 0.1, 1.0)
+    probes = CrossFitLogistic(Cs=Cs, tol=1e-9, max_iter=1000, dtype="float64", feature_chunk=3)
+    return x, f, folds, Cs, probes.fit(x, f, folds)
+
+
+def test_logistic_equals_sklearn_at_convergence_and_chooses_logisticregressioncv_s_c(
+    small_logistic,
+):
+    x, f, folds, Cs, r = small_logistic
+    assert r.n_not_converged_ == 0 and r.converged_.all()
+    for k in range(3):
+        T = folds != k
+        xs = StandardScaler().fit_transform(x[T])
+        splits = [
+            (np.nonzero(folds[T] != i)[0], np.nonzero(folds[T] == i)[0]) for i in range(3) if i != k
+        ]
+        for j in range(f.shape[1]):
+            y = f[T, j] > 0
+            cv = LogisticRegressionCV(
+                Cs=list(Cs),
+                cv=splits,
+                class_weight="balanced",
+                scoring=_balanced_log_likelihood,
+                tol=1e-10,
+                max_iter=10_000,
+                l1_ratios=(0.0,),
+                use_legacy_attributes=False,
+            ).fit(xs, y)
+            assert r.C_[k, j] == pytest.approx(cv.C_)
+            np.testing.assert_allclose(-r.cv_loss_[k, :, j], cv.scores_.mean(0).ravel(), atol=1e-6)
+            lr = LogisticRegression(
+                C=r.C_[k, j], class_weight="balanced", tol=1e-10, max_iter=10_000
+            ).fit(xs, y)
+            np.testing.assert_allclose(r.coef_[k, j], lr.coef_[0], atol=1e-4)
+            assert r.intercept_[k, j] == pytest.approx(lr.intercept_[0], abs=1e-4)
+
+
+def test_logistic_out_of_fold_scores_use_training_thresholds(small_logistic):
+    x, f, folds, _, r = small_logistic
+    y = f > 0
+    z = np.empty(f.shape)
+    for k in range(3):
+        rows = folds == k
+        xs = (x[rows] - r.x_mean_[k]) / r.x_scale_[k]
+        z[rows] = xs @ r.coef_[k].T + r.intercept_[k] - r.threshold_[k]
+        # The threshold is the best training balanced accuracy, never worse than logit 0.
+        T = ~rows
+        zt = (x[T] - r.x_mean_[k]) / r.x_scale_[k] @ r.coef_[k].T + r.intercept_[k]
+        for j in range(f.shape[1]):
+            yt = y[T, j]
+            at = [0.5 * ((zt[yt, j] > c).mean() + (zt[~yt, j] <= c).mean()) for c in (0.0,)]
+            got = 0.5 * (
+                (zt[yt, j] > r.threshold_[k, j]).mean() + (zt[~yt, j] <= r.threshold_[k, j]).mean()
+            )
+            assert got >= at[0] - 1e-12
+    for j in range(f.shape[1]):
+        ba = 0.5 * ((z[y[:, j], j] > 0).mean() + (z[~y[:, j], j] <= 0).mean())
+        assert r.balanced_accuracy_[j] == pytest.approx(ba, abs=1e-6)
+        assert r.auroc_[j] == pytest.approx(roc_auc_score(y[:, j], z[:, j]), abs=1e-6)
+    assert r.auroc_[-1] > 0.8 > r.auroc_[0]  # signal grows with the feature index
+
+
+def test_a_feature_scores_the_same_alone_and_in_a_batch_of_64():
+    x, f, docs = _data(1500, 8, 64, 40, seed=3)
+    folds = grouped_folds(docs, 3, seed=0)
+    kw = {"Cs": (0.01, 1.0), "feature_chunk": 64}
+    batch = CrossFitLogistic(**kw).fit(x, f, folds)
+    assert batch.n_not_converged_ == 0
+    for j in (5, 40, 63):
+        alone = CrossFitLogistic(**kw).fit(x, f[:, j : j + 1], folds)
+        assert alone.balanced_accuracy_[0] == pytest.approx(batch.balanced_accuracy_[j], abs=1e-3)
+        assert alone.auroc_[0] == pytest.approx(batch.auroc_[j], abs=1e-3)
+        np.testing.assert_array_equal(alone.C_[:, 0], batch.C_[:, j])
+        np.testing.assert_allclose(alone.coef_[:, 0], batch.coef_[:, j], atol=1e-3)
+
+
+def test_features_that_do_not_converge_are_flagged_and_counted():
+    x, f, docs = _data(600, 5, 4, 30, seed=4)
+    folds = grouped_folds(docs, 3, seed=0)
+    r = CrossFitLogistic(Cs=(1.0,), max_iter=2, tol=1e-9).fit(x, f, folds)
+    assert (~r.converged_).sum() > 0 and r.n_not_converged_ == (~r.converged_).sum()
+    assert (r.n_iter_ <= 2).all()
+
+
+def test_repeated_rows_are_merged_exactly():
+    """X with few distinct rows (token embeddings): the same probes as without merging."""
+    rng = np.random.default_rng(5)
+    vocab = rng.normal(size=(30, 5)) * np.linspace(0.5, 5, 5)
+    tok, docs = rng.integers(0, 30, 900), rng.integers(0, 30, 900)
+    x = vocab[tok]
+    f = np.where(x @ rng.normal(size=(5, 3)) + rng.normal(size=(900, 3)) > 1, 1.0, 0.0)
+    folds = grouped_folds(docs, 3, seed=0)
+    kw = {"Cs": (0.1, 1.0), "tol": 1e-9, "dtype": "float64"}
+    merged = CrossFitLogistic(**kw).fit(x, f, folds)
+    plain = CrossFitLogistic(merge_rows=False, **kw).fit(x, f, folds)
+    np.testing.assert_allclose(merged.coef_, plain.coef_, atol=1e-6)
+    np.testing.assert_allclose(merged.auroc_, plain.auroc_, atol=1e-9)
+    np.testing.assert_allclose(merged.balanced_accuracy_, plain.balanced_accuracy_, atol=1e-9)
+
+
+def test_vectorised_auroc_matches_sklearn_with_ties():
+    import torch
+
+    rng = np.random.default_rng(6)
+    z = rng.integers(0, 5, size=(300, 4)).astype(float)
+    y = rng.random((300, 4)) < 0.3
+    got = auroc(torch.as_tensor(z), torch.as_tensor(y)).numpy()
+    np.testing.assert_allclose(got, [roc_auc_score(y[:, j], z[:, j]) for j in range(4)], atol=1e-12)
+
+
+# ---------------------------------------------------------------------------- null and tokens
+
+
+def test_null_features_score_chance_out_of_fold_while_in_sample_eta2_is_biased():
+    """Features independent of X and of the token: out of fold they score ~0.5 balanced
+    accuracy and ~0 R²; in-sample eta squared on the same tokens is ~(G-1)/(N-1)."""
+    rng = np.random.default_rng(7)
+    n, d, m, G = 3000, 10, 24, 300
+    x = rng.normal(size=(n, d))
+    docs, tok = rng.integers(0, 60, n), rng.integers(0, G, n)
+    f = np.where(rng.random((n, m)) < 0.1, rng.exponential(size=(n, m)), 0.0)
+    folds = grouped_folds(docs, 4, seed=0)
+    logit = CrossFitLogistic(Cs=(0.01, 1.0)).fit(x, f, folds)
+    assert abs(np.mean(logit.balanced_accuracy_) - 0.5) < 0.02
+    assert abs(np.mean(logit.auroc_) - 0.5) < 0.02
+    ridge = CrossFitRidge().fit(x, f, folds)
+    assert -0.02 < np.mean(ridge.r2_) <= 0.002
+    eta2 = token_determinedness(tok, f)
+    bias = (G - 1) / (n - 1)  # ~0.1: what a token-independent feature gets in sample
+    assert np.mean(eta2) == pytest.approx(bias, rel=0.15)
+    lookup = token_lookup_r2(tok, f, folds, n_permutations=3)
+    assert -0.02 < np.mean(lookup.r2) <= 0.005
+    # Observed and permuted are exchangeable under the null: the same level.
+    assert abs(np.mean(lookup.r2) - np.mean(lookup.null_r2)) < 0.005
+    assert np.mean(lookup.r2 <= lookup.null_level + 0.005) > 0.9
+
+
+def test_a_token_determined_feature_gets_its_true_share():
+    rng = np.random.default_rng(8)
+    n, G = 4000, 40
+    tok, docs = rng.integers(0, G, n), rng.integers(0, 80, n)
+    g = rng.normal(size=G) * 2
+    f = np.stack(
+        [g[tok] + 0.1 * rng.normal(size=n), g[tok] + 2.0 * rng.normal(size=n), rng.normal(size=n)],
+        1,
+    )
+    share = np.var(g[tok]) / f.var(0)  # [~1, ~0.5, ~0]
+    folds = grouped_folds(docs, 5, seed=1)
+    res = token_lookup_r2(tok, f, folds, n_permutations=2)
+    np.testing.assert_allclose(res.r2[:2], share[:2], atol=0.03)
+    assert abs(res.r2[2]) < 0.02 and res.r2[1] > res.null_level[1] + 0.3
+    assert np.isinf(res.strength[:, 2]).mean() >= 0.4  # pure noise: shrunk to the mean
+    assert (res.strength[:, 0] <= 1.0).all()  # nearly exact: little shrinkage
+
+
+# ---------------------------------------------------------------------------- positives
+
+
+def test_minimum_positives_rule_excludes_and_counts_per_reason():
+    rng = np.random.default_rng(9)
+    n = 2000
+    folds = grouped_folds(rng.integers(0, 50, n), 4, seed=0)
+    f = np.zeros((n, 5), dtype=np.float32)
+    f[rng.random(n) < 0.3, 0] = 1.0  # ~600 active: ok
+    f[rng.choice(n, 60, replace=False), 1] = 1.0  # 60 active: too few to fit (< 100 per T_k)
+    f[folds == 0, 2] = 1.0  # active only in fold 0: dead in T_0, the folds that score fold 0
+    f[:, 3] = 1.0
+    f[rng.choice(n, 50, replace=False), 3] = 0.0  # almost always active: few inactive
+    f[rng.random(n) < 0.5, 4] = 1.0
+    pc = count_positives(f, folds, min_fit=100, min_score=20)
+    assert list(pc.status) == [OK, FEW_POS_FIT, DEAD, FEW_NEG_FIT, OK]
+    assert pc.alive.tolist() == [True, True, False, True, True]
+    assert pc.excluded == {
+        DEAD: 1,
+        FEW_POS_FIT: 1,
+        FEW_NEG_FIT: 1,
+        FEW_POS_SCORE: 0,
+        REASONS[-1]: 0,
+    }
+    np.testing.assert_array_equal(pc.n_pos, (f > 0).sum(0))
+    np.testing.assert_array_equal(pc.n_pos_train[1], ((f > 0) & (folds != 1)[:, None]).sum(0))
+    # Too few to score but enough to fit needs min_score > what fitting implies: given counts.
+    pc = apply_rule(
+        n_pos_train=np.array([[0, 150, 150], [200, 150, 150]]),
+        n_train=np.array([1000, 1000]),
+        n_pos=np.array([200, 15, 150]),
+        n=2000,
+        min_fit=100,
+        min_score=20,
+    )
+    assert list(pc.status) == [DEAD, FEW_POS_SCORE, OK]
+    assert pc.excluded == {r: int(r in (DEAD, FEW_POS_SCORE)) for r in REASONS}
+    assert pc.alive.tolist() == [False, True, True]
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (
+            lambda: CrossFitRidge(alphas=()).fit(np.ones((4, 2)), np.ones((4, 1)), [0, 0, 1, 1]),
+            "alphas",
+        ),
+        (
+            lambda: CrossFitLogistic(Cs=(0.0,)).fit(np.ones((4, 2)), np.ones((4, 1)), [0, 0, 1, 1]),
+            "Cs",
+        ),
+        (lambda: CrossFitRidge().fit(np.ones((4, 2)), np.ones((3, 1)), [0, 0, 1, 1]), "rows"),
+        (lambda: CrossFitRidge().fit(np.ones((4, 2)), np.ones((4, 1)), [0, 0, 2, 2]), "K-1"),
+        (
+            lambda: token_lookup_r2([1, 2, 3], np.ones((3, 1)), [0, 1, 1], strengths=(-1.0,)),
+            "strengths",
+        ),
+    ],
+)
+def test_bad_input_is_one_clear_error(call, match):
+    with pytest.raises(CrosslayerError, match=match):
+        call()
