@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -273,6 +273,56 @@ def collect(
     shards are kept) or returns the finished store. If the corpus has fewer sample tokens
     than ``n_tokens``, the store holds all of them and a warning says so.
     """
+    hooks = _check_inputs(model, hooks, dtype, n_tokens, batch_size, shard_tokens)
+    corpus, contexts = _open_contexts(model, corpus, text_field, context_len, heldout_frac, seed)
+    start = _new_manifest(
+        model,
+        hooks,
+        corpus,
+        n_tokens=n_tokens,
+        context_len=context_len,
+        heldout_frac=heldout_frac,
+        seed=seed,
+        dtype=dtype,
+        shard_tokens=shard_tokens,
+    )
+    run = _open_collection(Path(out), start)
+    if run.finished:
+        return open_store(run.path)
+    todo = _shards_to_do(run, _plan(contexts, n_tokens, shard_tokens))
+    error: Exception | None = None
+    try:
+        _collect_shards(run, model, hooks, todo, n_tokens, batch_size, dtype, progress)
+    except Exception as e:  # a one-line error on one rank must end every rank
+        error = e
+    distributed.raise_if_any_failed(error)
+    _finish_manifest(run, n_tokens, corpus.name)
+    distributed.barrier()  # the other ranks open the store once the manifest is final
+    return open_store(run.path)
+
+
+@dataclass
+class _Collection:
+    """A collection under way: its store, its manifest and this process's share of it."""
+
+    path: Path
+    manifest: dict[str, Any]  # rank 0's copy is the one on disk
+    present: list[dict[str, Any]]  # entries of the shards already in the store at the start
+    finished: bool  # complete, every shard present: nothing to do
+    rank: int
+    world: int
+    mine: list[dict[str, Any]] = field(default_factory=list)  # entries of shards this rank wrote
+
+
+def _check_inputs(
+    model: LoadedModel,
+    hooks: Sequence[str],
+    dtype: StoreDtype,
+    n_tokens: int,
+    batch_size: int,
+    shard_tokens: int,
+) -> list[str]:
+    """Refuse bad settings before anything is loaded or written; return the hook names."""
     hooks = model.validate_hooks(hooks)
     if dtype not in ("float32", "float16"):
         raise CrosslayerError(f"unknown store dtype {dtype!r}", "use float32 or float16")
@@ -283,6 +333,18 @@ def collect(
             )
     if shard_tokens < 1:
         raise CrosslayerError(f"shard_tokens must be >= 1, got {shard_tokens}", "use e.g. 16384")
+    return hooks
+
+
+def _open_contexts(
+    model: LoadedModel,
+    corpus: str | Corpus,
+    text_field: str,
+    context_len: int,
+    heldout_frac: float,
+    seed: int,
+) -> tuple[Corpus, Iterator[Context]]:
+    """The corpus and its deterministic context stream, checked to give at least one context."""
     if isinstance(corpus, str):
         corpus = load_corpus(corpus, text_field=text_field)
     contexts = iter_contexts(
@@ -294,7 +356,22 @@ def collect(
             f"corpus {corpus.name!r} gives no contexts of at least a few tokens",
             "use a corpus with longer documents",
         )
+    return corpus, _chain(first, contexts)
 
+
+def _new_manifest(
+    model: LoadedModel,
+    hooks: list[str],
+    corpus: Corpus,
+    *,
+    n_tokens: int,
+    context_len: int,
+    heldout_frac: float,
+    seed: int,
+    dtype: StoreDtype,
+    shard_tokens: int,
+) -> dict[str, Any]:
+    """The manifest of a store that has no shards yet (docs/store_format.md)."""
     # What defines the stored data; its hash decides whether an existing store can be resumed.
     config = {
         "model": model.identity,
@@ -307,8 +384,7 @@ def collect(
         "dtype": dtype,
         "shard_tokens": shard_tokens,
     }
-    path = Path(out)
-    start = {
+    return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "complete": False,
@@ -322,67 +398,102 @@ def collect(
         "shards": [],
         "versions": versions(),
     }
+
+
+def _open_collection(path: Path, start: dict[str, Any]) -> _Collection:
+    """Start the store at ``path`` or resume it (its manifest is written before any work)."""
     rank, world = distributed.rank(), distributed.world_size()
     # Under torchrun, rank 0 alone starts or resumes the store (and removes temp dirs of a
     # killed run) while the others wait, so no rank's fresh temp dir is ever swept away.
     opened = distributed.on_rank_0(_open_or_start, path, start)
     manifest = read_manifest(path) if opened is None else opened
-
     # A shard deleted after the fact (say, reported damaged by `crosslayer verify`) is redone.
     present = [s for s in manifest["shards"] if (path / s["name"]).is_dir()]
-    if manifest["complete"] and len(present) == len(manifest["shards"]):
-        return open_store(path)
-    manifest.update(shards=present, complete=False)
-    done = {s["name"] for s in present}
-    mine: list[dict[str, Any]] = []  # entries of the shards this rank wrote
-    bar = _progress_bar(progress and rank == 0)
-    error: Exception | None = None
-    try:
-        with bar, torch.inference_mode():
-            task = bar.add_task(
-                "collecting" if world == 1 else f"collecting (rank 0 of {world})",
-                total=n_tokens if world == 1 else math.ceil(n_tokens / world),
-                completed=sum(s["n_tokens"] for s in present) // world,
-            )
-            plan = _plan(_chain(first, contexts), n_tokens, shard_tokens)
-            for index, pieces in enumerate(plan):
-                if index % world != rank or shard_name(index) in done:
-                    continue
-                arrays = _run_shard(model, hooks, pieces, batch_size=batch_size, dtype=dtype)
-                mine.append(write_shard(path, index, arrays))
-                del arrays
-                # Weights memory-mapped from the model file (Gemma's 640 MB embedding table)
-                # page in row by row as new tokens appear: give those pages back after every
-                # shard, or the RSS grows with the number of distinct tokens seen (issue 2).
-                release_module_pages(model.model)
-                if rank == 0:  # only rank 0 writes the manifest; others' shards join at the end
-                    manifest["shards"] = sorted([*manifest["shards"], mine[-1]], key=_name)
-                    write_manifest(path, manifest)
-                bar.advance(task, mine[-1]["n_tokens"])
-    except Exception as e:  # a one-line error on one rank must end every rank
-        error = e
-    distributed.raise_if_any_failed(error)
+    finished = manifest["complete"] and len(present) == len(manifest["shards"])
+    if not finished:
+        manifest.update(shards=present, complete=False)
+    return _Collection(path, manifest, present, finished, rank, world)
 
-    written = [e for entries in distributed.all_gather_object(mine) for e in entries]
-    shards = sorted({s["name"]: s for s in [*present, *written]}.values(), key=_name)
+
+def _shards_to_do(
+    run: _Collection, plan: Iterable[list[_Piece]]
+) -> Iterator[tuple[int, list[_Piece]]]:
+    """The shards (index, pieces) of ``plan`` this rank owns (round-robin) and has not stored.
+
+    The whole plan is walked, since a shard's pieces depend on every shard before it.
+    """
+    done = {s["name"] for s in run.present}
+    for index, pieces in enumerate(plan):
+        if index % run.world == run.rank and shard_name(index) not in done:
+            yield index, pieces
+
+
+def _collect_shards(
+    run: _Collection,
+    model: LoadedModel,
+    hooks: list[str],
+    todo: Iterable[tuple[int, list[_Piece]]],
+    n_tokens: int,
+    batch_size: int,
+    dtype: StoreDtype,
+    progress: bool,
+) -> None:
+    """Compute and store every shard in ``todo``, with a progress bar on rank 0."""
+    bar = _progress_bar(progress and run.rank == 0)
+    with bar, torch.inference_mode():
+        task = bar.add_task(
+            "collecting" if run.world == 1 else f"collecting (rank 0 of {run.world})",
+            total=n_tokens if run.world == 1 else math.ceil(n_tokens / run.world),
+            completed=sum(s["n_tokens"] for s in run.present) // run.world,
+        )
+        for index, pieces in todo:
+            entry = _store_shard(run, model, hooks, index, pieces, batch_size, dtype)
+            bar.advance(task, entry["n_tokens"])
+
+
+def _store_shard(
+    run: _Collection,
+    model: LoadedModel,
+    hooks: list[str],
+    index: int,
+    pieces: list[_Piece],
+    batch_size: int,
+    dtype: StoreDtype,
+) -> dict[str, Any]:
+    """Run one shard, write it atomically, then list it in the manifest; return its entry."""
+    arrays = _run_shard(model, hooks, pieces, batch_size=batch_size, dtype=dtype)
+    run.mine.append(write_shard(run.path, index, arrays))
+    del arrays
+    # Weights memory-mapped from the model file (Gemma's 640 MB embedding table) page in
+    # row by row as new tokens appear: give those pages back after every shard, or the RSS
+    # grows with the number of distinct tokens seen (issue 2).
+    release_module_pages(model.model)
+    if run.rank == 0:  # only rank 0 writes the manifest; others' shards join at the end
+        run.manifest["shards"] = sorted([*run.manifest["shards"], run.mine[-1]], key=_name)
+        write_manifest(run.path, run.manifest)
+    return run.mine[-1]
+
+
+def _finish_manifest(run: _Collection, n_tokens: int, corpus_name: str) -> None:
+    """Gather every rank's shards and, on rank 0, write the complete manifest."""
+    written = [e for entries in distributed.all_gather_object(run.mine) for e in entries]
+    shards = sorted({s["name"]: s for s in [*run.present, *written]}.values(), key=_name)
     stored = sum(s["n_tokens"] for s in shards)
-    if rank == 0:
+    if run.rank == 0:
         if stored < n_tokens:
             warnings.warn(
-                f"corpus {corpus.name!r} has only {stored:,} sample tokens; the store holds "
+                f"corpus {corpus_name!r} has only {stored:,} sample tokens; the store holds "
                 f"all of them instead of {n_tokens:,}",
-                stacklevel=2,
+                stacklevel=3,  # the caller of collect()
             )
-        manifest.update(
+        run.manifest.update(
             shards=shards,
             complete=True,
             n_tokens=stored,
             n_shards=len(shards),
             corpus_exhausted=stored < n_tokens,
         )
-        write_manifest(path, manifest)
-    distributed.barrier()  # the other ranks open the store once the manifest is final
-    return open_store(path)
+        write_manifest(run.path, run.manifest)
 
 
 def _name(entry: dict[str, Any]) -> str:
