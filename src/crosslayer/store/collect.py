@@ -273,30 +273,32 @@ def collect(
     shards are kept) or returns the finished store. If the corpus has fewer sample tokens
     than ``n_tokens``, the store holds all of them and a warning says so.
     """
-    hooks = _check_inputs(model, hooks, dtype, n_tokens, batch_size, shard_tokens)
-    corpus, contexts = _open_contexts(model, corpus, text_field, context_len, heldout_frac, seed)
-    start = _new_manifest(
-        model,
-        hooks,
-        corpus,
-        n_tokens=n_tokens,
-        context_len=context_len,
-        heldout_frac=heldout_frac,
-        seed=seed,
-        dtype=dtype,
+    hooks = _check_inputs(
+        model, hooks, dtype=dtype, n_tokens=n_tokens, batch_size=batch_size,
         shard_tokens=shard_tokens,
-    )
+    )  # fmt: skip
+    corpus, contexts = _open_contexts(
+        model, corpus, text_field=text_field, context_len=context_len,
+        heldout_frac=heldout_frac, seed=seed,
+    )  # fmt: skip
+    start = _new_manifest(
+        model, hooks, corpus, n_tokens=n_tokens, context_len=context_len,
+        heldout_frac=heldout_frac, seed=seed, dtype=dtype, shard_tokens=shard_tokens,
+    )  # fmt: skip
     run = _open_collection(Path(out), start)
-    if run.finished:
+    if run.finished:  # a rerun of a finished collection: nothing to compute
         return open_store(run.path)
     todo = _shards_to_do(run, _plan(contexts, n_tokens, shard_tokens))
     error: Exception | None = None
     try:
-        _collect_shards(run, model, hooks, todo, n_tokens, batch_size, dtype, progress)
+        _collect_shards(
+            run, model, hooks, todo, n_tokens=n_tokens, batch_size=batch_size, dtype=dtype,
+            progress=progress,
+        )  # fmt: skip
     except Exception as e:  # a one-line error on one rank must end every rank
         error = e
     distributed.raise_if_any_failed(error)
-    _finish_manifest(run, n_tokens, corpus.name)
+    _finish_manifest(run, n_tokens=n_tokens, corpus_name=corpus.name)
     distributed.barrier()  # the other ranks open the store once the manifest is final
     return open_store(run.path)
 
@@ -317,6 +319,7 @@ class _Collection:
 def _check_inputs(
     model: LoadedModel,
     hooks: Sequence[str],
+    *,
     dtype: StoreDtype,
     n_tokens: int,
     batch_size: int,
@@ -339,6 +342,7 @@ def _check_inputs(
 def _open_contexts(
     model: LoadedModel,
     corpus: str | Corpus,
+    *,
     text_field: str,
     context_len: int,
     heldout_frac: float,
@@ -433,6 +437,7 @@ def _collect_shards(
     model: LoadedModel,
     hooks: list[str],
     todo: Iterable[tuple[int, list[_Piece]]],
+    *,
     n_tokens: int,
     batch_size: int,
     dtype: StoreDtype,
@@ -447,7 +452,9 @@ def _collect_shards(
             completed=sum(s["n_tokens"] for s in run.present) // run.world,
         )
         for index, pieces in todo:
-            entry = _store_shard(run, model, hooks, index, pieces, batch_size, dtype)
+            entry = _store_shard(
+                run, model, hooks, index, pieces, batch_size=batch_size, dtype=dtype
+            )
             bar.advance(task, entry["n_tokens"])
 
 
@@ -457,6 +464,7 @@ def _store_shard(
     hooks: list[str],
     index: int,
     pieces: list[_Piece],
+    *,
     batch_size: int,
     dtype: StoreDtype,
 ) -> dict[str, Any]:
@@ -474,7 +482,7 @@ def _store_shard(
     return run.mine[-1]
 
 
-def _finish_manifest(run: _Collection, n_tokens: int, corpus_name: str) -> None:
+def _finish_manifest(run: _Collection, *, n_tokens: int, corpus_name: str) -> None:
     """Gather every rank's shards and, on rank 0, write the complete manifest."""
     written = [e for entries in distributed.all_gather_object(run.mine) for e in entries]
     shards = sorted({s["name"]: s for s in [*run.present, *written]}.values(), key=_name)
