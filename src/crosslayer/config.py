@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import tomllib
 import yaml
@@ -29,6 +29,7 @@ from crosslayer.provenance import config_hash
 from crosslayer.rules import check_alphas, check_sae_lr, check_sae_sparsity, check_steps
 
 ProfileName = Literal["default", "quick"]
+M = TypeVar("M", bound=BaseModel)
 
 
 class _Section(BaseModel):
@@ -359,13 +360,14 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def _describe(error: ValidationError) -> CrosslayerError:
-    """The first pydantic error as one line naming the dotted key."""
+def _describe(error: ValidationError, root: type[BaseModel] | None = None) -> CrosslayerError:
+    """The first pydantic error of a ``root`` model (default :class:`RunConfig`) as one line
+    naming the dotted key."""
     err = error.errors()[0]
     key = ".".join(str(p) for p in err["loc"]) or "config"
     if err["type"] == "extra_forbidden":
         section = ".".join(str(p) for p in err["loc"][:-1])
-        model: type[BaseModel] = RunConfig
+        model: type[BaseModel] = root or RunConfig
         for part in err["loc"][:-1]:
             annotation = model.model_fields[str(part)].annotation
             assert isinstance(annotation, type) and issubclass(annotation, BaseModel)
@@ -374,9 +376,11 @@ def _describe(error: ValidationError) -> CrosslayerError:
         where = f" in section {section!r}" if section else ""
         return CrosslayerError(f"unknown config key {key!r}{where}", f"valid keys: {valid}")
     got = err.get("input")
+    see = "see `crosslayer init` for every key with its meaning"
+    if root is not None and root is not RunConfig:
+        see = f"every key of {root.__name__} has a description"
     return CrosslayerError(
-        f"config key {key!r}: {err['msg']} (got {got!r})",
-        "fix the value (see `crosslayer init` for every key with its meaning)",
+        f"config key {key!r}: {err['msg']} (got {got!r})", f"fix the value ({see})"
     )
 
 
@@ -401,6 +405,24 @@ def build_config(
         return RunConfig.model_validate(merged)
     except ValidationError as e:
         raise _describe(e) from e
+
+
+def load_config(
+    model: type[M], file: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> M:
+    """Any command's config model (``RunConfig``, ``CollectConfig``, ``SAETrainConfig``,
+    ``LayersConfig`` ...) from a YAML/TOML file, then ``overrides`` (nested dict; None =
+    unset). The one loader for all of them: an unknown key or a bad value is one
+    :class:`CrosslayerError` naming the key. ``RunConfig`` goes through :func:`build_config`
+    (its profiles)."""
+    if model is RunConfig:
+        return build_config(None, file, overrides)  # type: ignore[return-value]
+    from_file = read_config_file(file) if file is not None else {}
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    try:
+        return model.model_validate(deep_merge(from_file, overrides))
+    except ValidationError as e:
+        raise _describe(e, model) from e
 
 
 def profile_config(name: str = "default") -> RunConfig:

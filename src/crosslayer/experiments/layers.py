@@ -21,7 +21,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from crosslayer.errors import CrosslayerError
 from crosslayer.experiments.output import heatmap, write_results
@@ -44,14 +44,29 @@ DEFAULT_PROMPTS = (
 
 
 class LayersConfig(BaseModel):
+    """What ``crosslayer layers`` computed (its ``results.json`` "config")."""
+
     model_config = ConfigDict(extra="forbid")
-    prompts: list[str]
-    layers: list[int]
-    sae_on_residual: bool = False
-    store: str | None = None
-    depth_source: str = "hook_embed"
-    max_tokens: int = 4096
-    seed: int = 0
+    prompts: list[str] = Field(description="Prompts of the cosine maps (repeatable)")
+    layers: list[int] = Field(
+        description="Blocks, e.g. 0,6,12 or 0-17 on the command line (default all)"
+    )
+    sae_on_residual: bool = Field(
+        default=False,
+        description="Study B's choice: feed SAEs the residual stream, whatever hook they were "
+        "trained on (warned)",
+    )
+    store: str | None = Field(default=None, description="Store for corpus CKA + depth curve")
+    depth_source: str = Field(
+        default="hook_embed", description="Hook the depth curve predicts every layer from"
+    )
+    max_tokens: int = Field(
+        default=4096,
+        ge=2,
+        description="Tokens for corpus CKA (a seeded sample of the store: CKA needs the "
+        "tokens x tokens Gram matrix)",
+    )
+    seed: int = Field(default=0, description="Seed of the corpus CKA token sample")
 
 
 @dataclass

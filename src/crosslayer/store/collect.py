@@ -61,19 +61,36 @@ class CollectConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = DEFAULT_MODEL
-    hooks: list[str]
-    corpus: str = "builtin:wiki"
-    tokens: int = Field(gt=0, description="number of sample tokens to store")
-    out: Path
-    context_len: int = Field(128, ge=2)
-    dtype: StoreDtype = "float32"
-    batch_size: int = Field(8, gt=0)
-    heldout_frac: float = Field(0.1, ge=0.0, le=1.0)
-    seed: int = 0
-    device: str = "auto"
-    text_field: str = "text"
-    shard_tokens: int = Field(SHARD_TOKENS, gt=0)
+    model: str = Field(
+        default=DEFAULT_MODEL, description="Model alias, .gguf file, saved directory or HF id"
+    )
+    hooks: list[str] = Field(
+        description="Hook names (TransformerLens) to store, e.g. hook_embed and "
+        "blocks.12.hook_resid_post; comma-separated on the command line",
+    )
+    corpus: str = Field(
+        default="builtin:wiki",
+        description="builtin:wiki, builtin:news, a file/dir, or hf:PATH",
+    )
+    tokens: int = Field(gt=0, description="Sample tokens to store (BOS/pad/special excluded)")
+    out: Path = Field(description="Store directory (created; resumed if it exists)")
+    context_len: int = Field(default=128, ge=2, description="Tokens per context, BOS included")
+    dtype: StoreDtype = Field(
+        default="float32", description="Stored dtype: float32 or float16 (half the disk)"
+    )
+    batch_size: int = Field(default=8, gt=0, description="Contexts per forward pass")
+    heldout_frac: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=1.0,
+        description="Fraction of documents held out (split by document, seeded)",
+    )
+    seed: int = Field(default=0, description="Seed of the train/held-out document split")
+    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
+    text_field: str = Field(default="text", description="Text column of a jsonl/parquet/HF corpus")
+    shard_tokens: int = Field(
+        default=SHARD_TOKENS, gt=0, description="Tokens per shard (the unit of resume)"
+    )
 
     @model_validator(mode="after")
     def _some_train_tokens(self) -> CollectConfig:
