@@ -21,7 +21,6 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from rich.progress import track
 
 from crosslayer.errors import CrosslayerError
@@ -31,8 +30,8 @@ from crosslayer.experiments.reps import SaeSpec, check_layers, sae_sites, sequen
 from crosslayer.experiments.similarity import cosine_matrix, paired_cosine
 from crosslayer.model import LoadedModel
 from crosslayer.provenance import versions
+from crosslayer.stage_configs import BUILTIN, ContrastConfig
 
-BUILTIN = "builtin"  # the project's own 68 triples, src/crosslayer/data/contrast_triples.jsonl
 _ALIASES = {"direct": ("direct", "answer_narrow"), "evasive": ("evasive", "answer_tricked")}
 
 
@@ -43,33 +42,6 @@ class ContrastItem:
     direct: str
     evasive: str
     kind: str | None = None  # deflection | generality | topic_change, where tagged
-
-
-class ContrastConfig(BaseModel):
-    """What ``crosslayer contrast`` computed (its ``results.json`` "config")."""
-
-    model_config = ConfigDict(extra="forbid")
-    items: str = Field(
-        default=BUILTIN, description="builtin (68 shipped triples), or a .json / .jsonl file"
-    )
-    layers: list[int] | None = Field(
-        default=None, description="Blocks, e.g. 0,6,12 or 0-17 (default all)"
-    )
-    sae_on_residual: bool = Field(
-        default=False,
-        description="Study B's choice: feed SAEs the residual stream, whatever hook they were "
-        "trained on (warned)",
-    )
-    alpha: float = Field(
-        default=0.05,
-        gt=0.0,
-        lt=1.0,
-        description="Significance level (Benjamini-Hochberg across layers)",
-    )
-    n_resamples: int = Field(
-        default=2000, ge=1, description="Bootstrap resamples of each confidence interval"
-    )
-    seed: int = Field(default=0, description="Seed of the bootstrap and CV folds")
 
 
 # --------------------------------------------------------------------------------------------

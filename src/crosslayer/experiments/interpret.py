@@ -20,7 +20,6 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from crosslayer.errors import CrosslayerError
 from crosslayer.experiments.latents import LatentInfo, PromotedTokens, describe, to_html
@@ -32,34 +31,7 @@ from crosslayer.model import LoadedModel, parse_hook
 from crosslayer.model.hooks import decoder_layers
 from crosslayer.model.hooks import site as hook_site
 from crosslayer.provenance import versions
-
-
-class InterpretConfig(BaseModel):
-    """What ``crosslayer interpret`` computed (its ``results.json`` "config")."""
-
-    model_config = ConfigDict(extra="forbid")
-    facts: str = Field(description="PARAREL file, e.g. data_nm.json")
-    relation: str | None = Field(
-        default=None, description="PARAREL relation, e.g. P101 (default: all)"
-    )
-    n_groups: int | None = Field(
-        default=100, ge=1, description="First N fact groups (null: all of them)"
-    )
-    layers: list[int] = Field(description="Blocks with an SAE (default: all given)")
-    top_k: int = Field(default=10, ge=1, description="Latents shown per fact group")
-    before: bool = Field(default=False, description="Also read the token before the answer")
-    promote_k: int = Field(
-        default=20,
-        ge=1,
-        description="A top latent promotes the answer if an answer token is among the "
-        "promote_k tokens its decoder direction promotes most (through the unembedding)",
-    )
-    sae_on_residual: bool = Field(
-        default=False,
-        description="Study B's choice: feed SAEs the residual stream, whatever hook they were "
-        "trained on (warned)",
-    )
-    store: str | None = Field(default=None, description="Store for top-activating contexts")
+from crosslayer.stage_configs import InterpretConfig
 
 
 def answer_position(model: LoadedModel, fact: Fact) -> tuple[list[int], int]:

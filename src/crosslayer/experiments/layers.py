@@ -21,7 +21,6 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from crosslayer.errors import CrosslayerError
 from crosslayer.experiments.output import heatmap, write_results
@@ -36,37 +35,12 @@ from crosslayer.experiments.reps import (
 from crosslayer.experiments.similarity import cka_matrix, cosine_matrix
 from crosslayer.model import LoadedModel
 from crosslayer.provenance import versions
+from crosslayer.stage_configs import LayersConfig
 
 DEFAULT_PROMPTS = (
     "The capital of France is Paris, and the capital of Italy is Rome.",
     "She poured the hot water over the tea leaves and waited three minutes.",
 )
-
-
-class LayersConfig(BaseModel):
-    """What ``crosslayer layers`` computed (its ``results.json`` "config")."""
-
-    model_config = ConfigDict(extra="forbid")
-    prompts: list[str] = Field(description="Prompts of the cosine maps (repeatable)")
-    layers: list[int] = Field(
-        description="Blocks, e.g. 0,6,12 or 0-17 on the command line (default all)"
-    )
-    sae_on_residual: bool = Field(
-        default=False,
-        description="Study B's choice: feed SAEs the residual stream, whatever hook they were "
-        "trained on (warned)",
-    )
-    store: str | None = Field(default=None, description="Store for corpus CKA + depth curve")
-    depth_source: str = Field(
-        default="hook_embed", description="Hook the depth curve predicts every layer from"
-    )
-    max_tokens: int = Field(
-        default=4096,
-        ge=2,
-        description="Tokens for corpus CKA (a seeded sample of the store: CKA needs the "
-        "tokens x tokens Gram matrix)",
-    )
-    seed: int = Field(default=0, description="Seed of the corpus CKA token sample")
 
 
 @dataclass

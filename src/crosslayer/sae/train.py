@@ -30,10 +30,9 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -50,102 +49,7 @@ from crosslayer.fs import atomic_dir, atomic_write_json
 from crosslayer.provenance import config_hash, versions
 from crosslayer.rules import check_sae_lr, check_sae_sparsity, check_steps
 from crosslayer.sae.data import Source, as_source, batches
-
-
-class SAETrainConfig(BaseModel):
-    """How to train an SAE. Unknown keys are an error (``extra="forbid"``).
-
-    The ranges of ``width``, ``target_l0``, ``batch_size``, ``epochs``, ``lr`` ... are
-    checked by :func:`check_train_config` (shared rules with ``crosslayer run``, one-line
-    errors), the others by the fields themselves.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    arch: Literal["jumprelu", "topk"] = Field(
-        default="jumprelu",
-        description="SAE architecture: jumprelu (Gemma Scope's) or topk (L0 is exactly k)",
-    )
-    width: int = Field(default=4096, description="Number of latents")
-    target_l0: float | None = Field(
-        default=64,
-        description="Target L0, active latents per token (TopK: k; JumpReLU: the Gemma Scope "
-        "2 quadratic loss pulls L0 towards it; null: the plain L0 penalty of Gemma Scope 1, "
-        "weighted by l0_coefficient)",
-    )
-    l0_coefficient: float = Field(
-        default=1.0, description="Weight of the JumpReLU sparsity loss in the total loss"
-    )
-    n_tokens: int | None = Field(
-        default=None,
-        ge=1,
-        description="Training tokens (overrides epochs; null: epochs x the tokens given)",
-    )
-    epochs: int = Field(default=3, description="Passes over the store's training tokens")
-    batch_size: int = Field(
-        default=1024,
-        description="Tokens per step (small: on CPU the budget is a few hundred steps, and the "
-        "threshold and b_enc need steps more than large batches; "
-        "benchmarks/results/sae_train.md)",
-    )
-    lr: float = Field(default=3e-3, description="Adam learning rate")
-    lr_warm_up_steps: int = Field(
-        default=0, ge=0, description="Steps of linear learning-rate warm-up from 0"
-    )
-    lr_decay_frac: float = Field(
-        default=0.2,
-        ge=0.0,
-        le=1.0,
-        description="Linear decay of the learning rate to 0 over this last fraction of steps",
-    )
-    l0_warm_up_frac: float = Field(
-        default=0.1,
-        ge=0.0,
-        le=1.0,
-        description="The L0 coefficient ramps up from 0 over this first fraction of steps",
-    )
-    jumprelu_init_threshold: float = Field(
-        default=0.1, gt=0, description="Initial JumpReLU threshold of every latent"
-    )
-    jumprelu_bandwidth: float = Field(
-        default=0.05,
-        gt=0,
-        description="Width of the kernel of the JumpReLU straight-through gradient estimator",
-    )
-    jumprelu_threshold_lr_scale: float = Field(
-        default=10.0,
-        description="The threshold's own learning rate, lr x this factor (an extra Adam "
-        "parameter group): Adam moves it by about lr per step while the pre-activations it "
-        "tracks grow much faster, so in a few hundred CPU steps L0 would overshoot",
-    )
-    jumprelu_ste_to_input: bool = Field(
-        default=False,
-        description="Also pass the straight-through gradient to the encoder (Anthropic's "
-        "variant: L0 reaches the target faster, but in our short runs most latents died); "
-        "false: DeepMind's JumpReLU, sae-lens's default",
-    )
-    normalize_activations: Literal["expected_average_only_in", "none"] = Field(
-        default="expected_average_only_in",
-        description="Scale inputs to E|x| = sqrt(d) (folded into the weights at the end), or none",
-    )
-    init_b_dec: Literal["mean", "zeros"] = Field(
-        default="mean",
-        description="b_dec starts at the mean activation (mean), or at 0 as in sae-lens (zeros)",
-    )
-    n_batches_for_norm_estimate: int = Field(
-        default=8, description="Batches read to estimate the normalisation scale"
-    )
-    dead_feature_window: int = Field(
-        default=200, description="Steps without firing before a latent counts as dead"
-    )
-    shuffle_buffer: int = Field(
-        default=2**17, ge=1, description="Tokens gathered and shuffled before batching"
-    )
-    n_checkpoints: int = Field(
-        default=4, ge=0, description="Checkpoints written during training (resume after a crash)"
-    )
-    seed: int = Field(default=0, description="Seed of the initial weights and data order")
-    device: str | None = Field(default=None, description="auto, cpu, cuda or cuda:N (null: auto)")
+from crosslayer.stage_configs import SAETrainConfig
 
 
 def check_train_config(cfg: SAETrainConfig) -> None:

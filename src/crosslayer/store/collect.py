@@ -16,11 +16,10 @@ import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rich.progress import (
     BarColumn,
     Progress,
@@ -35,8 +34,10 @@ from rich.text import Text
 from crosslayer import distributed, fs
 from crosslayer.corpus import Context, Corpus, iter_contexts, load_corpus
 from crosslayer.errors import ConfigMismatchError, CrosslayerError, DataError
-from crosslayer.model import DEFAULT_MODEL, LoadedModel, load_model
+from crosslayer.model import LoadedModel
 from crosslayer.provenance import config_hash, versions
+from crosslayer.stage_configs import SHARD_TOKENS, StoreDtype
+from crosslayer.stage_configs import CollectConfig as CollectConfig  # lives with the others
 from crosslayer.store.format import (
     FORMAT,
     FORMAT_VERSION,
@@ -49,79 +50,7 @@ from crosslayer.store.format import (
 from crosslayer.store.reader import ActivationStore, open_store
 from crosslayer.store.residency import release_module_pages
 
-StoreDtype = Literal["float32", "float16"]
 FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
-
-
-SHARD_TOKENS = 16384  # tokens per shard: one shard's activations fit in memory while written
-
-
-class CollectConfig(BaseModel):
-    """Everything ``crosslayer collect`` takes, as a config object (mirrors the CLI flags)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str = Field(
-        default=DEFAULT_MODEL, description="Model alias, .gguf file, saved directory or HF id"
-    )
-    hooks: list[str] = Field(
-        description="Hook names (TransformerLens) to store, e.g. hook_embed and "
-        "blocks.12.hook_resid_post; comma-separated on the command line",
-    )
-    corpus: str = Field(
-        default="builtin:wiki",
-        description="builtin:wiki, builtin:news, a file/dir, or hf:PATH",
-    )
-    tokens: int = Field(gt=0, description="Sample tokens to store (BOS/pad/special excluded)")
-    out: Path = Field(description="Store directory (created; resumed if it exists)")
-    context_len: int = Field(default=128, ge=2, description="Tokens per context, BOS included")
-    dtype: StoreDtype = Field(
-        default="float32", description="Stored dtype: float32 or float16 (half the disk)"
-    )
-    batch_size: int = Field(default=8, gt=0, description="Contexts per forward pass")
-    heldout_frac: float = Field(
-        default=0.1,
-        ge=0.0,
-        le=1.0,
-        description="Fraction of documents held out (split by document, seeded)",
-    )
-    seed: int = Field(default=0, description="Seed of the train/held-out document split")
-    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
-    text_field: str = Field(default="text", description="Text column of a jsonl/parquet/HF corpus")
-    shard_tokens: int = Field(
-        default=SHARD_TOKENS, gt=0, description="Tokens per shard (the unit of resume)"
-    )
-
-    @model_validator(mode="after")
-    def _some_train_tokens(self) -> CollectConfig:
-        if self.heldout_frac >= 1:
-            raise CrosslayerError(
-                f"--heldout-frac {self.heldout_frac:g} holds out every document: no train tokens",
-                "use a fraction below 1, e.g. 0.1",
-            )
-        return self
-
-    def run(self, *, progress: bool = True) -> ActivationStore:
-        """Load the corpus and the model, then :func:`collect`."""
-        from crosslayer.fs import check_dir_path
-
-        check_dir_path(self.out, itself=False)  # a file AT out: "is not an activation store"
-        corpus = load_corpus(self.corpus, text_field=self.text_field)  # cheap: fail fast
-        model = load_model(self.model, device=self.device)
-        return collect(
-            model,
-            self.hooks,
-            corpus=corpus,
-            n_tokens=self.tokens,
-            out=self.out,
-            context_len=self.context_len,
-            heldout_frac=self.heldout_frac,
-            seed=self.seed,
-            dtype=self.dtype,
-            batch_size=self.batch_size,
-            shard_tokens=self.shard_tokens,
-            progress=progress,
-        )
 
 
 @dataclass
