@@ -118,11 +118,13 @@ class SAETrainingConfig(_Section):
     """
 
     arch: Literal["jumprelu", "topk"] = Field(
-        default="topk", description="SAE architecture (topk: the L0 is exactly target_l0)"
+        default="topk",
+        description="architecture of both trained SAEs: jumprelu or topk (topk: the L0 is "
+        "exactly target_l0)",
     )
-    width: int = Field(default=2048, ge=2, description="number of latents")
+    width: int = Field(default=2048, ge=2, description="latents of both trained SAEs")
     target_l0: float = Field(
-        default=48, gt=0, description="sparsity target: active latents per token"
+        default=48, gt=0, description="active latents per token of both trained SAEs"
     )
     epochs: int = Field(
         default=3,
@@ -196,13 +198,19 @@ class AnalysisConfig(_Section):
     )
 
 
+def _doc(model: type[BaseModel]) -> str:
+    return (model.__doc__ or "").strip().splitlines()[0]
+
+
 class RunConfig(BaseModel):
     """Everything ``crosslayer run`` does. Field names are the config-file keys."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     profile: ProfileName = Field(
-        default="default", description="profile these settings started from"
+        default="default",
+        description="profile these settings started from: default (~5 min on 2 CPU cores) or "
+        "quick (~2 min)",
     )
     model: str = Field(
         default="gemma-3-270m",
@@ -237,12 +245,19 @@ class RunConfig(BaseModel):
         description="output directory (null: runs/study_a-<profile>-<config hash>, so that "
         "rerunning the same command resumes)",
     )
-    data: DataConfig = Field(default_factory=DataConfig)
-    sweep: SweepConfig = Field(default_factory=SweepConfig)
-    transcoder: TranscoderConfig = Field(default_factory=TranscoderConfig)
-    sae_training: SAETrainingConfig = Field(default_factory=SAETrainingConfig)
-    probes: ProbeConfig = Field(default_factory=ProbeConfig)
-    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
+    # a section's description is the first line of its docstring (the `crosslayer init` header)
+    data: DataConfig = Field(default_factory=DataConfig, description=_doc(DataConfig))
+    sweep: SweepConfig = Field(default_factory=SweepConfig, description=_doc(SweepConfig))
+    transcoder: TranscoderConfig = Field(
+        default_factory=TranscoderConfig, description=_doc(TranscoderConfig)
+    )
+    sae_training: SAETrainingConfig = Field(
+        default_factory=SAETrainingConfig, description=_doc(SAETrainingConfig)
+    )
+    probes: ProbeConfig = Field(default_factory=ProbeConfig, description=_doc(ProbeConfig))
+    analysis: AnalysisConfig = Field(
+        default_factory=AnalysisConfig, description=_doc(AnalysisConfig)
+    )
 
     @model_validator(mode="after")
     def _cross_checks(self) -> RunConfig:
