@@ -33,7 +33,12 @@ from crosslayer.experiments.contrast import run_contrast
 from crosslayer.experiments.interpret import run_interpret
 from crosslayer.experiments.layers import run_layers
 from crosslayer.sae import SAETrainConfig, evaluate_sae
-from crosslayer.stage_configs import ContrastConfig, InterpretConfig, LayersConfig
+from crosslayer.stage_configs import (
+    ContrastConfig,
+    EvalSAEConfig,
+    InterpretConfig,
+    LayersConfig,
+)
 from crosslayer.store import CollectConfig
 
 _SAE = {f: f"sae_training.{f}" for f in ("width", "target_l0", "arch")}
@@ -47,6 +52,7 @@ COMMANDS: list[tuple[Callable[..., Any], type[BaseModel], dict[str, str], int]] 
     (layers_command, LayersConfig, {"prompt": "prompts"}, 5),
     (contrast_command, ContrastConfig, {}, 5),
     (interpret_command, InterpretConfig, {"groups": "n_groups"}, 8),
+    (eval_sae_command, EvalSAEConfig, {}, 7),
 ]
 MODELS: list[type[BaseModel]] = [m for _, m, _, _ in COMMANDS]
 
@@ -150,7 +156,6 @@ def test_library_keyword_defaults_equal_the_config_defaults(
     assert compared >= least
 
 
-def test_eval_sae_flags_default_to_evaluate_sae() -> None:
-    """``eval-sae`` has no config model: its --contexts is evaluate_sae's n_contexts."""
+def test_eval_sae_contexts_default_to_evaluate_sae() -> None:
     want = inspect.signature(evaluate_sae).parameters["n_contexts"].default
-    assert _options(eval_sae_command)["n_contexts"].default == want
+    assert EvalSAEConfig.model_fields["n_contexts"].default == want

@@ -12,7 +12,12 @@ from pydantic import BaseModel
 from crosslayer.config import RunConfig, load_config
 from crosslayer.errors import CrosslayerError
 from crosslayer.sae import SAETrainConfig
-from crosslayer.stage_configs import ContrastConfig, InterpretConfig, LayersConfig
+from crosslayer.stage_configs import (
+    ContrastConfig,
+    EvalSAEConfig,
+    InterpretConfig,
+    LayersConfig,
+)
 from crosslayer.store import CollectConfig
 
 # each model with a few values that differ from its defaults (required fields set)
@@ -23,6 +28,7 @@ CASES: list[tuple[type[BaseModel], dict[str, Any]]] = [
     (LayersConfig, {"prompts": ["a b c"], "layers": [0, 2], "max_tokens": 100}),
     (ContrastConfig, {"items": "x.jsonl", "layers": [1], "alpha": 0.01, "n_resamples": 99}),
     (InterpretConfig, {"facts": "f.json", "layers": [3], "top_k": 4, "relation": "P101"}),
+    (EvalSAEConfig, {"sae": "runs/s/sae", "store": "runs/s", "n_contexts": 4, "device": "cpu"}),
 ]
 
 

@@ -1,7 +1,7 @@
 """The config model of every stand-alone command: ``collect`` (:class:`CollectConfig`),
-``train-sae`` (:class:`SAETrainConfig`), ``layers``, ``contrast`` and ``interpret`` (what
-they computed, their ``results.json`` "config"). ``crosslayer run`` has its own in
-:mod:`crosslayer.config`.
+``train-sae`` (:class:`SAETrainConfig`), ``eval-sae`` (:class:`EvalSAEConfig`), ``layers``,
+``contrast`` and ``interpret`` (what they computed, their ``results.json`` "config").
+``crosslayer run`` has its own in :mod:`crosslayer.config`.
 
 The same style as :class:`crosslayer.config.RunConfig`: pydantic v2, ``extra="forbid"`` (a
 misspelt key is an error), a description on every field, ranges as ``Field`` constraints or
@@ -275,3 +275,23 @@ class InterpretConfig(BaseModel):
         "trained on (warned)",
     )
     store: str | None = Field(default=None, description="Store for top-activating contexts")
+
+
+class EvalSAEConfig(BaseModel):
+    """Everything ``crosslayer eval-sae`` takes (mirrors the CLI flags)."""
+
+    model_config = ConfigDict(extra="forbid")
+    sae: str = Field(description="SAE folder/file, Gemma Scope clone or release/id")
+    store: Path = Field(description="Store whose held-out tokens are used")
+    hook: str | None = Field(default=None, description="Hook (default: the SAE's own)")
+    model: str | None = Field(
+        default=None, description="Model for CE loss recovered (e.g. gemma-3-270m)"
+    )
+    n_contexts: int = Field(
+        default=16,
+        ge=1,
+        description="Held-out contexts for CE loss (each is one forward pass with and one "
+        "without the SAE spliced in)",
+    )
+    out: Path | None = Field(default=None, description="Write the metrics as JSON here")
+    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
