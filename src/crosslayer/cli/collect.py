@@ -5,43 +5,31 @@ from __future__ import annotations
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import typer
 
+from crosslayer.cli._options import option_for
 from crosslayer.cli.app import app, console, console_err
-
-if TYPE_CHECKING:
-    from crosslayer.store.collect import StoreDtype
+from crosslayer.stage_configs import CollectConfig as C
+from crosslayer.stage_configs import StoreDtype
 
 
 @app.command("collect")
 def collect_command(
-    hooks: str = typer.Option(
-        ..., "--hooks", help="Comma-separated hook names, e.g. hook_embed,blocks.12.hook_resid_post"
-    ),
-    out: Path = typer.Option(..., "--out", help="Store directory (created; resumed if it exists)"),
-    model: str = typer.Option(
-        "gemma-3-270m", "--model", help="Model alias, .gguf file, saved directory or HF id"
-    ),
-    corpus: str = typer.Option(
-        "builtin:wiki", "--corpus", help="builtin:wiki, builtin:news, a file/dir, or hf:PATH"
-    ),
-    tokens: int = typer.Option(
-        200_000, "--tokens", min=1, help="Sample tokens to store (BOS/pad/special excluded)"
-    ),
-    context_len: int = typer.Option(128, "--context-len", min=2, help="Tokens per context"),
-    dtype: str = typer.Option("float32", "--dtype", help="Stored dtype: float32 or float16"),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Contexts per forward pass"),
-    heldout_frac: float = typer.Option(
-        0.1, "--heldout-frac", min=0.0, max=1.0, help="Fraction of documents held out"
-    ),
-    seed: int = typer.Option(0, "--seed", help="Seed of the train/held-out document split"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
-    text_field: str = typer.Option(
-        "text", "--text-field", help="Text column of a jsonl/parquet/HF corpus"
-    ),
-    shard_tokens: int = typer.Option(16384, "--shard-tokens", min=1, help="Tokens per shard"),
+    hooks: str = option_for(C, "hooks", "--hooks"),
+    out: Path = option_for(C, "out", "--out"),
+    model: str = option_for(C, "model", "--model"),
+    corpus: str = option_for(C, "corpus", "--corpus"),
+    tokens: int = option_for(C, "tokens", "--tokens", default=200_000, min=1),
+    context_len: int = option_for(C, "context_len", "--context-len", min=2),
+    dtype: str = option_for(C, "dtype", "--dtype"),
+    batch_size: int = option_for(C, "batch_size", "--batch-size", min=1),
+    heldout_frac: float = option_for(C, "heldout_frac", "--heldout-frac", min=0.0, max=1.0),
+    seed: int = option_for(C, "seed", "--seed"),
+    device: str = option_for(C, "device", "--device"),
+    text_field: str = option_for(C, "text_field", "--text-field"),
+    shard_tokens: int = option_for(C, "shard_tokens", "--shard-tokens", min=1),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar"),
 ) -> None:
     """Collect activations at HOOKS for N sample tokens into a sharded store.
@@ -58,14 +46,13 @@ def collect_command(
         torchrun --nproc-per-node 8 -m crosslayer collect ...
     """
     from crosslayer import distributed
-    from crosslayer.store import CollectConfig
 
     if not progress:  # also silence transformers' "Loading weights" bar
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
 
-    cfg = CollectConfig(
+    cfg = C(
         model=model,
         hooks=[h.strip() for h in hooks.split(",") if h.strip()],
         corpus=corpus,

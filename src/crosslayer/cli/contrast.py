@@ -6,24 +6,22 @@ from pathlib import Path
 
 import typer
 
+from crosslayer.cli._options import option_for
 from crosslayer.cli.app import app, console
+from crosslayer.stage_configs import ContrastConfig as K
 
 
 @app.command("contrast")
 def contrast_command(
     out: Path = typer.Option(..., "--out", help="Output directory (results.json + PNGs)"),
-    items: str = typer.Option(
-        "builtin", "--items", help="builtin (68 shipped triples), or a .json / .jsonl file"
-    ),
+    items: str = option_for(K, "items", "--items"),
     model: str = typer.Option("gemma-3-270m", "--model", help="Model alias, path or HF id"),
-    layers: str = typer.Option("", "--layers", help="Blocks, e.g. 0,6,12 or 0-17 (default all)"),
+    layers: str = option_for(K, "layers", "--layers", default=""),
     sae: list[str] = typer.Option([], "--sae", help="LAYER=SAE spec (repeatable)"),
     sae_dir: Path | None = typer.Option(None, "--sae-dir", help="Gemma Scope clone directory"),
-    sae_on_residual: bool = typer.Option(
-        False, "--sae-on-residual", help="Study B's choice: feed SAEs the residual (warned)"
-    ),
-    alpha: float = typer.Option(0.05, "--alpha", help="Significance level (BH across layers)"),
-    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap and CV folds"),
+    sae_on_residual: bool = option_for(K, "sae_on_residual", "--sae-on-residual"),
+    alpha: float = option_for(K, "alpha", "--alpha"),
+    seed: int = option_for(K, "seed", "--seed"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar"),
 ) -> None:
     """Per layer: cos(q, direct) - cos(q, evasive) with bootstrap CI, Wilcoxon p, AUROC, and

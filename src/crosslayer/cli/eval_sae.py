@@ -4,22 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import typer
-
+from crosslayer.cli._options import option_for
 from crosslayer.cli.app import app, console
+from crosslayer.stage_configs import EvalSAEConfig as E
 
 
 @app.command("eval-sae")
 def eval_sae_command(
-    sae: str = typer.Option(..., "--sae", help="SAE folder/file, Gemma Scope clone or release/id"),
-    store: Path = typer.Option(..., "--store", help="Store whose held-out tokens are used"),
-    hook: str = typer.Option(None, "--hook", help="Hook (default: the SAE's own)"),
-    model: str = typer.Option(
-        None, "--model", help="Model for CE loss recovered (e.g. gemma-3-270m)"
-    ),
-    n_contexts: int = typer.Option(16, "--contexts", min=1, help="Held-out contexts for CE loss"),
-    out: Path = typer.Option(None, "--out", help="Write the metrics as JSON here"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
+    sae: str = option_for(E, "sae", "--sae"),
+    store: Path = option_for(E, "store", "--store"),
+    hook: str = option_for(E, "hook", "--hook"),
+    model: str = option_for(E, "model", "--model"),
+    n_contexts: int = option_for(E, "n_contexts", "--contexts", min=1),
+    out: Path = option_for(E, "out", "--out"),
+    device: str = option_for(E, "device", "--device"),
 ) -> None:
     """Evaluate an SAE on a store's held-out tokens (and, with --model, by splicing it in).
 

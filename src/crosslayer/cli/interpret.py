@@ -6,25 +6,25 @@ from pathlib import Path
 
 import typer
 
+from crosslayer.cli._options import option_for
 from crosslayer.cli.app import app, console
+from crosslayer.stage_configs import InterpretConfig as Interp
 
 
 @app.command("interpret")
 def interpret_command(
-    facts: Path = typer.Option(..., "--facts", help="PARAREL file, e.g. data_nm.json"),
+    facts: Path = option_for(Interp, "facts", "--facts"),
     out: Path = typer.Option(..., "--out", help="Output directory (results.json, PNGs, HTML)"),
     model: str = typer.Option("gemma-3-270m", "--model", help="Model alias, path or HF id"),
-    relation: str | None = typer.Option(None, "--relation", help="e.g. P101 (default: all)"),
-    groups: int = typer.Option(100, "--groups", min=1, help="First N fact groups"),
-    layers: str = typer.Option("", "--layers", help="Blocks with an SAE (default: all given)"),
+    relation: str | None = option_for(Interp, "relation", "--relation"),
+    groups: int = option_for(Interp, "n_groups", "--groups", min=1),
+    layers: str = option_for(Interp, "layers", "--layers", default=""),
     sae: list[str] = typer.Option([], "--sae", help="LAYER=SAE spec (repeatable)"),
     sae_dir: Path | None = typer.Option(None, "--sae-dir", help="Gemma Scope clone directory"),
-    sae_on_residual: bool = typer.Option(
-        False, "--sae-on-residual", help="Study B's choice: feed SAEs the residual (warned)"
-    ),
-    top_k: int = typer.Option(10, "--top-k", min=1, help="Latents shown per fact group"),
-    before: bool = typer.Option(False, "--before", help="Also read the token before the answer"),
-    store: Path | None = typer.Option(None, "--store", help="Store for top-activating contexts"),
+    sae_on_residual: bool = option_for(Interp, "sae_on_residual", "--sae-on-residual"),
+    top_k: int = option_for(Interp, "top_k", "--top-k", min=1),
+    before: bool = option_for(Interp, "before", "--before"),
+    store: Path | None = option_for(Interp, "store", "--store"),
 ) -> None:
     """Top-k latents per fact group at the first answer token; topic/prompt/layer cosine maps;
     per latent: promoted tokens, density, contexts, Neuronpedia link.

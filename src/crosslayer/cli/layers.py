@@ -6,22 +6,22 @@ from pathlib import Path
 
 import typer
 
+from crosslayer.cli._options import option_for
 from crosslayer.cli.app import app, console
+from crosslayer.stage_configs import LayersConfig as L
 
 
 @app.command("layers")
 def layers_command(
     out: Path = typer.Option(..., "--out", help="Output directory (results.json + PNGs)"),
     model: str = typer.Option("gemma-3-270m", "--model", help="Model alias, path or HF id"),
-    prompt: list[str] = typer.Option([], "--prompt", help="A prompt (repeatable)"),
-    layers: str = typer.Option("", "--layers", help="Blocks, e.g. 0,6,12 or 0-17 (default all)"),
+    prompt: list[str] = option_for(L, "prompts", "--prompt", default=[]),
+    layers: str = option_for(L, "layers", "--layers", default=""),
     sae: list[str] = typer.Option([], "--sae", help="LAYER=SAE spec (repeatable)"),
     sae_dir: Path | None = typer.Option(None, "--sae-dir", help="Gemma Scope clone directory"),
-    sae_on_residual: bool = typer.Option(
-        False, "--sae-on-residual", help="Study B's choice: feed SAEs the residual (warned)"
-    ),
-    store: Path | None = typer.Option(None, "--store", help="Store for corpus CKA + depth curve"),
-    max_tokens: int = typer.Option(4096, "--max-tokens", min=2, help="Tokens for corpus CKA"),
+    sae_on_residual: bool = option_for(L, "sae_on_residual", "--sae-on-residual"),
+    store: Path | None = option_for(L, "store", "--store"),
+    max_tokens: int = option_for(L, "max_tokens", "--max-tokens", min=2),
 ) -> None:
     """Layer x layer cosine per token and token x token per layer, on residuals and SAE latents;
     with --store, linear CKA between layers and the embedding depth curve.

@@ -7,7 +7,9 @@ from typing import Any
 
 import typer
 
+from crosslayer.cli._options import option_for
 from crosslayer.cli.app import app, console, console_err
+from crosslayer.config import RunConfig as R
 
 
 def _prune(d: dict[str, Any]) -> dict[str, Any]:
@@ -56,31 +58,19 @@ def run_command(
     config: Path | None = typer.Option(
         None, "--config", help="YAML or TOML config file (`crosslayer init` writes one)"
     ),
-    profile: str | None = typer.Option(
-        None, "--profile", help="default (~5 min on 2 CPU cores) or quick (~2 min)"
-    ),
-    model: str | None = typer.Option(
-        None, "--model", help="gemma-3-270m (default), a .gguf, a local HF dir or a cached HF id"
-    ),
-    source: str | None = typer.Option(None, "--source", help="early hook (default hook_embed)"),
-    target: str | None = typer.Option(
-        None, "--target", help="late hook (default: the --sae's hook, else resid_post at 70% depth)"
-    ),
-    sae: str | None = typer.Option(
-        None, "--sae", help="pretrained SAE on the target: Gemma Scope file/dir or release/id"
-    ),
-    corpus: str | None = typer.Option(None, "--corpus", help="builtin:wiki (default), a path..."),
-    tokens: int | None = typer.Option(None, "--tokens", min=100, help="sample tokens collected"),
-    out: str | None = typer.Option(
-        None, "--out", help="run directory (default runs/study_a-<profile>-<config hash>)"
-    ),
-    device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N"),
-    seed: int | None = typer.Option(None, "--seed", help="seed of split, SAEs, probes, bootstrap"),
-    width: int | None = typer.Option(None, "--width", min=2, help="latents of both trained SAEs"),
-    target_l0: float | None = typer.Option(
-        None, "--target-l0", help="active latents per token of both trained SAEs"
-    ),
-    arch: str | None = typer.Option(None, "--arch", help="jumprelu or topk"),
+    profile: str | None = option_for(R, "profile", "--profile", default=None),
+    model: str | None = option_for(R, "model", "--model", default=None),
+    source: str | None = option_for(R, "source", "--source", default=None),
+    target: str | None = option_for(R, "target", "--target", default=None),
+    sae: str | None = option_for(R, "sae", "--sae", default=None),
+    corpus: str | None = option_for(R, "corpus", "--corpus", default=None),
+    tokens: int | None = option_for(R, "tokens", "--tokens", default=None, min=100),
+    out: str | None = option_for(R, "out", "--out", default=None),
+    device: str | None = option_for(R, "device", "--device", default=None),
+    seed: int | None = option_for(R, "seed", "--seed", default=None),
+    width: int | None = option_for(R, "sae_training.width", "--width", default=None, min=2),
+    target_l0: float | None = option_for(R, "sae_training.target_l0", "--target-l0", default=None),
+    arch: str | None = option_for(R, "sae_training.arch", "--arch", default=None),
     set_: list[str] = typer.Option(
         [], "--set", help="any other config key, dotted: --set probes.max_features=500"
     ),

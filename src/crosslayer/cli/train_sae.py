@@ -6,7 +6,9 @@ from pathlib import Path
 
 import typer
 
+from crosslayer.cli._options import option_for
 from crosslayer.cli.app import app, console
+from crosslayer.stage_configs import SAETrainConfig as T
 
 
 @app.command("train-sae")
@@ -20,15 +22,15 @@ def train_sae_command(
     out: Path = typer.Option(
         None, "--out", help="SAE folder (default: STORE/saes/HOOK-ARCH-WIDTH)"
     ),
-    width: int = typer.Option(4096, "--width", help="Number of latents"),
-    arch: str = typer.Option("jumprelu", "--arch", help="jumprelu or topk"),
-    target_l0: float = typer.Option(64, "--target-l0", help="Target L0 (TopK: k)"),
-    epochs: int = typer.Option(3, "--epochs", help="Passes over the store's training tokens"),
-    tokens: int = typer.Option(None, "--tokens", help="Training tokens (overrides --epochs)"),
-    batch_size: int = typer.Option(1024, "--batch-size", help="Tokens per step"),
-    lr: float = typer.Option(3e-3, "--lr", help="Adam learning rate"),
-    seed: int = typer.Option(0, "--seed", help="Seed of the initial weights and data order"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
+    width: int = option_for(T, "width", "--width"),
+    arch: str = option_for(T, "arch", "--arch"),
+    target_l0: float = option_for(T, "target_l0", "--target-l0"),
+    epochs: int = option_for(T, "epochs", "--epochs"),
+    tokens: int = option_for(T, "n_tokens", "--tokens"),
+    batch_size: int = option_for(T, "batch_size", "--batch-size"),
+    lr: float = option_for(T, "lr", "--lr"),
+    seed: int = option_for(T, "seed", "--seed"),
+    device: str = option_for(T, "device", "--device", default="auto"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar"),
 ) -> None:

@@ -21,7 +21,6 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
 from rich.progress import track
 
 from crosslayer.errors import CrosslayerError
@@ -31,8 +30,8 @@ from crosslayer.experiments.reps import SaeSpec, check_layers, sae_sites, sequen
 from crosslayer.experiments.similarity import cosine_matrix, paired_cosine
 from crosslayer.model import LoadedModel
 from crosslayer.provenance import versions
+from crosslayer.stage_configs import BUILTIN, ContrastConfig
 
-BUILTIN = "builtin"  # the project's own 68 triples, src/crosslayer/data/contrast_triples.jsonl
 _ALIASES = {"direct": ("direct", "answer_narrow"), "evasive": ("evasive", "answer_tricked")}
 
 
@@ -43,16 +42,6 @@ class ContrastItem:
     direct: str
     evasive: str
     kind: str | None = None  # deflection | generality | topic_change, where tagged
-
-
-class ContrastConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    items: str = BUILTIN
-    layers: list[int] | None = None
-    sae_on_residual: bool = False
-    alpha: float = 0.05
-    n_resamples: int = 2000
-    seed: int = 0
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
 
 from crosslayer.errors import CrosslayerError
 from crosslayer.experiments.latents import LatentInfo, PromotedTokens, describe, to_html
@@ -32,19 +31,7 @@ from crosslayer.model import LoadedModel, parse_hook
 from crosslayer.model.hooks import decoder_layers
 from crosslayer.model.hooks import site as hook_site
 from crosslayer.provenance import versions
-
-
-class InterpretConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    facts: str
-    relation: str | None = None
-    n_groups: int | None = 100
-    layers: list[int]
-    top_k: int = 10
-    before: bool = False
-    promote_k: int = 20
-    sae_on_residual: bool = False
-    store: str | None = None
+from crosslayer.stage_configs import InterpretConfig
 
 
 def answer_position(model: LoadedModel, fact: Fact) -> tuple[list[int], int]:

@@ -21,7 +21,6 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
 
 from crosslayer.errors import CrosslayerError
 from crosslayer.experiments.output import heatmap, write_results
@@ -36,22 +35,12 @@ from crosslayer.experiments.reps import (
 from crosslayer.experiments.similarity import cka_matrix, cosine_matrix
 from crosslayer.model import LoadedModel
 from crosslayer.provenance import versions
+from crosslayer.stage_configs import LayersConfig
 
 DEFAULT_PROMPTS = (
     "The capital of France is Paris, and the capital of Italy is Rome.",
     "She poured the hot water over the tea leaves and waited three minutes.",
 )
-
-
-class LayersConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    prompts: list[str]
-    layers: list[int]
-    sae_on_residual: bool = False
-    store: str | None = None
-    depth_source: str = "hook_embed"
-    max_tokens: int = 4096
-    seed: int = 0
 
 
 @dataclass

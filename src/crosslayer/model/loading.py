@@ -30,8 +30,8 @@ from crosslayer.device import resolve_device, resolve_dtype
 from crosslayer.errors import CrosslayerError
 from crosslayer.model.hooks import capture, decoder_layers, parse_hook, replace, site, sublayer
 from crosslayer.provenance import config_hash
+from crosslayer.stage_configs import DEFAULT_MODEL  # one source with the configs
 
-DEFAULT_MODEL = "gemma-3-270m"
 _CACHE_FORMAT = 1  # bump to invalidate caches written by an older layout
 
 

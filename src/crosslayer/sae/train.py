@@ -30,10 +30,9 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -50,48 +49,7 @@ from crosslayer.fs import atomic_dir, atomic_write_json
 from crosslayer.provenance import config_hash, versions
 from crosslayer.rules import check_sae_lr, check_sae_sparsity, check_steps
 from crosslayer.sae.data import Source, as_source, batches
-
-
-class SAETrainConfig(BaseModel):
-    """How to train an SAE. Unknown keys are an error (``extra="forbid"``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    arch: Literal["jumprelu", "topk"] = "jumprelu"
-    width: int = 4096
-    # JumpReLU: the Gemma Scope 2 quadratic loss pulls L0 towards this target; None uses the
-    # plain L0 penalty (Gemma Scope 1) weighted by l0_coefficient. TopK: k = target_l0.
-    target_l0: float | None = 64
-    l0_coefficient: float = 1.0
-    n_tokens: int | None = None  # training tokens; None = epochs x the tokens given
-    epochs: int = 3
-    # Small batches: on CPU the budget is a few hundred steps, and the threshold and b_enc
-    # need steps more than they need large batches (benchmarks/results/sae_train.md).
-    batch_size: int = 1024
-    lr: float = 3e-3
-    lr_warm_up_steps: int = 0
-    lr_decay_frac: float = 0.2  # linear decay to 0 over this last fraction of steps
-    l0_warm_up_frac: float = 0.1  # L0 coefficient ramps up over this first fraction
-    jumprelu_init_threshold: float = 0.1
-    jumprelu_bandwidth: float = 0.05
-    # The threshold is a plain parameter that Adam moves by about lr per step, while the
-    # pre-activations it has to track grow much faster (every encoder weight moves by lr):
-    # in a few hundred CPU steps it never catches up and L0 overshoots. Its own learning
-    # rate, lr x this factor (an extra Adam parameter group), lets it follow.
-    jumprelu_threshold_lr_scale: float = 10.0
-    # True also passes the straight-through gradient to the encoder (Anthropic's variant):
-    # L0 reaches the target faster but, in our short runs, most latents died. False =
-    # DeepMind's JumpReLU (sae-lens's default).
-    jumprelu_ste_to_input: bool = False
-    normalize_activations: Literal["expected_average_only_in", "none"] = "expected_average_only_in"
-    # "mean": b_dec starts at the mean activation (see _init_from_data); "zeros": sae-lens's init.
-    init_b_dec: Literal["mean", "zeros"] = "mean"
-    n_batches_for_norm_estimate: int = 8
-    dead_feature_window: int = 200  # steps without firing before a latent counts as dead
-    shuffle_buffer: int = 2**17  # tokens gathered and shuffled before batching
-    n_checkpoints: int = 4
-    seed: int = 0
-    device: str | None = None
+from crosslayer.stage_configs import SAETrainConfig
 
 
 def check_train_config(cfg: SAETrainConfig) -> None:

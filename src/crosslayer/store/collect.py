@@ -16,11 +16,10 @@ import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rich.progress import (
     BarColumn,
     Progress,
@@ -35,8 +34,10 @@ from rich.text import Text
 from crosslayer import distributed, fs
 from crosslayer.corpus import Context, Corpus, iter_contexts, load_corpus
 from crosslayer.errors import ConfigMismatchError, CrosslayerError, DataError
-from crosslayer.model import DEFAULT_MODEL, LoadedModel, load_model
+from crosslayer.model import LoadedModel
 from crosslayer.provenance import config_hash, versions
+from crosslayer.stage_configs import SHARD_TOKENS, StoreDtype
+from crosslayer.stage_configs import CollectConfig as CollectConfig  # lives with the others
 from crosslayer.store.format import (
     FORMAT,
     FORMAT_VERSION,
@@ -49,62 +50,7 @@ from crosslayer.store.format import (
 from crosslayer.store.reader import ActivationStore, open_store
 from crosslayer.store.residency import release_module_pages
 
-StoreDtype = Literal["float32", "float16"]
 FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
-
-
-SHARD_TOKENS = 16384  # tokens per shard: one shard's activations fit in memory while written
-
-
-class CollectConfig(BaseModel):
-    """Everything ``crosslayer collect`` takes, as a config object (mirrors the CLI flags)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str = DEFAULT_MODEL
-    hooks: list[str]
-    corpus: str = "builtin:wiki"
-    tokens: int = Field(gt=0, description="number of sample tokens to store")
-    out: Path
-    context_len: int = Field(128, ge=2)
-    dtype: StoreDtype = "float32"
-    batch_size: int = Field(8, gt=0)
-    heldout_frac: float = Field(0.1, ge=0.0, le=1.0)
-    seed: int = 0
-    device: str = "auto"
-    text_field: str = "text"
-    shard_tokens: int = Field(SHARD_TOKENS, gt=0)
-
-    @model_validator(mode="after")
-    def _some_train_tokens(self) -> CollectConfig:
-        if self.heldout_frac >= 1:
-            raise CrosslayerError(
-                f"--heldout-frac {self.heldout_frac:g} holds out every document: no train tokens",
-                "use a fraction below 1, e.g. 0.1",
-            )
-        return self
-
-    def run(self, *, progress: bool = True) -> ActivationStore:
-        """Load the corpus and the model, then :func:`collect`."""
-        from crosslayer.fs import check_dir_path
-
-        check_dir_path(self.out, itself=False)  # a file AT out: "is not an activation store"
-        corpus = load_corpus(self.corpus, text_field=self.text_field)  # cheap: fail fast
-        model = load_model(self.model, device=self.device)
-        return collect(
-            model,
-            self.hooks,
-            corpus=corpus,
-            n_tokens=self.tokens,
-            out=self.out,
-            context_len=self.context_len,
-            heldout_frac=self.heldout_frac,
-            seed=self.seed,
-            dtype=self.dtype,
-            batch_size=self.batch_size,
-            shard_tokens=self.shard_tokens,
-            progress=progress,
-        )
 
 
 @dataclass
