@@ -57,6 +57,7 @@ _CODES = {
     18: "AVX2_E1",
     19: "AVX512_E5",
 }
+_AUTO = 2  # MKL_CBWR_AUTO, the mode crosslayer sets (MODE)
 _STRICT = 0x10000
 _ALL = -1  # MKL_CBWR_ALL (~0): ask for the whole mode, flags included
 _SUCCESS = 0
@@ -85,11 +86,6 @@ def _mode_name(code: int) -> str:
     return f"{branch},STRICT" if code & _STRICT else branch
 
 
-@cache
-def _warn_once(message: str) -> None:
-    warnings.warn(message, RuntimeWarning, stacklevel=3)
-
-
 def configure() -> None:
     """Ask MKL for its reproducible mode unless the user chose one (see the module doc)."""
     mine = "MKL_CBWR" not in os.environ
@@ -102,12 +98,15 @@ def configure() -> None:
     if mkl is None:
         return
     # the mode first: cbwr_set fails once any other MKL routine has run
-    if mine and mkl.mkl_serv_cbwr_get(_ALL) != 2 and mkl.mkl_serv_cbwr_set(2) != _SUCCESS:
-        _warn_once(
+    # (configure runs once, on import, so this warns once)
+    if mine and mkl.mkl_serv_cbwr_get(_ALL) != _AUTO and mkl.mkl_serv_cbwr_set(_AUTO) != _SUCCESS:
+        warnings.warn(
             "crosslayer could not make MKL reproducible (MKL_CBWR=AUTO) because torch "
             "already ran MKL code before crosslayer was imported: results may differ in "
             "their last bits from run to run. Import crosslayer before using torch, or "
-            "set MKL_CBWR=AUTO in the environment before starting Python."
+            "set MKL_CBWR=AUTO in the environment before starting Python.",
+            RuntimeWarning,
+            stacklevel=3,
         )
     if dynamic:
         mkl.MKL_Set_Dynamic(0)  # the C entry; mkl_set_dynamic is Fortran's
