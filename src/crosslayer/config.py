@@ -173,6 +173,38 @@ class ProbeConfig(_Section):
     )
 
 
+class CrossFitConfig(_Section):
+    """Cross-fitting: every per-feature score, decomposition and emergence figure is out of fold.
+
+    The folds are made once per run from the store's document ids (all of its tokens, train
+    and held-out) with :func:`crosslayer.crossfit.grouped_folds` and ``seed``, so every stage
+    that cross-fits uses the same documents in the same folds.
+    """
+
+    n_folds: int = Field(
+        default=5,
+        ge=2,
+        description="folds by document; every token is scored by a fit that never saw its document",
+    )
+    min_pos_fit: int = Field(
+        default=100,
+        ge=1,
+        description="a feature is fitted only if every training set holds at least this many "
+        "active (and inactive) tokens",
+    )
+    min_pos_score: int = Field(
+        default=20,
+        ge=1,
+        description="a fitted feature is scored only if the pooled out-of-fold tokens hold at "
+        "least this many active (and inactive) tokens",
+    )
+    n_bootstrap: int = Field(
+        default=1_000,
+        ge=100,
+        description="document-bootstrap resamples behind every cross-fitted 95% CI",
+    )
+
+
 class AnalysisConfig(_Section):
     """Distribution comparison and the most/least predictable features."""
 
@@ -255,6 +287,9 @@ class RunConfig(BaseModel):
         default_factory=SAETrainingConfig, description=_doc(SAETrainingConfig)
     )
     probes: ProbeConfig = Field(default_factory=ProbeConfig, description=_doc(ProbeConfig))
+    crossfit: CrossFitConfig = Field(
+        default_factory=CrossFitConfig, description=_doc(CrossFitConfig)
+    )
     analysis: AnalysisConfig = Field(
         default_factory=AnalysisConfig, description=_doc(AnalysisConfig)
     )

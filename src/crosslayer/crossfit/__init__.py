@@ -10,6 +10,7 @@
 Definitions: ``docs/metrics.md``, section "Cross-fitted per-feature scores".
 """
 
+from crosslayer.crossfit.context import lag_valid, lagged
 from crosslayer.crossfit.folds import check_folds, grouped_folds
 from crosslayer.crossfit.lbfgs import LBFGSResult, batched_lbfgs
 from crosslayer.crossfit.logistic import DEFAULT_CS, CrossFitLogistic, auroc
@@ -33,5 +34,7 @@ __all__ = [
     "check_folds",
     "count_positives",
     "grouped_folds",
+    "lag_valid",
+    "lagged",
     "token_lookup_r2",
 ]
