@@ -268,3 +268,29 @@ def test_tiny_model_is_seeded_frozen_and_typed() -> None:
 def test_tiny_model_bad_arguments(kwargs: dict, match: str) -> None:
     with pytest.raises(CrosslayerError, match=match):
         tiny_model(**kwargs)
+
+
+def test_direction_logits_equal_the_models_logit_change_through_a_nontrivial_final_norm() -> None:
+    """A small direction added to the last residual changes the logits by its direction
+    logits (through the final norm's gain), to first order; without the gain they differ."""
+    import torch
+
+    from crosslayer.model.tiny import tiny_model
+
+    lm = tiny_model("gemma3", seed=0)
+    torch.manual_seed(0)
+    norm = lm.model.model.norm
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn_like(norm.weight) * 3.0)  # gain 1 + w, far from 1
+    gain = lm.final_norm_gain()
+    torch.testing.assert_close(gain, 1.0 + norm.weight.float(), rtol=1e-4, atol=1e-4)
+    x = torch.randn(1, 1, lm.d_model)
+    x = x / x.pow(2).mean().sqrt()  # unit RMS, so the norm's scale is 1 at x
+    v = torch.randn(1, lm.d_model) * 1e-3
+    v = v - (v @ x[0, 0]) * x[0, 0] / x[0, 0].pow(2).sum()  # keep the RMS fixed to first order
+    with torch.no_grad():
+        delta = lm.model.lm_head(norm(x + v)) - lm.model.lm_head(norm(x))
+    expected = lm.direction_logits(v)
+    torch.testing.assert_close(delta[0, 0].double(), expected[0].double(), rtol=2e-2, atol=1e-5)
+    plain = v @ lm.unembed().float()
+    assert not torch.allclose(delta[0, 0], plain[0], rtol=0.2, atol=1e-5)

@@ -157,6 +157,32 @@ class LoadedModel:
         assert out is not None, "causal LMs always have an output embedding"
         return out.weight.detach().T
 
+    def final_norm_gain(self) -> torch.Tensor:
+        """The final norm's per-dimension gain ``[d_model]`` (Gemma: ``1 + w``; Llama: ``w``).
+
+        Read from the module itself: on a vector of ones an RMSNorm returns its gain (to
+        ``1/sqrt(1 + eps)``), whatever its parametrisation.
+        """
+        norm = getattr(getattr(self.model, "model", self.model), "norm", None)
+        if norm is None:
+            return torch.ones(self.d_model, device=self.device)
+        with torch.inference_mode():
+            ones = torch.ones(1, self.d_model, device=self.device, dtype=self.dtype)
+            eps = float(getattr(norm, "eps", getattr(norm, "variance_epsilon", 0.0)))
+            gain = norm(ones).float()[0] * (1.0 + eps) ** 0.5
+        return gain.detach().clone()
+
+    def direction_logits(self, directions: torch.Tensor) -> torch.Tensor:
+        """Logit weight of each residual direction: ``(directions * gain) @ W_U``, ``[k, vocab]``.
+
+        The direct effect of adding ``directions[i]`` to the last residual stream, through the
+        final norm's gain (at fixed RMS) and the unembedding. Leaving the gain out mis-ranks
+        tokens wherever the gain varies across dimensions (Gemma 3's spans 0.2 to 300).
+        """
+        gain = self.final_norm_gain().to(directions.device)
+        w_u = self.unembed().float().to(directions.device)
+        return (directions.float() * gain) @ w_u
+
 
 # --------------------------------------------------------------------------------------------
 # loading
