@@ -321,3 +321,47 @@ def test_minimum_positives_rule_excludes_and_counts_per_reason():
 def test_bad_input_is_one_clear_error(call, match):
     with pytest.raises(CrosslayerError, match=match):
         call()
+
+
+def test_a_feature_scores_the_same_alone_and_in_a_batch_of_512_with_the_ridge_rule():
+    """The issue's test: a feature's score does not depend on its batch (C from the rule)."""
+    x, f, docs = _data(1200, 6, 512, 40, seed=6)
+    folds = grouped_folds(docs, 3, seed=0)
+    kw = {"C_rule": "ridge", "feature_chunk": 512}
+    batch = CrossFitLogistic(**kw).fit(x, f, folds)
+    assert batch.n_not_converged_ == 0
+    for j in (0, 300, 511):
+        alone = CrossFitLogistic(**kw).fit(x, f[:, j : j + 1], folds)
+        np.testing.assert_allclose(alone.C_[:, 0], batch.C_[:, j], rtol=1e-6)
+        assert alone.balanced_accuracy_[0] == pytest.approx(batch.balanced_accuracy_[j], abs=1e-3)
+        assert alone.auroc_[0] == pytest.approx(batch.auroc_[j], abs=1e-3)
+
+
+def test_ridge_rule_maps_the_label_ridge_alpha_to_C():
+    """C_kj = 4 / (alpha_kj n_k), alpha_kj what CrossFitRidge picks for the 0/1 labels."""
+    x, f, docs = _data(900, 5, 6, 30, seed=7)
+    folds = grouped_folds(docs, 3, seed=0)
+    r = CrossFitLogistic(C_rule="ridge", tol=1e-8, dtype="float64").fit(x, f, folds)
+    ridge = CrossFitRidge().fit(x, (f > 0).astype(np.float32), folds)
+    n_k = np.array([(folds != k).sum() for k in range(3)], float)
+    np.testing.assert_allclose(r.rule_alpha_, ridge.alpha_)
+    np.testing.assert_allclose(r.C_, 4.0 / (ridge.alpha_ * n_k[:, None]), rtol=1e-6)
+    # and each fit is the scikit-learn solution at that C
+    k, j = 1, 3
+    T = folds != k
+    xs = StandardScaler().fit_transform(x[T])
+    lr = LogisticRegression(C=r.C_[k, j], class_weight="balanced", tol=1e-10, max_iter=10_000)
+    lr.fit(xs, f[T, j] > 0)
+    np.testing.assert_allclose(r.coef_[k, j], lr.coef_[0], atol=1e-4)
+
+
+def test_preconditioning_changes_the_iterations_not_the_solution():
+    x, f, docs = _data(1500, 8, 16, 40, seed=8)
+    x = x * np.logspace(-2, 2, 8)  # badly scaled inputs: whitening and penalty disagree
+    folds = grouped_folds(docs, 3, seed=0)
+    kw = {"Cs": (0.001,), "tol": 1e-7, "max_iter": 3000, "dtype": "float64"}
+    plain = CrossFitLogistic(precondition=False, **kw).fit(x, f, folds)
+    pre = CrossFitLogistic(precondition=True, **kw).fit(x, f, folds)
+    assert pre.converged_.all() and plain.converged_.all()
+    np.testing.assert_allclose(pre.coef_, plain.coef_, atol=1e-4)
+    assert pre.n_iter_.sum() < plain.n_iter_.sum()

@@ -27,7 +27,8 @@ TINY: dict[str, Any] = {
     "sweep": {"tokens": 1500},
     "transcoder": {"study_recipe": True, "adam_epochs": 2, "mlp_hidden": 16, "mlp_max_epochs": 2},
     "sae_training": {"arch": "topk", "width": 32, "target_l0": 4, "epochs": 1, "batch_size": 256},
-    "probes": {"min_active": 5, "max_iter": 20, "study_features": 3, "study_tokens": 1500},
+    "crossfit": {"min_pos_fit": 10, "min_pos_score": 5},
+    "probes": {"study_features": 3, "study_tokens": 1500},
     "analysis": {"n_bootstrap": 200, "n_extreme": 2, "top_k": 2},
 }
 

@@ -31,7 +31,8 @@ TINY: dict[str, Any] = {
     "sweep": {"tokens": 2000},
     "transcoder": {"study_recipe": True, "adam_epochs": 2, "mlp_hidden": 32, "mlp_max_epochs": 2},
     "sae_training": {"arch": "topk", "width": 64, "target_l0": 6, "epochs": 2, "batch_size": 256},
-    "probes": {"min_active": 5, "max_iter": 20, "study_features": 4, "study_tokens": 2000},
+    "crossfit": {"min_pos_fit": 10, "min_pos_score": 5},
+    "probes": {"study_features": 4, "study_tokens": 2000},
     "analysis": {"n_bootstrap": 500, "n_extreme": 2, "top_k": 3},
 }
 

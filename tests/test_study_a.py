@@ -36,7 +36,8 @@ TINY: dict[str, Any] = {
     "sweep": {"tokens": 2500},
     "transcoder": {"study_recipe": True, "adam_epochs": 2, "mlp_hidden": 32, "mlp_max_epochs": 2},
     "sae_training": {"arch": "topk", "width": 64, "target_l0": 6, "epochs": 2, "batch_size": 256},
-    "probes": {"min_active": 5, "max_iter": 20, "study_features": 4, "study_tokens": 2000},
+    "crossfit": {"min_pos_fit": 10, "min_pos_score": 5},
+    "probes": {"study_features": 4, "study_tokens": 2000},
     "analysis": {"n_bootstrap": 500, "n_extreme": 2, "top_k": 3},
 }
 
@@ -155,30 +156,59 @@ def test_baseline_and_residual_saes_are_trained_identically(study: Any) -> None:
 # per-feature probes and the comparison
 
 
-def test_alive_features_density_and_token_determinedness_recomputed(study: Any) -> None:
+def test_features_are_cross_fitted_by_document_and_recomputed(study: Any) -> None:
+    """The per-feature table, recomputed from the store and the saved SAE: alive decided on
+    training folds, the minimum-positives rule, folds by document over every token, and the
+    ridge and token-lookup scores of one feature refitted on those folds."""
+    import pandas as pd
+
+    from crosslayer.crossfit import CrossFitRidge, grouped_folds, token_lookup_r2
+
     cfg, res = study
     out = Path(cfg.out)
     a = _arrays(out)
+    store = open_store(out / "store")
+    rows = np.concatenate([np.flatnonzero(store.split == 0), np.flatnonzero(store.split == 1)])
+    folds = grouped_folds(store.doc_ids, cfg.crossfit.n_folds, cfg.seed)[rows]
+    docs = store.doc_ids[rows]
+    assert all(len(np.unique(folds[docs == d])) == 1 for d in np.unique(docs))  # whole documents
     sae = load_sae(out / "saes" / "baseline")
     with torch.no_grad():
-        f_tr = sae.encode(torch.from_numpy(a["Ytr"].astype(np.float32))).numpy()
-        f_h = sae.encode(torch.from_numpy(a["Yh"].astype(np.float32))).numpy()
-    n_tr, n_h = (f_tr > 0).sum(0), (f_h > 0).sum(0)
-    alive = np.flatnonzero((n_tr >= 5) & (n_tr < len(f_tr)) & (n_h >= 1) & (n_h < len(f_h)))
+        f = sae.encode(torch.from_numpy(np.concatenate([a["Ytr"], a["Yh"]]).astype(np.float32)))
+    f = f.numpy().astype(np.float64)
+    K = cfg.crossfit.n_folds
+    pos = np.stack([(f[folds == k] > 0).sum(0) for k in range(K)])  # [K, d_sae]
+    pos_train = pos.sum(0) - pos
+    alive = np.flatnonzero((pos_train > 0).all(0))
+    n_neg_train = np.bincount(folds, minlength=K)[:, None].sum() - np.bincount(folds)[:, None]
+    fit_ok = (pos_train >= 10).all(0) & ((n_neg_train - pos_train) >= 10).all(0)
+    score_ok = (pos.sum(0) >= 5) & (len(f) - pos.sum(0) >= 5)
     feats = res["features"]["baseline"]
-    assert feats["n_alive"] == len(alive) > 0
-    assert feats["features"]["index"] == alive.tolist()  # every alive feature is probed
-    np.testing.assert_allclose(feats["features"]["density"], n_tr[alive] / len(f_tr))
+    assert feats["n_alive"] == len(alive) > 0 and feats["n_tokens"] == len(f)
+    assert feats["features"]["feature"] == alive.tolist()
+    np.testing.assert_allclose(feats["features"]["density"], pos.sum(0)[alive] / len(f))
+    assert feats["features"]["scorable"] == (fit_ok & score_ok)[alive].tolist()
+    assert feats["n_scorable"] == int((fit_ok & score_ok)[alive].sum()) > 0
+    assert sum(feats["excluded"].values()) == f.shape[1] - feats["n_scorable"]
 
-    # token-determinedness of one feature: one-way ANOVA eta² over tokens seen >= 2 times
-    j = len(alive) // 2
-    f = np.concatenate([f_tr, f_h])[:, alive[j]].astype(np.float64)
-    ids, counts = np.unique(a["tokens"], return_counts=True)
-    keep = np.isin(a["tokens"], ids[counts >= 2])
-    fk, tk = f[keep], a["tokens"][keep]
-    between = sum((tk == t).sum() * (fk[tk == t].mean() - fk.mean()) ** 2 for t in np.unique(tk))
-    eta2 = between / ((fk - fk.mean()) ** 2).sum()
-    assert feats["features"]["token_determinedness"][j] == pytest.approx(eta2, abs=1e-6)
+    # the table on disk is the same numbers, with a CSV copy beside it
+    table = pd.read_parquet(out / feats["table"])
+    assert table["feature"].tolist() == alive.tolist()
+    np.testing.assert_allclose(table["r2"], np.array(feats["features"]["r2"], float))
+    assert (out / feats["table"]).with_suffix(".csv").is_file()
+    scored = table[table["scorable"]]
+    assert scored["r2"].notna().all() and scored["balanced_accuracy"].notna().all()
+    assert table.loc[~table["scorable"], "r2"].isna().all()  # excluded: not scored
+
+    # one scorable feature refitted on the same folds from the source activations
+    j = int(scored["feature"].iloc[len(scored) // 2])
+    X = np.concatenate([a["Xtr"], a["Xh"]]).astype(np.float32)
+    ridge = CrossFitRidge().fit(X, f[:, [j]].astype(np.float32), folds)
+    row = table.index[table["feature"] == j][0]
+    assert table.loc[row, "r2"] == pytest.approx(ridge.r2_[0], abs=1e-6)
+    tl = token_lookup_r2(a["tokens"], f[:, [j]], folds, seed=cfg.seed)
+    assert table.loc[row, "token_r2"] == pytest.approx(tl.r2[0], abs=1e-9)
+    assert 0.0 <= table.loc[row, "auroc"] <= 1.0
 
 
 def test_comparison_matches_the_per_feature_numbers(study: Any) -> None:
@@ -190,7 +220,6 @@ def test_comparison_matches_the_per_feature_numbers(study: Any) -> None:
     assert cmp["baseline"]["n"] == len(base) and cmp["residual"]["n"] == len(resid)
     assert cmp["baseline"]["mean"] == pytest.approx(base.mean())
     assert cmp["residual"]["median"] == pytest.approx(np.median(resid))
-    assert cmp["baseline"]["frac_above"] == pytest.approx((base > 0.8).mean())
     assert cmp["diff_mean"] == pytest.approx(base.mean() - resid.mean())
     lo, hi = cmp["diff_mean_ci95"]
     assert lo < cmp["diff_mean"] < hi
@@ -325,20 +354,12 @@ def test_feature_set_with_no_alive_features_is_an_error(tmp_path: Path) -> None:
     cfg = tiny_config(tmp_path / "r")
     run = study_a.open_run(cfg, progress=False)
     rng = np.random.default_rng(0)
-    data = study_a.Data(
-        X_train=rng.normal(size=(50, 8)).astype(np.float32),
-        Y_train=np.zeros((50, 8), np.float32),
-        X_heldout=rng.normal(size=(20, 8)).astype(np.float32),
-        Y_heldout=np.zeros((20, 8), np.float32),
-        train_idx=np.arange(50),
-        heldout_idx=np.arange(50, 70),
-    )
-    dense = np.zeros((50, 16), np.float32)
-    dense[:3, 0] = 1.0  # fires, but on fewer than probes.min_active (5) tokens
-    f_train = sp.csc_matrix(dense)
-    f_heldout = sp.csc_matrix(np.zeros((20, 16), np.float32))
+    X = rng.normal(size=(70, 8)).astype(np.float32)
+    dense = np.zeros((70, 16), np.float32)
+    dense[:3, 0] = 1.0  # fires, but only in the first document: dead in some training folds
+    folds = np.repeat(np.arange(5), 14)
     with pytest.raises(CrosslayerError, match="no alive features"):
-        study_a.probe_features(run, "baseline", data, f_train, f_heldout)
+        study_a.score_features(run, "baseline", X, sp.csc_matrix(dense), folds, np.arange(70))
 
 
 # --------------------------------------------------------------------------------------------
@@ -382,8 +403,8 @@ def test_gemma2_with_a_gemma_scope_npz_through_the_cli(
         "sae_training.epochs=1",
         "sae_training.batch_size=256",
         "probes.study_protocol=false",
-        "probes.min_active=3",
-        "probes.max_iter=10",
+        "crossfit.min_pos_fit=3",
+        "crossfit.min_pos_score=2",
         "analysis.n_bootstrap=200",
     ]
     code = main(["run", *flags, "--no-progress", *(a for s in sets for a in ("--set", s))])

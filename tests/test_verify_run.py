@@ -29,7 +29,8 @@ SMALL: dict[str, Any] = {
     "sweep": {"tokens": 1500},
     "transcoder": {"study_recipe": False, "mlp": False},
     "sae_training": {"arch": "topk", "width": 32, "target_l0": 4, "epochs": 1, "batch_size": 256},
-    "probes": {"min_active": 5, "max_iter": 10, "study_protocol": False},
+    "crossfit": {"min_pos_fit": 10, "min_pos_score": 5},
+    "probes": {"study_protocol": False},
     "analysis": {"n_bootstrap": 100, "n_extreme": 1, "top_k": 2},
 }
 

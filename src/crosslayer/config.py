@@ -136,26 +136,40 @@ class SAETrainingConfig(_Section):
 
 
 class ProbeConfig(_Section):
-    """Per-feature probes: can each SAE feature be read off the source layer?"""
+    """Per-feature probes: can each SAE feature be read off the source layer? (cross-fitted,
+    on the folds of the ``crossfit`` section)"""
 
-    min_active: int = Field(
-        default=10,
-        ge=1,
-        description="a feature is alive if it fires on at least this many train tokens and "
-        "on at least one held-out token",
-    )
     max_features: int | None = Field(
-        default=None, ge=1, description="probe at most this many alive features (null: all of them)"
+        default=None,
+        ge=1,
+        description="probe at most this many scorable features, a seeded sample (null: all)",
     )
-    train_tokens: int | None = Field(
-        default=40_000,
-        ge=100,
-        description="probes are fitted on a seeded sample of this many train tokens (null: "
-        "all); they are always scored on every held-out token",
+    C_rule: Literal["ridge", "cv"] = Field(
+        default="ridge",
+        description="logistic C per feature and fold: 'ridge' (from the ridge alpha chosen by "
+        "grouped inner CV for the feature's 0/1 labels; docs/metrics.md) or 'cv' (grouped inner "
+        "CV over Cs, several times slower)",
     )
-    alpha: float = Field(default=1e-4, ge=0, description="relative ridge strength of the R² probes")
-    C: float = Field(default=1.0, gt=0, description="inverse L2 strength of the logistic probes")
-    max_iter: int = Field(default=30, ge=1, description="L-BFGS iterations of the logistic probes")
+    Cs: list[float] = Field(
+        default=[0.0001, 0.001, 0.01, 0.1, 1.0],
+        min_length=1,
+        description="inverse L2 strengths searched when C_rule is 'cv' (scikit-learn units)",
+    )
+    tol: float = Field(
+        default=1e-4,
+        gt=0,
+        description="per-feature stop of the logistic fits: max |gradient| of the normalised "
+        "objective in whitened coordinates",
+    )
+    max_iter: int = Field(
+        default=500,
+        ge=1,
+        description="L-BFGS iterations per logistic fit at most; fits that stop without "
+        "reaching tol are counted as not converged",
+    )
+    token_permutations: int = Field(
+        default=5, ge=0, description="permutations of token ids behind the token-lookup null"
+    )
     study_protocol: bool = Field(
         default=True,
         description="also score the study's protocol (active = value > 0.1, balanced "

@@ -78,6 +78,11 @@ SHARD_TOKENS = STORE_SHARD_TOKENS  # study A collects with the store's default
 NPY_HEADER = 128  # bytes of a .npy format-1.0 header for these shapes
 SHUFFLE_BUFFER: int = SAETrainConfig.model_fields["shuffle_buffer"].default
 FEATURE_CHUNK = PROBE_FEATURE_CHUNK  # study A probes with FeatureProbes' default
+# Cross-fitted logistic probes (crosslayer.crossfit): typical L-BFGS iterations per fit with
+# the Jacobi preconditioner, and the share of token rows left after merging identical rows
+# of hook_embed (benchmarks/results/crossfit.md).
+LOGISTIC_ITERATIONS = 40
+MERGED_ROWS = 1.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -448,12 +453,13 @@ def plan_run(
                 ctx.time(flops, "sae") + warmup,
             )
         )
-    n_fit = min(cfg.probes.train_tokens or n_train, n_train)
+    n_fit = n_train + n_heldout  # cross-fitted: every token is fitted on and scored
+    K = cfg.crossfit.n_folds
     for name in ("baseline", "residual"):
         flops = (
-            4 * cfg.probes.max_iter * n_fit * d * m  # L-BFGS: X w and X' r per iteration
-            + 2 * n_fit * d * (d + m)  # ridge probes: X'X, X'F
-            + 4 * n_heldout * d * m  # both probes on held-out tokens
+            # L-BFGS on K training sets: X w and X' r per iteration (identical rows merged)
+            4 * LOGISTIC_ITERATIONS * K * n_fit * d * m * (K - 1) / K / MERGED_ROWS
+            + 2 * n_fit * d * (d + 2 * m)  # ridge probes and the C rule: X'X, X'F per fold
             + 2 * n * d * st.width  # encode every token with the SAE
         )
         a = cfg.analysis
@@ -615,7 +621,7 @@ def _memory(
         + 4 * (2 * st.width * d + st.width + d) * 4  # parameters, gradients, Adam's two moments
         + 4 * st.batch_size * st.width * 4  # one batch's latents, forward and backward
     )
-    n_fit = min(cfg.probes.train_tokens or n_train, n_train)
+    n_fit = n  # cross-fitted: all tokens
     probes = (
         2 * n_fit * d * 4  # the fit sample and its standardised copy
         + 6 * n_fit * min(FEATURE_CHUNK, m) * 4  # targets, logits, probabilities, gradients

@@ -15,6 +15,7 @@ through :class:`RunDir`, so a stage's file cannot move without the other two fol
         features_<sae>.json  probes, token-determinedness, contexts per feature of one SAE
         sae_<sae>.json       held-out reconstruction and sparsity of one SAE
         depth.json           the depth sweep
+      features/<sae>.parquet  one row per alive feature: cross-fitted scores (+ a .csv copy)
       results.json         docs/results_schema.md; its paths are relative to RUN
       *.png, report.html   plots and the report, drawn from results.json
       checksums.json       sha256 of every file but the stores (they carry their own); last
@@ -35,6 +36,7 @@ STORES = (STORE, SWEEP_STORE)  # store directories; their manifests hold their o
 SAES = "saes"
 TRAINED_SAES = ("baseline", "residual")  # saes/<name>: every run trains both
 STAGES = "stages"
+FEATURES = "features"  # features/<sae>.parquet (+ .csv): one row per alive feature
 
 
 def sae_path(name: str) -> str:
@@ -89,6 +91,9 @@ class RunDir:
 
     def features(self, sae: str) -> Path:
         return self.stages / f"features_{sae}.json"
+
+    def feature_table(self, sae: str) -> Path:
+        return self.root / FEATURES / f"{sae}.parquet"
 
     def sae_report(self, sae: str) -> Path:
         return self.stages / f"sae_{sae}.json"

@@ -31,6 +31,7 @@ from sklearn.base import BaseEstimator
 
 from crosslayer.crossfit.folds import check_folds
 from crosslayer.crossfit.lbfgs import LBFGSResult, batched_lbfgs
+from crosslayer.crossfit.ridge import DEFAULT_ALPHAS, CrossFitRidge
 from crosslayer.crossfit.stats import F64, FoldLayout, check_targets, load_sorted
 from crosslayer.device import resolve_device
 from crosslayer.errors import CrosslayerError
@@ -95,6 +96,12 @@ class CrossFitLogistic(BaseEstimator):
     Parameters
     ----------
     Cs: inverse L2 strengths searched by grouped inner CV (one value: used as given).
+    C_rule: ``"cv"`` (the grouped inner CV over ``Cs``) or ``"ridge"``: ``C_kj = 4 / (α_kj
+        n_k)`` from the alpha that :class:`CrossFitRidge`'s grouped inner CV picks (over
+        ``rule_alphas``) for the feature's 0/1 labels on ``T_k`` (``n_k`` tokens). The two
+        objectives share their curvature at the null (the logistic's is 1/4 of the linear
+        probability model's), so the rule carries the CV's choice of strength over at the
+        cost of one ridge fit; ``docs/metrics.md`` shows it against the CV on real features.
     threshold: a feature is active where its activation is ``> threshold``.
     tol: per-feature stop on the max-abs gradient (see the module docstring).
     inner_tol: the same for the inner-CV fits, which only rank the Cs (default: ``tol``;
@@ -103,6 +110,7 @@ class CrossFitLogistic(BaseEstimator):
         ``tol`` are counted in ``n_not_converged_``.
     decision: ``"train"`` (threshold maximising training balanced accuracy) or ``"zero"``.
     merge_rows: merge identical X rows within each fold (exact).
+    precondition: start L-BFGS from each problem's Hessian diagonal at ``z = 0`` (speed only).
     feature_chunk: features solved together (memory and speed only).
     dtype: ``"float32"`` (fast) or ``"float64"`` for the rows, products and parameters.
 
@@ -119,6 +127,8 @@ class CrossFitLogistic(BaseEstimator):
     def __init__(
         self,
         Cs: tuple[float, ...] = DEFAULT_CS,
+        C_rule: str = "cv",
+        rule_alphas: tuple[float, ...] = DEFAULT_ALPHAS,
         threshold: float = 0.0,
         tol: float = 1e-5,
         inner_tol: float | None = None,
@@ -126,12 +136,15 @@ class CrossFitLogistic(BaseEstimator):
         history: int = 10,
         decision: str = "train",
         merge_rows: bool = True,
+        precondition: bool = True,
         feature_chunk: int = 512,
         chunk_size: int = 4096,
         dtype: str = "float32",
         device: str | None = None,
     ) -> None:
         self.Cs = Cs
+        self.C_rule = C_rule
+        self.rule_alphas = rule_alphas
         self.threshold = threshold
         self.tol = tol
         self.inner_tol = inner_tol
@@ -139,6 +152,7 @@ class CrossFitLogistic(BaseEstimator):
         self.history = history
         self.decision = decision
         self.merge_rows = merge_rows
+        self.precondition = precondition
         self.feature_chunk = feature_chunk
         self.chunk_size = chunk_size
         self.dtype = dtype
@@ -148,6 +162,10 @@ class CrossFitLogistic(BaseEstimator):
         """Fit and score every feature out of fold; ``fold_ids [n]`` from ``grouped_folds``."""
         Cs = np.sort(np.asarray(self.Cs, dtype=np.float64))
         self._check_params(Cs)
+        self.rule_C_ = None
+        if self.C_rule == "ridge":
+            self.rule_C_ = self._rule_C(X, F, fold_ids)
+            Cs = Cs[:1]  # unused: every fit takes its C from the rule
         dev = resolve_device(self.device)
         dt = torch.float64 if self.dtype == "float64" else torch.float32
         n, d = check_2d("X", X)
@@ -222,7 +240,11 @@ class CrossFitLogistic(BaseEstimator):
             xw = {i: basis.whiten(rows[i].x, dt) for i in train}
             weights = {i: self._weights(rows[i], pos[i][:, ok], w_pos, w_neg) for i in train}
             penalty = basis.penalty.to(dt)
-            if len(Cs) > 1:
+            if self.rule_C_ is not None:
+                rule = self.rule_C_[k, (j0 + ok).cpu().numpy()]
+                c_sel = torch.as_tensor(rule, dtype=dt, device=dev)
+                u0 = torch.zeros(basis.P.shape[0] + 1, ok.numel(), dtype=dt, device=dev)
+            elif len(Cs) > 1:
                 c_sel, u0 = self._inner_cv(xw, weights, penalty, pos, train, ok, Cs, k, j0)
             else:
                 c_sel = torch.full((ok.numel(),), Cs[0], dtype=dt, device=dev)
@@ -253,6 +275,16 @@ class CrossFitLogistic(BaseEstimator):
             out = (j0 + idx).cpu().numpy()
             self.balanced_accuracy_[out] = (0.5 * (tpr + tnr)).cpu().numpy()
             self.auroc_[out] = auroc(z, y).cpu().numpy()
+
+    def _rule_C(self, X: ArrayLike, F: ArrayLike, fold_ids: ArrayLike) -> np.ndarray:
+        """``[K, m]`` C from the ridge alpha chosen for each feature's 0/1 labels."""
+        ridge = CrossFitRidge(alphas=self.rule_alphas, device=self.device)
+        ridge.fit(X, _Active(F, self.threshold), fold_ids)
+        folds, K = check_folds(fold_ids, len(np.asarray(fold_ids).reshape(-1)))
+        n_train = (len(folds) - np.bincount(folds, minlength=K)).astype(np.float64)
+        alpha = np.maximum(ridge.alpha_, 1e-12)  # alpha 0 (no penalty) -> a very large C
+        self.rule_alpha_ = ridge.alpha_
+        return np.clip(4.0 / (alpha * n_train[:, None]), 1e-8, 1e8)
 
     @staticmethod
     def _weights(
@@ -366,6 +398,15 @@ class CrossFitLogistic(BaseEstimator):
             return (ldata + loss) / nc.double(), grad
 
         with torch.no_grad():
+            # Jacobi preconditioner: the diagonal of each column's Hessian at z = 0, where
+            # every sigmoid slope is 1/4 (the penalty's curvature spans the whitened basis'
+            # eigenvalue range, which is what slows plain L-BFGS down).
+            D = None
+            if self.precondition:
+                h = torch.empty_like(u0)
+                h[:-1] = 0.25 * (xs.square().T @ t_all) + lam
+                h[-1] = 0.25 * t_all.sum(0)
+                D = norm[None, :] / h.clamp(min=1e-30)
             res = batched_lbfgs(
                 evaluate,
                 u0,
@@ -373,6 +414,7 @@ class CrossFitLogistic(BaseEstimator):
                 max_iter=self.max_iter,
                 history=self.history,
                 loss_noise=1e-6 if xs.dtype == torch.float32 else 1e-12,
+                precond=D,
             )
         self.n_not_converged_ += int((~res.converged).sum())
         return res
@@ -417,14 +459,29 @@ class CrossFitLogistic(BaseEstimator):
             or self.feature_chunk < 1
             or self.decision not in ("train", "zero")
             or self.dtype not in ("float32", "float64")
+            or self.C_rule not in ("cv", "ridge")
         ):
             raise CrosslayerError(
                 f"bad logistic settings Cs={self.Cs}, tol={self.tol}, max_iter={self.max_iter}, "
                 f"history={self.history}, feature_chunk={self.feature_chunk}, "
-                f"decision={self.decision!r}, dtype={self.dtype!r}",
+                f"decision={self.decision!r}, dtype={self.dtype!r}, C_rule={self.C_rule!r}",
                 "use Cs > 0, tol > 0, max_iter/history/feature_chunk >= 1, decision 'train' "
-                "or 'zero', dtype 'float32' or 'float64'",
+                "or 'zero', dtype 'float32' or 'float64', C_rule 'cv' or 'ridge'",
             )
+
+
+class _Active:
+    """``F`` read as 0/1 labels (``> threshold``), block by block, as the estimators read F."""
+
+    def __init__(self, F: ArrayLike, threshold: float) -> None:
+        self._F, self.threshold = F, threshold
+        self.shape = F.shape
+
+    def __getitem__(self, key: object) -> np.ndarray:
+        block = self._F[key]  # type: ignore[index]
+        if isinstance(block, torch.Tensor):
+            block = block.cpu().numpy()
+        return (np.asarray(block) > self.threshold).astype(np.float32)
 
 
 def auroc(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

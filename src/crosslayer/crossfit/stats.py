@@ -8,6 +8,7 @@ once, whatever the number of folds, inner splits and regularisation values.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -76,3 +77,34 @@ def standardisation(
     scale = var.sqrt()
     tiny = 1e-12 * float(scale.max().clamp(min=1e-300))
     return mean, torch.where(scale > tiny, scale, torch.ones_like(scale))
+
+
+class SparseColumns:
+    """A scipy sparse matrix ``[n, m]`` read as dense blocks, the way the estimators read F.
+
+    ``F[:, j0:j1]`` and ``F[rows]`` return dense float32 arrays of just that block, so a run's
+    2,048 sparse features never exist as one dense ``[n, m]`` array. ``active=True`` returns
+    0/1 (``> threshold``) instead of the values: the labels of the logistic probes.
+    """
+
+    def __init__(self, f: Any, *, active: bool = False, threshold: float = 0.0) -> None:
+        self._f = f.tocsc()
+        self._rows: Any = None  # CSR copy, made on the first row read
+        self.shape = self._f.shape
+        self.active, self.threshold = active, threshold
+
+    def _dense(self, block: Any) -> np.ndarray:
+        out = np.asarray(block.toarray(), dtype=np.float32)
+        return (out > self.threshold).astype(np.float32) if self.active else out
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, tuple):
+            rows, cols = key
+            if rows != slice(None):
+                raise CrosslayerError(
+                    "SparseColumns reads whole columns or whole rows", "index as F[:, j0:j1]"
+                )
+            return self._dense(self._f[:, cols])
+        if self._rows is None:
+            self._rows = self._f.tocsr()
+        return self._dense(self._rows[key])

@@ -14,13 +14,17 @@ from crosslayer.metrics import DEFINITIONS
 REGRESSION_DEFINITIONS: dict[str, str] = dict(DEFINITIONS)
 
 PROBE_DEFINITIONS: dict[str, str] = {
-    "balanced_accuracy": "held-out (TPR + TNR) / 2 of a class-weighted logistic probe from the "
-    "source layer; a feature is active on a token when its activation is > 0",
-    "auroc": "held-out area under the ROC curve of the logistic probe's logit (Mann-Whitney)",
-    "r2": "held-out 1 - Σ(f - f̂)² / Σ(f - f̄)² of a ridge probe predicting the feature's value",
-    "density": "share of train tokens on which the feature is active",
-    "token_determinedness": "η²: share of the feature's variance explained by the identity of "
-    "the current token alone (tokens seen at least twice)",
+    "balanced_accuracy": "out-of-fold (TPR + TNR) / 2 of a class-balanced logistic probe from "
+    "the source layer (folds by document, C per feature); a feature is active on a token when "
+    "its activation is > 0",
+    "auroc": "out-of-fold area under the ROC curve of the logistic probe's logit (Mann-Whitney), "
+    "folds by document",
+    "r2": "out-of-fold 1 - Σ(f - f̂)² / Σ(f - f̄)² of a ridge probe predicting the feature's "
+    "value, alpha per feature by grouped inner CV",
+    "density": "share of tokens (all folds) on which the feature is active",
+    "token_r2": "out-of-fold token-lookup R²: the mean of the feature for the current token id "
+    "in the other folds' documents, shrunk toward the feature mean; about 0 for a feature the "
+    "token does not determine (its permutation null is in features/<sae>.parquet)",
     "study_protocol_accuracy": "the study's protocol: active = value > 0.1, classes balanced by "
     "subsampling, 80/20 split, sklearn LogisticRegression on raw inputs, plain accuracy",
     "diff_mean": "mean(baseline) - mean(residual) with a 95% percentile-bootstrap interval; "

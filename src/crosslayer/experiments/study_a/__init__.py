@@ -51,12 +51,13 @@ from crosslayer.rundir import TRAINED_SAES as SAE_NAMES
 if TYPE_CHECKING:
     from crosslayer.experiments.study_a.comparison import compare_saes
     from crosslayer.experiments.study_a.features import (
-        alive_features,
         analyse_sae,
         extremes,
-        probe_features,
-        token_determinedness_of,
+        run_folds,
+        score_features,
+        study_protocol,
         top_contexts,
+        write_table,
     )
     from crosslayer.experiments.study_a.hooks import default_target, sweep_hooks, sweep_tokens
     from crosslayer.experiments.study_a.inputs import (
@@ -111,12 +112,13 @@ _API = {
     "encode_sparse": "saes",
     "sae_train_config": "saes",
     "train_saes": "saes",
-    "alive_features": "features",
     "analyse_sae": "features",
     "extremes": "features",
-    "probe_features": "features",
-    "token_determinedness_of": "features",
+    "run_folds": "features",
+    "score_features": "features",
+    "study_protocol": "features",
     "top_contexts": "features",
+    "write_table": "features",
     "compare_saes": "comparison",
     "run_depth_sweep": "sweep",
     "write_plots": "plots",
@@ -132,7 +134,6 @@ __all__ = [
     "Run",
     "SplitCounts",
     "Transcoders",
-    "alive_features",
     "analyse_sae",
     "check_split",
     "collect_stores",
@@ -145,20 +146,22 @@ __all__ = [
     "load_data",
     "open_run",
     "plan_split",
-    "probe_features",
     "residuals",
     "resolve_hooks",
     "run_depth_sweep",
+    "run_folds",
     "run_study_a",
     "sae_train_config",
+    "score_features",
+    "study_protocol",
     "summary_table",
     "sweep_corpus",
     "sweep_hooks",
     "sweep_tokens",
-    "token_determinedness_of",
     "top_contexts",
     "train_saes",
     "write_plots",
+    "write_table",
 ]
 
 

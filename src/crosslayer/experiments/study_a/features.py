@@ -1,124 +1,209 @@
-"""Stages 6-7a: probe every alive feature of an SAE from the source, and describe each one.
+"""Stages 6-7a: score every feature of an SAE from the source, out of fold, and describe it.
 
-For every SAE: which features are alive, ridge and logistic probes for all of them (and the
-study's protocol on a sample), how much of each feature the current token alone determines,
-and the contexts of the most and least predictable features.
+For every SAE: the minimum-positives rule (on training folds only), cross-fitted ridge R²
+(alpha per feature by grouped inner CV), cross-fitted class-balanced logistic probes (C per
+feature, each converged to its own tolerance), the cross-fitted token-lookup R² with its
+permutation null, the study's protocol on a sample, and the contexts of the most and least
+predictable features. Every score pools the folds of :func:`run_folds`: each token is scored
+by a probe that never saw its document. One row per alive feature goes to
+``features/<sae>.parquet`` (``docs/results_schema.md``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import io
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
 
 from crosslayer import fs
-from crosslayer.compare import token_determinedness
+from crosslayer.crossfit import (
+    CrossFitLogistic,
+    CrossFitRidge,
+    count_positives,
+    grouped_folds,
+    token_lookup_r2,
+)
+from crosslayer.crossfit.positives import OK
+from crosslayer.crossfit.stats import SparseColumns
 from crosslayer.errors import CrosslayerError
 from crosslayer.experiments.study_a.inputs import Data
-from crosslayer.experiments.study_a.run import Run, nan_array, sample_rows
+from crosslayer.experiments.study_a.run import Run, nan_array
 from crosslayer.experiments.study_a.saes import encode_sparse
-from crosslayer.probes import FeatureProbes, study_protocol_probe
+from crosslayer.probes import study_protocol_probe
 from crosslayer.store import ActivationStore
 
 if TYPE_CHECKING:
     from sae_lens import SAE
 
+DEFINITIONS = {
+    "folds": "K folds by document over every token of the store (train and held-out); each "
+    "token is scored by a probe fitted on the other K-1 folds",
+    "n_pos": "tokens where the feature is active (> 0), all folds",
+    "n_pos_train_min": "fewest active tokens in any training set (K-1 folds)",
+    "scorable": "at least crossfit.min_pos_fit active and inactive tokens in every training set "
+    "and at least crossfit.min_pos_score of each among the scored tokens",
+    "r2": "out-of-fold ridge R² of the activation: 1 - Σ_k SSE_k / Σ (f - f̄)², alpha per "
+    "feature and fold by grouped inner CV on the training folds",
+    "balanced_accuracy": "out-of-fold balanced accuracy of the class-balanced logistic probe "
+    "(active = > 0), threshold chosen on each training set",
+    "auroc": "out-of-fold AUROC of the logistic probe's score, pooled over folds",
+    "converged": "every outer logistic fit of the feature reached its gradient tolerance",
+    "alpha": "median over folds of the chosen relative ridge strength (Ridge(alpha * n))",
+    "C": "median over folds of the logistic probe's inverse L2 strength (scikit-learn units)",
+    "token_r2": "out-of-fold token-lookup R²: E[f | token id] from the other folds, shrunk "
+    "toward the feature mean (pseudo-count by inner CV); ~0 for a feature the token does not "
+    "determine",
+    "token_r2_null": "the largest token-lookup R² over permutations of the token ids: what the "
+    "lookup scores on a feature it cannot predict",
+}
+SUMMARY_METRICS = ("balanced_accuracy", "auroc", "r2", "token_r2")
 
-def alive_features(f_train: sp.csc_matrix, f_heldout: sp.csc_matrix, min_active: int) -> np.ndarray:
-    """Features active on >= ``min_active`` train tokens and on some but not all held-out ones."""
-    n_train = np.diff((f_train > 0).astype(np.int8).tocsc().indptr)
-    n_held = np.diff((f_heldout > 0).astype(np.int8).tocsc().indptr)
-    ok = (n_train >= min_active) & (n_train < f_train.shape[0])
-    ok &= (n_held >= 1) & (n_held < f_heldout.shape[0])
-    return np.flatnonzero(ok)
+
+def run_folds(store: ActivationStore, rows: np.ndarray, run: Run) -> np.ndarray:
+    """The run's folds for store rows ``rows``: made once over all store rows, by document."""
+    folds = grouped_folds(store.doc_ids, run.cfg.crossfit.n_folds, run.cfg.seed)
+    return folds[rows]
 
 
-def _columns(f: sp.csc_matrix, features: np.ndarray) -> Callable[[int, int], np.ndarray]:
-    """``fn(start, stop)`` giving dense columns ``features[start:stop]`` (what probes stream)."""
-    return lambda j0, j1: f[:, features[j0:j1]].toarray()
-
-
-def probe_features(
+def score_features(
     run: Run,
     name: str,
-    data: Data,
-    f_train: sp.csc_matrix,
-    f_heldout: sp.csc_matrix,
+    X: np.ndarray,
+    f: sp.csc_matrix,
+    folds: np.ndarray,
+    tokens: np.ndarray,
 ) -> dict[str, Any]:
-    """Fit ridge + logistic probes for every alive feature on train, score them on held-out."""
-    cfg = run.cfg.probes
-    alive = alive_features(f_train, f_heldout, cfg.min_active)
+    """Cross-fitted scores of every alive feature of ``f [n, d_sae]`` from ``X [n, d]``."""
+    cfg, cf = run.cfg.probes, run.cfg.crossfit
+    counts = count_positives(
+        SparseColumns(f), folds, min_fit=cf.min_pos_fit, min_score=cf.min_pos_score
+    )
+    alive = np.flatnonzero(counts.alive)
     if alive.size == 0:
         raise CrosslayerError(
-            f"the {name} SAE has no alive features (none fires on >= {cfg.min_active} train "
-            "tokens and on some held-out tokens)",
-            "check that the SAE matches the target, train it longer, raise --tokens, or lower "
-            "probes.min_active",
+            f"the {name} SAE has no alive features (none fires in every training fold)",
+            "check that the SAE matches the target, train it longer or raise --tokens",
         )
-    rng = np.random.default_rng(run.cfg.seed)
-    probed = alive
-    if cfg.max_features is not None and alive.size > cfg.max_features:
-        probed = np.sort(rng.choice(alive, cfg.max_features, replace=False))
-    probes = FeatureProbes(alpha=cfg.alpha, C=cfg.C, max_iter=cfg.max_iter, device=run.cfg.device)
-    m = len(probed)
-    fit_rows = sample_rows(len(data.X_train), cfg.train_tokens, run.cfg.seed)
-    probes.fit(data.X_train[fit_rows], _columns(f_train[fit_rows], probed), n_features=m)
-    res = probes.evaluate(data.X_heldout, _columns(f_heldout, probed), n_features=m)
-    n_active = np.diff((f_train[:, probed] > 0).astype(np.int8).tocsc().indptr)
-    out: dict[str, Any] = {
-        "n_features": int(f_train.shape[1]),
-        "n_alive": int(alive.size),
-        "n_probed": m,
-        "n_probe_fit_tokens": len(fit_rows),
-        "features": {
-            "index": probed,
-            "r2": res.r2,
-            "balanced_accuracy": res.balanced_accuracy,
-            "auroc": res.auroc,
-            "density": n_active / f_train.shape[0],  # on the whole train split
-            "n_active_train": n_active,
-            "n_active_heldout": res.n_active_heldout,
-        },
-        "definitions": res.definitions,
-        "study_protocol": None,
+    scorable = alive[counts.scorable[alive]]
+    probed = scorable
+    if cfg.max_features is not None and scorable.size > cfg.max_features:
+        rng = np.random.default_rng(run.cfg.seed)
+        probed = np.sort(rng.choice(scorable, cfg.max_features, replace=False))
+    n = f.shape[0]
+    m = len(alive)
+    col = {int(j): i for i, j in enumerate(alive)}
+    table: dict[str, np.ndarray] = {
+        "feature": alive,
+        "density": counts.n_pos[alive] / n,
+        "n_pos": counts.n_pos[alive],
+        "n_pos_train_min": counts.n_pos_train[:, alive].min(0),
+        "scorable": counts.scorable[alive],
+        "excluded_reason": np.array(
+            ["" if s == OK else s for s in counts.status[alive]], dtype=object
+        ),
+        "probed": np.isin(alive, probed),
     }
-    if cfg.study_protocol and cfg.study_features > 0:
-        # The study's protocol on its own terms: a sample of features, the first
-        # `study_tokens` tokens (train rows first) with no regard to our split, its 80/20 split.
-        k = min(cfg.study_features, m)
-        sample = np.sort(rng.choice(probed, k, replace=False))
-        n = min(cfg.study_tokens, len(data.X_train) + len(data.X_heldout))
-        X_all = np.concatenate([data.X_train, data.X_heldout])[:n]
-        f_all = sp.vstack([f_train, f_heldout]).tocsc()[:n]
-        acc = [
-            study_protocol_probe(X_all, f_all[:, j].toarray().ravel(), seed=run.cfg.seed)
-            for j in sample
-        ]
-        out["study_protocol"] = {
-            "index": sample,
-            "accuracy": [a["accuracy"] for a in acc],
-            "n_per_class": [a["n_per_class"] for a in acc],
-            "n_tokens": n,
-        }
-    return out
+    for key in ("r2", "alpha", "balanced_accuracy", "auroc", "C", "token_r2", "token_r2_null"):
+        table[key] = np.full(m, np.nan)
+    table["converged"] = np.zeros(m, dtype=bool)
+    n_not_converged = 0
+    timings: dict[str, float] = {}
+    if probed.size:
+        at = np.array([col[int(j)] for j in probed])
+        F = SparseColumns(f[:, probed])
+        with _timed(run, timings, "ridge", f"{name}: ridge probes, {probed.size:,} features"):
+            ridge = CrossFitRidge(device=run.cfg.device).fit(X, F, folds)
+        table["r2"][at], table["alpha"][at] = ridge.r2_, np.median(ridge.alpha_, 0)
+        with _timed(run, timings, "logistic", f"{name}: logistic probes, {probed.size:,} features"):
+            logit = CrossFitLogistic(
+                Cs=tuple(cfg.Cs),
+                C_rule=cfg.C_rule,
+                tol=cfg.tol,
+                max_iter=cfg.max_iter,
+                device=run.cfg.device,
+            ).fit(X, F, folds)
+        table["balanced_accuracy"][at] = logit.balanced_accuracy_
+        table["auroc"][at] = logit.auroc_
+        table["C"][at] = np.median(logit.C_, 0)
+        table["converged"][at] = logit.converged_.all(0)
+        n_not_converged = int(logit.n_not_converged_)
+        with _timed(
+            run, timings, "token_lookup", f"{name}: token lookup, {probed.size:,} features"
+        ):
+            tl = token_lookup_r2(
+                tokens, F, folds, n_permutations=cfg.token_permutations, seed=run.cfg.seed
+            )
+        table["token_r2"][at], table["token_r2_null"][at] = tl.r2, tl.null_level
+    summary = {key: _summary(table[key][table["probed"]]) for key in SUMMARY_METRICS}
+    return {
+        "n_features": int(f.shape[1]),
+        "n_tokens": int(n),
+        "n_folds": int(cf.n_folds),
+        "n_alive": int(alive.size),
+        "n_scorable": int(scorable.size),
+        "n_probed": int(probed.size),
+        "n_not_converged": n_not_converged,
+        "n_probed_not_converged": int((table["probed"] & ~table["converged"]).sum()),
+        "excluded": {"dead in training": int(f.shape[1] - alive.size)}
+        | {r: v for r, v in counts.excluded.items() if v and not r.startswith("dead")},
+        "rule": {"min_pos_fit": cf.min_pos_fit, "min_pos_score": cf.min_pos_score},
+        "C_rule": cfg.C_rule,
+        "summary": summary,
+        "timings": timings,
+        "table": table,
+        "definitions": DEFINITIONS,
+    }
 
 
-def token_determinedness_of(
-    f: sp.csc_matrix, tokens: np.ndarray, features: np.ndarray, min_count: int, block: int = 256
-) -> np.ndarray:
-    """Share of each feature's variance explained by the current token's identity alone.
+@contextmanager
+def _timed(run: Run, timings: dict[str, float], key: str, message: str) -> Iterator[None]:
+    """Announce one part of a stage and record its wall time under ``timings[key]``."""
+    run.say(message)
+    start = time.perf_counter()
+    yield
+    timings[key] = round(time.perf_counter() - start, 2)
 
-    Eta² of the feature grouped by token id (:func:`crosslayer.compare.token_determinedness`),
-    over tokens seen at least ``min_count`` times; computed ``block`` features at a time.
-    """
-    get = _columns(f, features)
-    parts = [
-        token_determinedness(tokens, get(j0, min(j0 + block, len(features))), min_count=min_count)
-        for j0 in range(0, len(features), block)
+
+def _summary(values: np.ndarray) -> dict[str, Any]:
+    """Mean, median and quartiles over the probed (scorable) features, with their count."""
+    v = values[np.isfinite(values)]
+    if v.size == 0:
+        return {"n": 0, "mean": None, "median": None, "q25": None, "q75": None}
+    q25, med, q75 = np.quantile(v, [0.25, 0.5, 0.75])
+    return {
+        "n": int(v.size),
+        "mean": float(v.mean()),
+        "median": float(med),
+        "q25": float(q25),
+        "q75": float(q75),
+    }
+
+
+def study_protocol(
+    run: Run, X: np.ndarray, f: sp.csc_matrix, probed: np.ndarray
+) -> dict[str, Any] | None:
+    """The study's protocol on its own terms: a sample of features, the first
+    ``study_tokens`` tokens (train rows first) with no regard to documents, its 80/20 split."""
+    cfg = run.cfg.probes
+    if not cfg.study_protocol or cfg.study_features <= 0 or probed.size == 0:
+        return None
+    rng = np.random.default_rng(run.cfg.seed)
+    sample = np.sort(rng.choice(probed, min(cfg.study_features, probed.size), replace=False))
+    n = min(cfg.study_tokens, len(X))
+    acc = [
+        study_protocol_probe(X[:n], f[:n, j].toarray().ravel(), seed=run.cfg.seed) for j in sample
     ]
-    return np.concatenate(parts) if parts else np.zeros(0)
+    return {
+        "index": sample,
+        "accuracy": [a["accuracy"] for a in acc],
+        "n_per_class": [a["n_per_class"] for a in acc],
+        "n_tokens": n,
+    }
 
 
 def top_contexts(
@@ -185,7 +270,7 @@ def extremes(
                 "feature": int(feats["index"][i]),
                 cfg.metric: float(value[i]),
                 "density": feats["density"][i],
-                "token_determinedness": feats["token_determinedness"][i],
+                "token_r2": feats["token_r2"][i],
                 "contexts": top_contexts(
                     f_all,
                     int(feats["index"][i]),
@@ -213,20 +298,36 @@ def analyse_sae(
     store: ActivationStore,
     tokenizer: Any,
 ) -> dict[str, Any]:
-    """Probes, token-determinedness and top contexts for one SAE's features.
+    """Cross-fitted scores, the study's protocol and top contexts for one SAE's features.
 
-    ``x_train``/``x_heldout`` are what the SAE reads (target activations or residuals);
-    its features are always predicted from the source activations in ``data``.
+    ``x_train``/``x_heldout`` are what the SAE reads (target activations or residuals); its
+    features are always predicted from the source activations in ``data``, over all tokens
+    (``rows``: store row of each train + held-out row). Writes ``features/<name>.parquet``
+    (and a CSV copy) and returns the JSON part (the table as lists, for plots and report).
     """
-    f_train, f_heldout = encode_sparse(sae, x_train), encode_sparse(sae, x_heldout)
-    f_all = sp.vstack([f_train, f_heldout]).tocsc()
-    res = probe_features(run, name, data, f_train, f_heldout)
-    res["features"]["token_determinedness"] = token_determinedness_of(
-        f_all,
-        store.tokens[rows],
-        np.asarray(res["features"]["index"]),
-        run.cfg.analysis.token_min_count,
-    )
+    f_all = sp.vstack([encode_sparse(sae, x_train), encode_sparse(sae, x_heldout)]).tocsc()
+    X = np.concatenate([data.X_train, data.X_heldout])
+    folds = run_folds(store, rows, run)
+    res = score_features(run, name, X, f_all, folds, store.tokens[rows])
+    table = res.pop("table")
+    write_table(run.dirs.feature_table(name), table)
+    res["study_protocol"] = study_protocol(run, X, f_all, table["feature"][table["probed"]])
+    res["features"] = {
+        k: (v.tolist() if k != "excluded_reason" else [str(x) for x in v]) for k, v in table.items()
+    }
+    res["features"]["index"] = res["features"]["feature"]  # the name plots and report read
+    res["table"] = run.dirs.feature_table(name).relative_to(run.out).as_posix()
     res = fs.jsonable(res)
     res["extremes"] = extremes(res, f_all, rows, store, tokenizer, run)
     return dict(res)
+
+
+def write_table(path: Any, table: dict[str, np.ndarray]) -> None:
+    """``table`` as Parquet (pyarrow) and a CSV copy beside it, each written atomically."""
+    import pandas as pd
+
+    frame = pd.DataFrame(dict(table))
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    fs.atomic_write_bytes(path, buf.getvalue())
+    fs.atomic_write_bytes(path.with_suffix(".csv"), frame.to_csv(index=False).encode())

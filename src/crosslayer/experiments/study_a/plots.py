@@ -180,8 +180,8 @@ def feature_figure(results: dict[str, Any]) -> Figure:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     _scatter(axes[0], results, "density", log=True)
     axes[0].set_xlabel("feature density (fraction of train tokens active)")
-    _scatter(axes[1], results, "token_determinedness", log=False)
-    axes[1].set_xlabel("token-determinedness (variance share explained by the token id)")
+    _scatter(axes[1], results, "token_r2", log=False)
+    axes[1].set_xlabel("token-lookup R² (out of fold: E[f | token] from the other documents)")
     fig.suptitle("Which features the source layer predicts", fontsize=10)
     fig.tight_layout()
     return fig

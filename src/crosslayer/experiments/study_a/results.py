@@ -70,7 +70,8 @@ def summary_table(results: dict[str, Any]) -> Any:
         feats = results["features"][name]
         stats = cmp.get(metric, {}).get(name, {})
         table.add_row(
-            f"{name} SAE: mean {metric} ({feats['n_probed']} of {feats['n_alive']} alive)",
+            f"{name} SAE: mean out-of-fold {metric} ({feats['n_probed']} scorable of "
+            f"{feats['n_alive']} alive)",
             _fmt(stats.get("mean")),
             f"{ref[key]} (accuracy, study protocol)",
         )
