@@ -32,8 +32,10 @@ CAPTIONS: dict[str, str] = {
     "baseline vs residual feature predictability; (d) predictability against density.",
     "depth_curve": "Held-out explained variance of a ridge map from the source hook to every "
     "resid_post: how fast the early layer stops explaining the stream.",
-    "feature_predictability": "One dot per probed feature: predictability against density "
-    "and against token-determinedness (η²). Features high on η² are mostly token detectors.",
+    "feature_predictability": "One dot per scored feature: out-of-fold predictability against "
+    "density and against the cross-fitted token-lookup R² (how much of the feature the current "
+    "token's identity predicts in unseen documents; about 0 for a feature it does not "
+    "determine).",
     "contrast_layers": "Left: per-layer paired difference cos(q, direct) − cos(q, evasive) "
     "with its 95% CI (0 = no difference). Right: AUROC of the cosines; dashed: the model's "
     "own log-likelihood, the baseline a cosine must beat.",

@@ -30,7 +30,7 @@ is the one rule by which a rerun reuses them):
 4. ``transcoders``: residuals = target - ridge transcoder(source), for every token
 5. ``saes``: train the baseline SAE (target) and the residual SAE (residuals), identically
 6. ``features``: probe every alive feature of each SAE from the source; the study's protocol
-   beside; density, token-determinedness and contexts per feature
+   beside; density, token-lookup R² and contexts per feature
 7. ``comparison``: baseline vs residual, every metric's distribution
 8. ``sweep``: the depth sweep
 9. ``results``, ``plots``: ``results.json`` (docs/results_schema.md), plots, the summary table

@@ -6,7 +6,7 @@
   residual feature predictability; (d) predictability against feature density.
 * ``depth_curve.png`` — held-out explained variance from the source to every ``resid_post``.
 * ``feature_predictability.png`` — per feature: predictability against density and against
-  token-determinedness, for every SAE probed.
+  token-lookup R², for every SAE probed.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from crosslayer import fs
 
 COLORS = {"baseline": "tab:blue", "residual": "tab:orange", "pretrained": "tab:green"}
 METRIC_LABELS = {
-    "balanced_accuracy": "held-out balanced accuracy",
-    "auroc": "held-out AUROC",
-    "r2": "held-out R²",
+    "balanced_accuracy": "out-of-fold balanced accuracy",
+    "auroc": "out-of-fold AUROC",
+    "r2": "out-of-fold R²",
 }
 
 
@@ -176,7 +176,7 @@ def depth_figure(results: dict[str, Any]) -> Figure:
 
 
 def feature_figure(results: dict[str, Any]) -> Figure:
-    """Predictability against density and against token-determinedness, per feature."""
+    """Predictability against density and against token-lookup R², per feature."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     _scatter(axes[0], results, "density", log=True)
     axes[0].set_xlabel("feature density (fraction of train tokens active)")
