@@ -159,3 +159,21 @@ def test_library_keyword_defaults_equal_the_config_defaults(
 def test_eval_sae_contexts_default_to_evaluate_sae() -> None:
     want = inspect.signature(evaluate_sae).parameters["n_contexts"].default
     assert EvalSAEConfig.model_fields["n_contexts"].default == want
+
+
+def test_flag_limits_are_the_fields_limits() -> None:
+    """A flag's min/max come from its field; a call site that disagrees is refused."""
+    from pydantic import BaseModel, Field
+
+    from crosslayer.cli._options import option_for
+
+    class M(BaseModel):
+        n: int = Field(default=3, ge=2, le=9, description="n")
+        k: int = Field(default=3, gt=0, description="k")
+        x: float = Field(default=0.5, gt=0, lt=1, description="x")
+
+    assert (option_for(M, "n").min, option_for(M, "n").max) == (2, 9)
+    assert option_for(M, "k").min == 1  # gt 0 on an integer: at least 1
+    assert option_for(M, "x").min is None  # an open float bound is pydantic's to enforce
+    with pytest.raises(TypeError, match="min=1 but the field has 2"):
+        option_for(M, "n", min=1)

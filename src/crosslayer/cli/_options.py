@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import annotated_types
 import typer
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
@@ -37,4 +38,33 @@ def option_for(
         raise TypeError(f"{model.__name__}.{name} has no description")
     if default is _FROM_FIELD:
         default = ... if field.is_required() else field.get_default(call_default_factory=True)
+    for key, value in field_range(field).items():
+        # A limit written at the call site must be the field's own: the flag cannot be
+        # looser or stricter than the config it fills.
+        if key in kwargs and kwargs[key] != value:
+            raise TypeError(
+                f"{model.__name__}.{name}: {key}={kwargs[key]} but the field has {value}"
+            )
+        kwargs[key] = value
     return typer.Option(default, *param_decls, help=field.description, **kwargs)
+
+
+def field_range(field: FieldInfo) -> dict[str, Any]:
+    """Click's inclusive ``min``/``max`` from the field's ``ge``/``le`` (and ``gt`` on an
+    integer field, as ``gt + 1``). A float ``gt``/``lt`` has no inclusive form: pydantic
+    enforces it when the config is built."""
+    out: dict[str, Any] = {}
+    is_int = field.annotation is int or str(field.annotation) in (
+        "int | None",
+        "typing.Optional[int]",
+    )
+    for m in field.metadata:
+        if isinstance(m, annotated_types.Ge):
+            out["min"] = m.ge
+        elif isinstance(m, annotated_types.Gt) and is_int:
+            out["min"] = int(m.gt) + 1  # type: ignore[call-overload]
+        elif isinstance(m, annotated_types.Le):
+            out["max"] = m.le
+        elif isinstance(m, annotated_types.Lt) and is_int:
+            out["max"] = int(m.lt) - 1  # type: ignore[call-overload]
+    return out
