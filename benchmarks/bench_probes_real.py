@@ -95,6 +95,7 @@ def main() -> None:
     ap.add_argument("--sklearn-features", type=int, default=0)
     ap.add_argument("--cv-features", type=int, default=0)
     ap.add_argument("--second-seed", action="store_true")
+    ap.add_argument("--k-sweep", type=int, nargs="*", default=[], help="e.g. 3 5 10")
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
@@ -108,21 +109,33 @@ def main() -> None:
     X, f, docs, tokens = load(args.run, args.sae)
     cfg = build_config(
         "default",
-        overrides={"crossfit": {"n_folds": args.folds}, "probes": {"max_features": args.max_features}},
+        overrides={
+            "crossfit": {"n_folds": args.folds},
+            "probes": {"max_features": args.max_features},
+        },
     )
     folds = grouped_folds(docs, args.folds, cfg.seed)
-    print(f"{X.shape[0]:,} tokens x {X.shape[1]}, {f.shape[1]:,} latents, K={args.folds}, "
-          f"load {load_avg:.1f}, threads {torch.get_num_threads()}", flush=True)
+    print(
+        f"{X.shape[0]:,} tokens x {X.shape[1]}, {f.shape[1]:,} latents, K={args.folds}, "
+        f"load {load_avg:.1f}, threads {torch.get_num_threads()}",
+        flush=True,
+    )
     t0 = time.perf_counter()
     res = score_features(_Run(cfg), args.sae, X, f, folds, tokens)
     total = time.perf_counter() - t0
     tab = res["table"]
     probed = tab["probed"]
     report: dict[str, Any] = {
-        "tokens": int(X.shape[0]), "d": int(X.shape[1]), "n_alive": res["n_alive"],
-        "n_scorable": res["n_scorable"], "n_probed": res["n_probed"],
-        "excluded": res["excluded"], "timings": res["timings"], "total_s": round(total, 1),
-        "n_not_converged": res["n_not_converged"], "summary": res["summary"],
+        "tokens": int(X.shape[0]),
+        "d": int(X.shape[1]),
+        "n_alive": res["n_alive"],
+        "n_scorable": res["n_scorable"],
+        "n_probed": res["n_probed"],
+        "excluded": res["excluded"],
+        "timings": res["timings"],
+        "total_s": round(total, 1),
+        "n_not_converged": res["n_not_converged"],
+        "summary": res["summary"],
         "load_at_start": round(load_avg, 1),
     }
     print(json.dumps(report, indent=1), flush=True)
@@ -144,15 +157,23 @@ def main() -> None:
             for i, j in enumerate(cols)
         ]
         per = (time.perf_counter() - t) / len(cols)
-        ours = np.array([[tab["r2"][probed][i], tab["balanced_accuracy"][probed][i],
-                          tab["auroc"][probed][i]] for i in pick])
+        ours = np.array(
+            [
+                [tab["r2"][probed][i], tab["balanced_accuracy"][probed][i], tab["auroc"][probed][i]]
+                for i in pick
+            ]
+        )
         diff = np.abs(np.array(sk) - ours)
         report["sklearn"] = {
-            "features": int(len(cols)), "s_per_feature": round(per, 2),
+            "features": len(cols),
+            "s_per_feature": round(per, 2),
             "extrapolated_s": round(per * feats.size, 1),
             "speedup": round(per * feats.size / total, 1),
-            "max_abs_diff": {"r2": float(diff[:, 0].max()), "balanced_accuracy":
-                             float(diff[:, 1].max()), "auroc": float(diff[:, 2].max())},
+            "max_abs_diff": {
+                "r2": float(diff[:, 0].max()),
+                "balanced_accuracy": float(diff[:, 1].max()),
+                "auroc": float(diff[:, 2].max()),
+            },
         }
         print(json.dumps(report["sklearn"], indent=1), flush=True)
 
@@ -168,18 +189,23 @@ def main() -> None:
         dba = rule.balanced_accuracy_ - cv.balanced_accuracy_
         dau = rule.auroc_ - cv.auroc_
         report["rule_vs_cv"] = {
-            "features": int(pick.size), "Cs": list(cfg.probes.Cs),
+            "features": int(pick.size),
+            "Cs": list(cfg.probes.Cs),
             "seconds": {"cv": round(t_cv, 1), "rule": round(t_rule, 1)},
-            "balanced_accuracy": {"cv_mean": float(np.nanmean(cv.balanced_accuracy_)),
-                                  "rule_mean": float(np.nanmean(rule.balanced_accuracy_)),
-                                  "median_abs_diff": float(np.nanmedian(np.abs(dba))),
-                                  "p95_abs_diff": float(np.nanquantile(np.abs(dba), 0.95)),
-                                  "share_within_0.01": float(np.nanmean(np.abs(dba) <= 0.01))},
-            "auroc": {"cv_mean": float(np.nanmean(cv.auroc_)),
-                      "rule_mean": float(np.nanmean(rule.auroc_)),
-                      "median_abs_diff": float(np.nanmedian(np.abs(dau))),
-                      "p95_abs_diff": float(np.nanquantile(np.abs(dau), 0.95))},
-            "cv_C_share": {str(c): float(np.mean(cv.C_ == c)) for c in cfg.probes.Cs},
+            "balanced_accuracy": {
+                "cv_mean": float(np.nanmean(cv.balanced_accuracy_)),
+                "rule_mean": float(np.nanmean(rule.balanced_accuracy_)),
+                "median_abs_diff": float(np.nanmedian(np.abs(dba))),
+                "p95_abs_diff": float(np.nanquantile(np.abs(dba), 0.95)),
+                "share_within_0.01": float(np.nanmean(np.abs(dba) <= 0.01)),
+            },
+            "auroc": {
+                "cv_mean": float(np.nanmean(cv.auroc_)),
+                "rule_mean": float(np.nanmean(rule.auroc_)),
+                "median_abs_diff": float(np.nanmedian(np.abs(dau))),
+                "p95_abs_diff": float(np.nanquantile(np.abs(dau), 0.95)),
+            },
+            "cv_C_share": {str(c): float(np.mean(c == cv.C_)) for c in cfg.probes.Cs},
             "rule_C_quartiles": [float(q) for q in np.nanquantile(rule.C_, [0.25, 0.5, 0.75])],
         }
         print(json.dumps(report["rule_vs_cv"], indent=1), flush=True)
@@ -197,14 +223,38 @@ def main() -> None:
                 f"{lo}-{hi if hi < 10**9 else 'inf'}": {
                     "n": int(((n_pos >= lo) & (n_pos < hi)).sum()),
                     "median_abs_diff": float(np.nanmedian(d[(n_pos >= lo) & (n_pos < hi)]))
-                    if ((n_pos >= lo) & (n_pos < hi)).any() else None,
+                    if ((n_pos >= lo) & (n_pos < hi)).any()
+                    else None,
                 }
                 for lo, hi in bins
             }
-            spread[key]["mean_shift"] = float(np.nanmean(tab[key][both])
-                                              - np.nanmean(res2["table"][key][both]))
+            spread[key]["mean_shift"] = float(
+                np.nanmean(tab[key][both]) - np.nanmean(res2["table"][key][both])
+            )
         report["fold_seed_spread"] = spread
         print(json.dumps(spread, indent=1), flush=True)
+
+    if args.k_sweep:
+        from crosslayer.crossfit import CrossFitRidge, token_lookup_r2
+
+        F = SparseColumns(f[:, feats])
+        sweep = {}
+        for K in args.k_sweep:
+            fk = grouped_folds(docs, K, cfg.seed)
+            t = time.perf_counter()
+            r2 = CrossFitRidge().fit(X, F, fk).r2_
+            t_r = time.perf_counter() - t
+            t = time.perf_counter()
+            tl = token_lookup_r2(tokens, F, fk, n_permutations=0).r2
+            sweep[K] = {
+                "ridge_s": round(t_r, 1),
+                "token_s": round(time.perf_counter() - t, 1),
+                "r2_median": float(np.nanmedian(r2)),
+                "r2_mean": float(np.nanmean(r2)),
+                "token_r2_median": float(np.nanmedian(tl)),
+            }
+            print(K, sweep[K], flush=True)
+        report["k_sweep"] = sweep
 
     if args.out:
         args.out.write_text(json.dumps(report, indent=1, default=float))
