@@ -310,6 +310,10 @@ def analyse_sae(
     folds = run_folds(store, rows, run)
     res = score_features(run, name, X, f_all, folds, store.tokens[rows])
     table = res.pop("table")
+    # Seconds per part go to the progress line, not to the stage file: a rerun's files must
+    # be identical (the stage's total is in results.json's timings).
+    parts = res.pop("timings")
+    run.say(f"{name}: " + ", ".join(f"{k} {v:.1f} s" for k, v in parts.items()))
     write_table(run.dirs.feature_table(name), table)
     res["study_protocol"] = study_protocol(run, X, f_all, table["feature"][table["probed"]])
     res["features"] = {
