@@ -9,8 +9,10 @@ through :class:`RunDir`, so a stage's file cannot move without the other two fol
       sweep_store/         every resid_post up to the target, fewer tokens (depth sweep)
       saes/baseline/       SAE trained on the target activations (sae-lens format)
       saes/residual/       SAE trained on target - transcoder(source)
+      transcoder/          the ridge map as an artefact: cfg.json + model.safetensors
+                           (AffineTranscoder.from_pretrained; W [d_out, d_in], b [d_out])
+      features/<sae>.parquet (+ .csv)  per-feature scores as a table, when the run writes it
       stages/              one finished stage per file: a rerun reuses them
-        transcoder.npz       ridge coef [d_out, d_in] and intercept
         transcoder.json      metrics of the ridge, Adam and MLP transcoders
         features_<sae>.json  probes, token-determinedness, contexts per feature of one SAE
         sae_<sae>.json       held-out reconstruction and sparsity of one SAE
@@ -35,6 +37,8 @@ STORES = (STORE, SWEEP_STORE)  # store directories; their manifests hold their o
 SAES = "saes"
 TRAINED_SAES = ("baseline", "residual")  # saes/<name>: every run trains both
 STAGES = "stages"
+TRANSCODER = "transcoder"  # AffineTranscoder.save_pretrained: cfg.json + model.safetensors
+FEATURE_TABLES = "features"  # features/<sae>.parquet and its .csv copy
 
 
 def sae_path(name: str) -> str:
@@ -80,8 +84,18 @@ class RunDir:
         return self.root / STAGES
 
     @property
+    def transcoder(self) -> Path:
+        """The ridge transcoder as a reusable artefact (``AffineTranscoder.from_pretrained``)."""
+        return self.root / TRANSCODER
+
+    @property
     def transcoder_weights(self) -> Path:
+        """Before ``transcoder/`` existed runs kept the ridge map here; read by nothing now."""
         return self.stages / "transcoder.npz"
+
+    def feature_table(self, sae: str) -> Path:
+        """Per-feature scores of one SAE as a Parquet table (a ``.csv`` copy beside it)."""
+        return self.root / FEATURE_TABLES / f"{sae}.parquet"
 
     @property
     def transcoder_metrics(self) -> Path:

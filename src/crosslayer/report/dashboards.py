@@ -212,15 +212,17 @@ def _store_activations(
     """``[n_store_tokens, len(indices)]`` activations, in store order.
 
     The residual SAE reads ``target - transcoder(source)``; the transcoder is the ridge map the
-    run saved in ``stages/transcoder.npz``.
+    run saved in ``transcoder/`` (``stages/transcoder.npz`` in older runs).
     """
     store = open_run_store(run_dir, results)
     sae = load_run_sae(run_dir, results, name)
     source, target = results["hooks"]["source"], results["hooks"]["target"]
     coef = intercept = None
     if name == "residual":
-        saved = np.load(RunDir(run_dir).transcoder_weights)
-        coef, intercept = saved["coef"], saved["intercept"]
+        from crosslayer.runs import load_transcoder
+
+        tc = load_transcoder(run_dir)
+        coef, intercept = tc.coef_, tc.intercept_
     parts = []
     for batch in store.iter_batches([source, target], split=None, batch_size=batch_size):
         x = batch[target]
