@@ -62,6 +62,7 @@ __all__ = [
 TRANSCODER_FORMAT = "crosslayer.affine_transcoder"
 TRANSCODER_CONFIG = "cfg.json"
 TRANSCODER_WEIGHTS = "model.safetensors"
+_SAVED_FIX = "pass a directory written by AffineTranscoder.save_pretrained (a run's transcoder/)"
 
 
 class AffineTranscoder(RegressorMixin, BaseEstimator):
@@ -297,7 +298,9 @@ class AffineTranscoder(RegressorMixin, BaseEstimator):
         return out
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, *, device: str | None = None) -> AffineTranscoder:
+    def from_pretrained(
+        cls, directory: str | Path, *, device: str | None = None
+    ) -> AffineTranscoder:
         """Reload a transcoder written by :meth:`save_pretrained`: it predicts exactly as saved.
 
         The training statistics beyond the means are not kept, so it cannot be refitted
@@ -311,13 +314,13 @@ class AffineTranscoder(RegressorMixin, BaseEstimator):
             raise CrosslayerError(
                 f"no saved transcoder at {path} (needs {TRANSCODER_CONFIG} and "
                 f"{TRANSCODER_WEIGHTS})",
-                "pass a directory written by AffineTranscoder.save_pretrained (a run's transcoder/)",
+                _SAVED_FIX,
             )
         cfg = json.loads(cfg_path.read_text())
         if cfg.get("format") != TRANSCODER_FORMAT:
             raise CrosslayerError(
                 f"{cfg_path} is not a crosslayer transcoder config",
-                "pass a directory written by AffineTranscoder.save_pretrained (a run's transcoder/)",
+                _SAVED_FIX,
             )
         tensors = load_file(str(weights))
         w, b = tensors["W"].numpy(), tensors["b"].numpy()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -160,9 +161,7 @@ def capture(
         if len(out) == len(wanted):  # hooks fire in forward order: this one is the deepest
             raise _StopForward
 
-    handles = [
-        install_observer(layers, p, lambda value, n=p.name: store(n, value)) for p in points
-    ]
+    handles = [install_observer(layers, p, partial(store, p.name)) for p in points]
     try:
         model(**inputs)
     except _StopForward:

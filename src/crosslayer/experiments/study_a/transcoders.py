@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 
 from crosslayer import fs
-from crosslayer.model.hooks import hook_depth
-from crosslayer.store import open_store
 from crosslayer.experiments.study_a.inputs import Data
 from crosslayer.experiments.study_a.run import Run, sample_rows
+from crosslayer.model.hooks import hook_depth
+from crosslayer.store import open_store
 from crosslayer.transcoder import (
     DEFAULT_ALPHAS,
     TRANSCODER_CONFIG,
