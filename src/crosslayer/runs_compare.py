@@ -79,11 +79,7 @@ def sae_identity(run: LoadedRun, sae: str) -> dict[str, Any]:
 
 def check_comparable(runs: Sequence[LoadedRun], labels: Sequence[str], per_feature: bool) -> None:
     """Raise :class:`CrosslayerError` naming the first difference that makes runs incomparable."""
-    if len(runs) < 2:
-        raise CrosslayerError(
-            f"compare needs at least two runs, got {len(runs)}",
-            "pass two or more study A run directories",
-        )
+    _check_count(len(runs))
     first = runs[0].hooks[0]
     for run, label in zip(runs[1:], labels[1:], strict=True):
         if run.hooks[0] != first:
@@ -107,6 +103,13 @@ def check_comparable(runs: Sequence[LoadedRun], labels: Sequence[str], per_featu
                     "compare runs with the same SAE settings, or pass --no-features to "
                     "compare the headline figures only",
                 )
+
+
+def _check_count(n: int) -> None:
+    if n < 2:
+        raise CrosslayerError(
+            f"compare needs at least two runs, got {n}", "pass two or more study A run directories"
+        )
 
 
 def shared_saes(runs: Sequence[LoadedRun]) -> list[str]:
@@ -139,7 +142,8 @@ def compare_runs(
     same SAEs in every run (an error names the first difference otherwise).
     """
     paths, out = [Path(p) for p in runs], Path(out)
-    fs.check_dir_path(out)  # before any work
+    _check_count(len(paths))  # before any work
+    fs.check_dir_path(out)
     loaded = [load_run(p) for p in paths]
     labels = _labels(paths)
     check_comparable(loaded, labels, per_feature)
