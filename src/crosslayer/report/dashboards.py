@@ -5,8 +5,9 @@ coloured by the latent's activation, contexts sampled from each quarter of its n
 activations (SAE-vis's "interval" groups: what the latent does when weakly on, not only at
 its peak), a histogram of its activations with its density and the quarter edges, the tokens
 its decoder direction promotes and suppresses (through the final norm's gain and the
-unembedding, ``LoadedModel.direction_logits``) and how predictable it is from the early layer. Study A's most and least
-predictable features are recomputed from the run directory (store, saved SAEs, transcoder);
+unembedding, ``LoadedModel.direction_logits``) and how predictable it is from the early
+layer. Study A's most and least predictable features are recomputed from the run directory
+(store, saved SAEs, transcoder);
 study B's top latents come from ``interpret``'s ``results.json``
 (:class:`crosslayer.experiments.latents.LatentInfo`).
 """
