@@ -95,6 +95,22 @@ def test_load_run_transcoder_predicts_like_the_saved_weights(runs: tuple[Path, P
     np.testing.assert_allclose(run.transcoder.predict(x), x @ w["W"].T + w["b"], rtol=1e-5,
                                atol=1e-5)  # fmt: skip
     assert (run.transcoder.source_hook_, run.transcoder.target_hook_) == run.hooks
+    # ... and it is the map the residual SAE was trained on: target - T(source) of the store
+    store = run.store()
+    src, tgt = (store.activations(h).to_numpy("heldout").astype(np.float64) for h in run.hooks)
+    sae = run.sae("residual")
+    assert sae.cfg.d_in == src.shape[1]
+    resid = tgt - (src @ w["W"].T + w["b"])
+    ev = run.results["saes"]["residual"]["heldout"]["explained_variance"]
+    import torch
+
+    with torch.no_grad():
+        x = torch.as_tensor(resid, dtype=torch.float32)
+        recon = sae.decode(sae.encode(x)).double().numpy()
+    got = 1 - ((resid - recon) ** 2).sum() / ((resid - resid.mean(0)) ** 2).sum()
+    assert got == pytest.approx(ev, abs=1e-4)
+    with pytest.raises(CrosslayerError, match="no SAE 'nope'"):
+        run.sae("nope")
 
 
 def test_parquet_tables_are_preferred_and_have_a_csv_copy(

@@ -163,6 +163,23 @@ class LoadedRun:
         h = self.results["hooks"]
         return str(h["source"]), str(h["target"])
 
+    def sae(self, name: str) -> Any:
+        """One of the run's SAEs (``saes/<name>``, or the ``--sae`` spec of ``pretrained``)."""
+        from crosslayer.report.dashboards import load_run_sae
+
+        if name not in (self.results.get("saes") or {}):
+            raise CrosslayerError(
+                f"the run has no SAE {name!r}",
+                f"use one of: {', '.join(self.results.get('saes') or {})}",
+            )
+        return load_run_sae(self.path, self.results, name)
+
+    def store(self) -> Any:
+        """The run's activation store (source and target hooks), opened lazily."""
+        from crosslayer.report.dashboards import open_run_store
+
+        return open_run_store(self.path, self.results)
+
     @cached_property
     def transcoder(self) -> Any:
         """The ridge transcoder (:class:`~crosslayer.transcoder.AffineTranscoder`), loaded on
