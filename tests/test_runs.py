@@ -181,6 +181,15 @@ def test_compare_two_runs_shows_each_runs_numbers(runs: tuple[Path, Path], tmp_p
         cells = _cells(block, f'data-run="{label}"')
         stats = (col.mean(), np.quantile(col, 0.25), np.median(col), np.quantile(col, 0.75))
         assert cells[1:] == [f"{len(col):,}", *(f"{v:.4f}" for v in stats)]
+    # across the runs: the two differences' mean, SD and t-interval (scipy-free reference)
+    d = [json.loads((p / "results.json").read_text())["comparison"]["auroc"]["diff_mean"]
+         for p in runs]  # fmt: skip
+    mean, sd = (d[0] + d[1]) / 2, abs(d[0] - d[1]) / 2**0.5
+    half = 12.706204736174707 * sd / 2**0.5  # t(0.975, 1 d.o.f.)
+    cells = _cells(html, 'data-spread="auroc"')
+    assert cells[1:4] == ["2", f"{mean:.4f} [{mean - half:.4f}, {mean + half:.4f}]", f"{sd:.4f}"]
+    spread = pd.read_csv(out / "spread.csv").set_index("metric")
+    assert spread.loc["auroc", "ci95_high"] == pytest.approx(mean + half, rel=1e-9)
     assert html.count("data:image/png;base64,") >= 3  # headline, depth sweep, distributions
     assert "<script" not in html and "http://" not in html and "https://" not in html
     head = pd.read_csv(out / "headline.csv")

@@ -52,6 +52,7 @@ class Comparison:
     per_feature: bool
     differences: list[tuple[str, list[Any]]] = field(default_factory=list)
     headline: Any = None  # DataFrame: run x metric
+    spread: list[dict[str, Any]] = field(default_factory=list)  # per metric, across the runs
     transcoder: list[dict[str, Any]] = field(default_factory=list)
     figures: dict[str, str] = field(default_factory=dict)
     decomposition: Any = None  # DataFrame: (run, hook, predictor) rows
@@ -158,6 +159,12 @@ def compare_runs(
     out.mkdir(parents=True, exist_ok=True)
     if cmp.headline is not None and len(cmp.headline):
         write_table(cmp.headline, out / "headline.parquet")
+    if cmp.spread:
+        import pandas as pd
+
+        rows = [{**{k: v for k, v in s.items() if k != "ci95"}, "ci95_low": s["ci95"][0],
+                 "ci95_high": s["ci95"][1]} for s in cmp.spread]  # fmt: skip
+        write_table(pd.DataFrame(rows), out / "spread.parquet")
     if cmp.decomposition is not None:
         write_table(cmp.decomposition, out / "decomposition.parquet")
     html = render_comparison(cmp)
@@ -193,6 +200,8 @@ def _headline(cmp: Comparison) -> None:
     if cmp.headline is None or not len(cmp.headline):
         return
     metrics = list(dict.fromkeys(cmp.headline["metric"]))
+    for metric in metrics:
+        cmp.spread.append(run_spread(metric, cmp.headline))
     size = (3.2 * len(metrics), 1.0 + 0.35 * len(cmp.labels))
     fig, axes = plt.subplots(1, len(metrics), figsize=size, squeeze=False)
     for ax, metric in zip(axes[0], metrics, strict=True):
@@ -207,6 +216,23 @@ def _headline(cmp: Comparison) -> None:
         ax.set_title(f"{metric}: baseline − residual", fontsize=8)
         ax.tick_params(labelsize=7)
     cmp.figures["headline"] = figure_uri(fig)
+
+
+def run_spread(metric: str, headline: Any) -> dict[str, Any]:
+    """How much one metric's difference varies between the runs: the runs are the unit (a
+    seed-level spread when the runs differ only in seed). Mean, sample SD, min, max of the
+    runs' ``diff_mean`` and the 95% t-interval of their mean (n runs, n - 1 d.o.f.)."""
+    from scipy import stats
+
+    d = headline.loc[headline["metric"] == metric, "diff_mean"].to_numpy(float)
+    d = d[np.isfinite(d)]
+    n = int(d.size)
+    mean = float(d.mean()) if n else np.nan
+    sd = float(d.std(ddof=1)) if n > 1 else np.nan
+    half = float(stats.t.ppf(0.975, n - 1) * sd / np.sqrt(n)) if n > 1 else np.nan
+    return {"metric": metric, "n_runs": n, "mean": mean, "sd": sd,
+            "min": float(d.min()) if n else np.nan, "max": float(d.max()) if n else np.nan,
+            "ci95": [mean - half, mean + half]}  # fmt: skip
 
 
 def _sweep(cmp: Comparison) -> None:
@@ -242,6 +268,9 @@ def _decomposition(cmp: Comparison) -> None:
 
 def _features(cmp: Comparison) -> None:
     cmp.saes = shared_saes(cmp.runs)
+    some = sorted({s for r in cmp.runs for s in r.features} - set(cmp.saes))
+    if some:
+        cmp.notes.append(f"not in every run, so not compared per feature: {', '.join(some)}")
     for sae in cmp.saes:
         tables = [_scorable(r.features[sae]) for r in cmp.runs]
         for score in FEATURE_SCORES:
