@@ -29,6 +29,29 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
+def open_run_store(run_dir: Path, results: dict[str, Any]) -> Any:
+    """The run's activation store (in the run directory, else where results.json says)."""
+    from crosslayer.store import open_store
+
+    local = RunDir(run_dir).store
+    return open_store(local if local.is_dir() else _in_run(run_dir, results["data"]["store"]))
+
+
+def load_run_sae(run_dir: Path, results: dict[str, Any], name: str) -> Any:
+    """An SAE of the run: ``saes/<name>`` for the trained ones, the ``--sae`` spec otherwise."""
+    from crosslayer.sae import load_sae
+
+    local = RunDir(run_dir).sae(name)
+    spec = local if local.is_dir() else _in_run(run_dir, results["saes"][name]["path"])
+    return load_sae(str(spec), device="cpu")
+
+
+def _in_run(run_dir: Path, path: str) -> str:
+    """results.json paths are relative to the run directory; a pretrained SAE's spec is not."""
+    inside = run_dir / path
+    return str(inside) if inside.exists() else path
+
+
 def load_transcoder(run_dir: str | Path, device: str | None = None) -> Any:
     """The run's ridge transcoder: ``transcoder/`` (any run since the artefact existed), else the
     weights-only ``stages/transcoder.npz`` of an older run (it then knows no hooks)."""
@@ -165,8 +188,6 @@ class LoadedRun:
 
     def sae(self, name: str) -> Any:
         """One of the run's SAEs (``saes/<name>``, or the ``--sae`` spec of ``pretrained``)."""
-        from crosslayer.report.dashboards import load_run_sae
-
         if name not in (self.results.get("saes") or {}):
             raise CrosslayerError(
                 f"the run has no SAE {name!r}",
@@ -176,8 +197,6 @@ class LoadedRun:
 
     def store(self) -> Any:
         """The run's activation store (source and target hooks), opened lazily."""
-        from crosslayer.report.dashboards import open_run_store
-
         return open_run_store(self.path, self.results)
 
     @cached_property

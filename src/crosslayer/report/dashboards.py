@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from crosslayer.report.figures import activation_histogram
-from crosslayer.rundir import RunDir
+from crosslayer.runs import load_run_sae, load_transcoder, open_run_store
 
 PREDICTABILITY = ("balanced_accuracy", "auroc", "r2", "token_determinedness")
 
@@ -205,29 +205,6 @@ def _contexts_from_results(feats: dict[str, Any], index: int) -> list[Context]:
     return []
 
 
-def open_run_store(run_dir: Path, results: dict[str, Any]) -> Any:
-    """The run's activation store (in the run directory, else where results.json says)."""
-    from crosslayer.store import open_store
-
-    local = RunDir(run_dir).store
-    return open_store(local if local.is_dir() else _in_run(run_dir, results["data"]["store"]))
-
-
-def load_run_sae(run_dir: Path, results: dict[str, Any], name: str) -> Any:
-    """An SAE of the run: ``saes/<name>`` for the trained ones, the ``--sae`` spec otherwise."""
-    from crosslayer.sae import load_sae
-
-    local = RunDir(run_dir).sae(name)
-    spec = local if local.is_dir() else _in_run(run_dir, results["saes"][name]["path"])
-    return load_sae(str(spec), device="cpu")
-
-
-def _in_run(run_dir: Path, path: str) -> str:
-    """results.json paths are relative to the run directory; a pretrained SAE's spec is not."""
-    inside = run_dir / path
-    return str(inside) if inside.exists() else path
-
-
 @torch.no_grad()
 def _store_activations(
     run_dir: Path, results: dict[str, Any], name: str, indices: list[int], batch_size: int
@@ -242,8 +219,6 @@ def _store_activations(
     source, target = results["hooks"]["source"], results["hooks"]["target"]
     coef = intercept = None
     if name == "residual":
-        from crosslayer.runs import load_transcoder
-
         tc = load_transcoder(run_dir)
         coef, intercept = tc.coef_, tc.intercept_
     parts = []
