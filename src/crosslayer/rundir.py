@@ -11,12 +11,12 @@ through :class:`RunDir`, so a stage's file cannot move without the other two fol
       saes/residual/       SAE trained on target - transcoder(source)
       transcoder/          the ridge map as an artefact: cfg.json + model.safetensors
                            (AffineTranscoder.from_pretrained; W [d_out, d_in], b [d_out])
-      features/<sae>.parquet (+ .csv)  per-feature scores as a table, when the run writes it
       stages/              one finished stage per file: a rerun reuses them
         transcoder.json      metrics of the ridge, Adam and MLP transcoders
         features_<sae>.json  probes, token-determinedness, contexts per feature of one SAE
         sae_<sae>.json       held-out reconstruction and sparsity of one SAE
         depth.json           the depth sweep
+      features/<sae>.parquet  one row per alive feature: cross-fitted scores (+ a .csv copy)
       results.json         docs/results_schema.md; its paths are relative to RUN
       *.png, report.html   plots and the report, drawn from results.json
       checksums.json       sha256 of every file but the stores (they carry their own); last
@@ -34,11 +34,11 @@ CHECKSUMS = "checksums.json"
 STORE = "store"
 SWEEP_STORE = "sweep_store"
 STORES = (STORE, SWEEP_STORE)  # store directories; their manifests hold their own sums
+TRANSCODER = "transcoder"  # AffineTranscoder.save_pretrained: cfg.json + model.safetensors
 SAES = "saes"
 TRAINED_SAES = ("baseline", "residual")  # saes/<name>: every run trains both
 STAGES = "stages"
-TRANSCODER = "transcoder"  # AffineTranscoder.save_pretrained: cfg.json + model.safetensors
-FEATURE_TABLES = "features"  # features/<sae>.parquet and its .csv copy
+FEATURES = "features"  # features/<sae>.parquet (+ .csv): one row per alive feature
 
 
 def sae_path(name: str) -> str:
@@ -90,12 +90,8 @@ class RunDir:
 
     @property
     def transcoder_weights(self) -> Path:
-        """Before ``transcoder/`` existed runs kept the ridge map here; read by nothing now."""
+        """Where runs kept the ridge map before ``transcoder/``: read only for such old runs."""
         return self.stages / "transcoder.npz"
-
-    def feature_table(self, sae: str) -> Path:
-        """Per-feature scores of one SAE as a Parquet table (a ``.csv`` copy beside it)."""
-        return self.root / FEATURE_TABLES / f"{sae}.parquet"
 
     @property
     def transcoder_metrics(self) -> Path:
@@ -103,6 +99,9 @@ class RunDir:
 
     def features(self, sae: str) -> Path:
         return self.stages / f"features_{sae}.json"
+
+    def feature_table(self, sae: str) -> Path:
+        return self.root / FEATURES / f"{sae}.parquet"
 
     def sae_report(self, sae: str) -> Path:
         return self.stages / f"sae_{sae}.json"
