@@ -63,14 +63,15 @@ def test_load_run_gives_config_results_and_tables(runs: tuple[Path, Path]) -> No
     raw = json.loads((path / "results.json").read_text())
     assert run.config.hash() == json.loads((path / "config.json").read_text())["config_hash"]
     assert run.results == raw and run.hooks == ("hook_embed", raw["hooks"]["target"])
-    # the per-feature table is the stage file's lists, one row per probed feature
+    # the per-feature table holds the stage file's numbers, one row per feature it lists
+    # (from features/<sae>.parquet where the run wrote one, else from these very lists)
     stage = json.loads((path / "stages" / "features_residual.json").read_text())["features"]
     df = run.features["residual"]
-    assert len(df) == raw["features"]["residual"]["n_probed"] == len(stage["index"])
-    assert df["feature"].tolist() == stage["index"]
+    assert df["feature"].tolist() == stage.get("feature", stage["index"])
+    assert list(df.columns).count("feature") == 1
     for col in ("auroc", "balanced_accuracy", "r2", "density"):
         want = np.array([np.nan if v is None else v for v in stage[col]], dtype=float)
-        np.testing.assert_array_equal(df[col].to_numpy(float), want)
+        np.testing.assert_allclose(df[col].to_numpy(float), want, rtol=1e-12, equal_nan=True)
     # the depth sweep: one row per hook, in the sweep's order
     sweep = raw["depth_sweep"]
     assert run.depth_sweep["hook"].tolist() == sweep["target_hooks"]

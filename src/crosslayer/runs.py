@@ -105,6 +105,8 @@ def feature_table(results: dict[str, Any], sae: str, run_dir: str | Path | None 
             f"use one of: {', '.join(results.get('features') or {}) or 'none (no SAE probed)'}",
         )
     cols = {k: v for k, v in block["features"].items() if isinstance(v, list)}
+    if "feature" in cols:  # newer runs write both; `index` is the copy kept for plots
+        cols.pop("index", None)
     df = pd.DataFrame(cols).rename(columns={"index": "feature"})
     for col in df.columns:  # JSON wrote NaN as null: back to NaN in numeric columns
         if df[col].dtype == object and df[col].map(lambda v: v is None or _is_num(v)).all():

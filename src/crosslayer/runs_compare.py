@@ -287,8 +287,12 @@ def _features(cmp: Comparison) -> None:
 
 
 def _scorable(df: Any) -> Any:
-    """The features that have a score: ``scorable`` rows when the table says which."""
-    return df[df["scorable"].astype(bool)] if "scorable" in df else df
+    """The features that have a score: ``probed`` (else ``scorable``) rows when the table says
+    which; unscored rows hold NaN scores, which the distributions drop anyway."""
+    for col in ("probed", "scorable"):
+        if col in df:
+            return df[df[col].astype(bool)]
+    return df
 
 
 def _distribution(labels: list[str], sae: str, score: str, tables: list[Any]) -> Distribution:

@@ -24,7 +24,7 @@ import torch
 from crosslayer.report.figures import activation_histogram
 from crosslayer.runs import load_run_sae, load_transcoder, open_run_store
 
-PREDICTABILITY = ("balanced_accuracy", "auroc", "r2", "token_determinedness")
+PREDICTABILITY = ("balanced_accuracy", "auroc", "r2", "token_r2", "token_determinedness")
 
 
 @dataclass
