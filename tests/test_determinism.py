@@ -78,8 +78,8 @@ def test_the_run_files_behind_the_results_are_identical(two_runs: tuple[Path, Pa
     """SAE weights, stage files and store shards: the same sha256 in both runs."""
     sums = [json.loads((out / "checksums.json").read_text())["files"] for out in two_runs]
     assert sums[0].keys() == sums[1].keys()
-    same = [f for f in sums[0] if f.startswith(("saes/", "stages/"))]
-    assert "saes/residual/sae_weights.safetensors" in same and "stages/transcoder.npz" in same
+    same = [f for f in sums[0] if f.startswith(("saes/", "stages/", "transcoder/"))]
+    assert "saes/residual/sae_weights.safetensors" in same and "transcoder/cfg.json" in same
     assert {f: sums[0][f] for f in same} == {f: sums[1][f] for f in same}
     for store in ("store", "sweep_store"):
         shards = [

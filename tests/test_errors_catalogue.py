@@ -360,6 +360,12 @@ CASES: list[tuple[str, Build, str]] = [
      lambda w, m, s: ["contrast", "--model", str(m), "--out", str(w / "c"),
                       "--sae-dir", str(w / "nope")], "is not a directory"),
     ("unknown-command", lambda w, m, s: ["colect"], "No such command 'colect'"),
+    ("compare-one-run", lambda w, m, s: ["compare", str(w), "--out", str(w / "c")],
+     "compare needs at least two runs, got 1"),
+    ("compare-not-a-run", lambda w, m, s: ["compare", str(w), str(w), "--out", str(w / "c")],
+     "no results.json in"),
+    ("compare-out-is-a-file",
+     lambda w, m, s: ["compare", str(w), str(w), "--out", _write(w / "f", "x")], "is a file"),
 ]  # fmt: skip
 
 

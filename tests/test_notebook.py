@@ -28,3 +28,6 @@ def test_quickstart_notebook_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert "transcoder explained variance (held-out)" in printed
     assert f"open {out / 'report.html'}" in printed
     assert 'data-kind="study_a"' in (out / "report.html").read_text(encoding="utf-8")
+    # the reuse cells: the run loads into DataFrames and the splice leaves the model clean
+    assert "residual-SAE features probed" in printed
+    assert "clean again after the block: True" in printed

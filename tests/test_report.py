@@ -220,11 +220,34 @@ def test_study_a_dashboards_recomputed_from_store_and_sae(run: Path, html: str, 
                                atol=0.006)  # fmt: skip
     assert pct(float(np.mean(acts > 0)), 3) in row(board, 'data-metric="run_density"')
     assert 'class="histogram" src="data:image/png' in board
-    # promoted tokens: W_dec[i] @ W_U, top one first
-    logits = sae.W_dec[feature].detach() @ lm.unembed().float()
-    best = lm.tokenizer.decode([int(logits.argmax())])
-    spans = re.findall(r'<span title="logit weight [^"]*">(.*?)</span>', board, re.S)
-    assert html_lib.unescape(spans[0]) == best and len(spans) == 10
+    # promoted and suppressed tokens: the direction through the final norm's gain and W_U
+    # (gain read off the norm module here: RMSNorm of a constant vector is its gain)
+    norm = lm.model.model.norm
+    with torch.no_grad():
+        gain = norm(torch.full((1, lm.d_model), 3.0))[0] * (1 + norm.eps / 9) ** 0.5
+    logits = (sae.W_dec[feature].detach().double() * gain.double()) @ lm.unembed().double()
+    promoted = re.search(r'data-side="promoted">(.*?)</div>', board, re.S)[1]
+    suppressed = re.search(r'data-side="suppressed">(.*?)</div>', board, re.S)[1]
+    spans = [re.findall(r'<span title="logit weight [^"]*">(.*?)</span>', side, re.S)
+             for side in (promoted, suppressed)]  # fmt: skip
+    want = [logits.topk(10).indices, logits.topk(10, largest=False).indices]
+    for got, ids in zip(spans, want, strict=True):
+        assert [html_lib.unescape(t) for t in got] == [lm.tokenizer.decode([int(i)]) for i in ids]
+    # contexts sampled from each quarter of the non-zero activations
+    active = acts[acts > 0]
+    edges = np.quantile(active, [0, 0.25, 0.5, 0.75, 1])
+    pieces = board.split('<div class="qgroup" data-band="')[1:]  # one per band, in order
+    bands = [p.split('"', 1) for p in pieces]
+    assert [b for b, _ in bands] == ["0%–25%", "25%–50%", "50%–75%", "75%–100%"]
+    for i, (_, body) in enumerate(bands):
+        lo, hi = edges[i], edges[i + 1]
+        inside = ((active >= lo) if i == 0 else (active > lo)) & (active <= hi)
+        assert f"of {int(inside.sum()):,} tokens, sampled" in body
+        assert f"{lo:.3f} to {hi:.3f}" in body
+        ctxs = tokens_of(body)
+        assert len(ctxs) == min(2, int(inside.sum())) > 0
+        for ctx in ctxs:  # each sampled context holds a token of its band
+            assert any(lo - 1e-4 <= a <= hi + 1e-4 for _, a, _ in ctx), (i, ctx)
     # predictability from the early layer, as probed
     assert num(item["balanced_accuracy"]) in row(board, 'data-metric="balanced_accuracy"')
 

@@ -93,3 +93,35 @@ def test_the_checks_can_fail(tmp_path: Path) -> None:
     assert render(blank, tmp_path / "blank.png", tmp_path, 600) == []
     dark, colours = ink(tmp_path / "blank.png")
     assert dark < 0.01 and colours < 5
+
+
+def test_dashboards_render_with_quantile_bands_and_suppressed_tokens(
+    report: Path, tmp_path: Path
+) -> None:
+    """The dashboards, scrolled to in the browser: the new parts are on the page and drawn."""
+    page = report.read_text()
+    assert page.count('class="qgroup"') >= 4 and page.count('data-side="suppressed"') >= 1
+    # the report's own head (styles) with its dashboards section alone: the screenshot shows them
+    head = page[: page.index("<body>")]
+    start = page.index('<section id="dashboards">')
+    only = tmp_path / "dashboards.html"
+    only.write_text(head + "<body>" + page[start : page.index("</section>", start)] + "</section>")
+    png = tmp_path / "dashboards.png"
+    console = render(only, png, tmp_path)
+    assert console == []
+    dark, colours = ink(png)
+    assert dark > 0.05 and colours > 50
+
+
+def test_compare_report_renders_in_chromium(report: Path, tmp_path: Path) -> None:
+    """Two runs side by side (the report's run and a copy of it) render without errors."""
+    from crosslayer.runs_compare import compare_runs
+
+    run = report.parent
+    copy = shutil.copytree(run, tmp_path / "copy", ignore=shutil.ignore_patterns("*store*"))
+    compare_runs([run, copy], tmp_path / "cmp")
+    png = tmp_path / "compare.png"
+    console = render(tmp_path / "cmp" / "compare.html", png, tmp_path)
+    assert console == []
+    dark, colours = ink(png)
+    assert dark > 0.05 and colours > 50

@@ -8,6 +8,7 @@ SAEs and asserts it equals what the study reported.
 from __future__ import annotations
 
 import json
+import shutil
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,16 @@ def _arrays(out: Path) -> dict[str, np.ndarray]:
     }
 
 
+def _saved_transcoder(out: Path) -> dict[str, np.ndarray]:
+    """The ridge map of ``RUN/transcoder/``, read with safetensors alone (not our loader)."""
+    from safetensors.numpy import load_file
+
+    cfg = json.loads((out / "transcoder" / "cfg.json").read_text())
+    assert (cfg["source_hook"], cfg["target_hook"]) == (SOURCE, TARGET)
+    w = load_file(str(out / "transcoder" / "model.safetensors"))
+    return {"coef": w["W"], "intercept": w["b"]}
+
+
 def _ev(y: np.ndarray, pred: np.ndarray) -> float:
     """Explained variance around per-dimension means, written out independently."""
     return float(1 - ((y - pred) ** 2).sum() / ((y - y.mean(0)) ** 2).sum())
@@ -92,7 +103,7 @@ def test_transcoder_is_fit_on_train_split_only_and_scored_on_heldout(study: Any)
     a = _arrays(Path(cfg.out))
     ridge = res["transcoder"]["ridge"]
     assert ridge["alpha_criterion"] == "gcv"  # held-out tokens play no part in fitting
-    saved = np.load(Path(cfg.out) / "stages" / "transcoder.npz")
+    saved = _saved_transcoder(Path(cfg.out))
     coef, intercept = _ridge(a["Xtr"], a["Ytr"], ridge["alpha"])
     np.testing.assert_allclose(saved["coef"], coef, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(saved["intercept"], intercept, rtol=1e-4, atol=1e-5)
@@ -116,7 +127,7 @@ def test_residual_is_late_minus_transcoder_and_feeds_the_residual_sae(study: Any
     cfg, res = study
     out = Path(cfg.out)
     a = _arrays(out)
-    saved = np.load(out / "stages" / "transcoder.npz")
+    saved = _saved_transcoder(out)
     from crosslayer.transcoder import AffineTranscoder
 
     tc = AffineTranscoder()
@@ -311,12 +322,25 @@ def test_depth_sweep_covers_every_resid_post_up_to_the_target(study: Any) -> Non
 
 def test_rerun_resumes_and_another_config_is_refused(study: Any, lm: Any) -> None:
     cfg, res = study
-    stages = Path(cfg.out) / "stages"
-    before = {p.name: p.stat().st_mtime_ns for p in stages.iterdir()}
+    stages, tc_dir = Path(cfg.out) / "stages", Path(cfg.out) / "transcoder"
+
+    def stamps() -> dict[str, int]:
+        return {p.name: p.stat().st_mtime_ns for d in (stages, tc_dir) for p in d.iterdir()}
+
+    before = stamps()
     again = run_study_a(cfg, model=lm, progress=False)
-    assert {p.name: p.stat().st_mtime_ns for p in stages.iterdir()} == before
+    assert stamps() == before  # the transcoder artefact is the stage's cache: reused
     assert again["comparison"] == res["comparison"]
     assert again["transcoder"] == res["transcoder"]
+    # a run directory from before transcoder/ existed (weights in stages/transcoder.npz)
+    # refits the stage and gets the same map back
+    saved = _saved_transcoder(Path(cfg.out))
+    shutil.rmtree(tc_dir)
+    np.savez(stages / "transcoder.npz", coef=saved["coef"], intercept=saved["intercept"])
+    assert run_study_a(cfg, model=lm, progress=False)["transcoder"] == res["transcoder"]
+    refit = _saved_transcoder(Path(cfg.out))
+    np.testing.assert_array_equal(refit["coef"], saved["coef"])
+    (stages / "transcoder.npz").unlink()
     with pytest.raises(ConfigMismatchError, match="differs in: tokens"):
         run_study_a(tiny_config(Path(cfg.out), tokens=5000), model=lm, progress=False)
 

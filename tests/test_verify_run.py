@@ -70,22 +70,26 @@ def test_an_intact_run_verifies_with_every_artefact_ok(
 ) -> None:
     report = verify_path(made)
     assert report.kind == "run" and report.ok and report.checksums
-    assert set(statuses(made)) == {
+    expected = {
         "config.json", "results.json", "store", "sweep_store", "saes/baseline", "saes/residual",
         "study_a.png", "feature_predictability.png", "depth_curve.png", "report.html",
-        "checksums.json", "stages",
+        "checksums.json", "stages", "transcoder",
     }  # fmt: skip
+    if (made / "features").is_dir():  # runs with per-feature Parquet tables (issue 13)
+        expected.add("features")
+    assert set(statuses(made)) == expected
     assert set(statuses(made).values()) == {"ok"}
     # checksums.json lists every file of the run but the stores (they have their manifests)
     files = json.loads((made / "checksums.json").read_text())["files"]
     assert {"results.json", "report.html", "saes/baseline/sae_weights.safetensors"} <= set(files)
-    assert "stages/transcoder.npz" in files and not any(f.startswith("store") for f in files)
+    assert "transcoder/model.safetensors" in files and "transcoder/cfg.json" in files
+    assert "stages/transcoder.json" in files and not any(f.startswith("store") for f in files)
 
     code, out, err = cli(made, capsys)
     assert code == 0 and err == ""
     lines = out.strip().splitlines()
-    assert len(lines) == 13 and all(line.startswith("ok") for line in lines)
-    assert lines[-1] == f"ok: run {made}: 12 artefacts, checksums match"
+    assert len(lines) == len(expected) + 1 and all(line.startswith("ok") for line in lines)
+    assert lines[-1] == f"ok: run {made}: {len(expected)} artefacts, checksums match"
 
 
 def test_one_flipped_byte_in_a_shard_names_the_store_and_the_file(
@@ -100,7 +104,7 @@ def test_one_flipped_byte_in_a_shard_names_the_store_and_the_file(
     assert {k for k, v in st.items() if v != "ok"} == {"store"}
     code, out, err = cli(run, capsys)
     assert code == 2 and err.count("\n") == 0 and err.startswith("error: ")
-    assert "1 bad artefact(s) of 12" in err
+    assert f"1 bad artefact(s) of {len(verify_path(made).artefacts)}" in err
     assert "store damaged (shard_00000/blocks.2.hook_resid_post.npy damaged" in err
     assert "damaged  store: shard_00000/blocks.2.hook_resid_post.npy damaged" in out
 
@@ -179,6 +183,27 @@ def test_cfg_json_that_disagrees_with_the_weights_is_damaged(run: Path) -> None:
     whys = [p.why for p in bad.problems]
     assert "W_enc has shape [64, 32], cfg.json says [64, 48]" in whys
     assert "b_enc has shape [32], cfg.json says [48]" in whys
+
+
+def test_a_transcoder_artefact_that_disagrees_or_is_gone_is_named(run: Path) -> None:
+    (run / "checksums.json").unlink()  # the structural check alone must catch both
+    cfg_path = run / "transcoder" / "cfg.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg_path.write_text(json.dumps(cfg | {"d_out": 7}))
+    [bad] = verify_path(run).bad
+    assert (bad.name, bad.status) == ("transcoder", "damaged")
+    d = cfg["d_in"]
+    assert [p.why for p in bad.problems] == [
+        f"W has shape [{cfg['d_out']}, {d}], cfg.json says [7, {d}]",
+        f"b has shape [{cfg['d_out']}], cfg.json says [7]",
+    ]
+    shutil.rmtree(run / "transcoder")
+    [bad] = verify_path(run).bad
+    assert (bad.name, bad.status, str(bad.problems[0])) == (
+        "transcoder",
+        "missing",
+        "no transcoder directory",
+    )
 
 
 def test_results_json_damaged_or_naming_a_missing_file(

@@ -36,6 +36,8 @@ _API = {
     "AffineTranscoder": "crosslayer.transcoder",
     "FeatureProbes": "crosslayer.probes",
     "run_study_a": "crosslayer.experiments.study_a",
+    "load_run": "crosslayer.runs",
+    "LoadedRun": "crosslayer.runs",
 }
 
 __all__ = ["__version__", *_API]

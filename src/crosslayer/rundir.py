@@ -9,8 +9,9 @@ through :class:`RunDir`, so a stage's file cannot move without the other two fol
       sweep_store/         every resid_post up to the target, fewer tokens (depth sweep)
       saes/baseline/       SAE trained on the target activations (sae-lens format)
       saes/residual/       SAE trained on target - transcoder(source)
+      transcoder/          the ridge map as an artefact: cfg.json + model.safetensors
+                           (AffineTranscoder.from_pretrained; W [d_out, d_in], b [d_out])
       stages/              one finished stage per file: a rerun reuses them
-        transcoder.npz       ridge coef [d_out, d_in] and intercept
         transcoder.json      metrics of the ridge, Adam and MLP transcoders
         features_<sae>.json  probes, token-determinedness, contexts per feature of one SAE
         sae_<sae>.json       held-out reconstruction and sparsity of one SAE
@@ -33,6 +34,7 @@ CHECKSUMS = "checksums.json"
 STORE = "store"
 SWEEP_STORE = "sweep_store"
 STORES = (STORE, SWEEP_STORE)  # store directories; their manifests hold their own sums
+TRANSCODER = "transcoder"  # AffineTranscoder.save_pretrained: cfg.json + model.safetensors
 SAES = "saes"
 TRAINED_SAES = ("baseline", "residual")  # saes/<name>: every run trains both
 STAGES = "stages"
@@ -82,7 +84,13 @@ class RunDir:
         return self.root / STAGES
 
     @property
+    def transcoder(self) -> Path:
+        """The ridge transcoder as a reusable artefact (``AffineTranscoder.from_pretrained``)."""
+        return self.root / TRANSCODER
+
+    @property
     def transcoder_weights(self) -> Path:
+        """Where runs kept the ridge map before ``transcoder/``: read only for such old runs."""
         return self.stages / "transcoder.npz"
 
     @property

@@ -15,6 +15,7 @@ network explains from the same source layer.
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, RegressorMixin
 
-from crosslayer import distributed
+from crosslayer import distributed, fs
 from crosslayer.device import resolve_device
 from crosslayer.errors import CrosslayerError
 from crosslayer.linalg import (
@@ -57,6 +58,12 @@ __all__ = [
     "solve_ridge",
 ]
 
+# The saved artefact (see AffineTranscoder.save_pretrained and docs/results_schema.md).
+TRANSCODER_FORMAT = "crosslayer.affine_transcoder"
+TRANSCODER_CONFIG = "cfg.json"
+TRANSCODER_WEIGHTS = "model.safetensors"
+_SAVED_FIX = "pass a directory written by AffineTranscoder.save_pretrained (a run's transcoder/)"
+
 
 class AffineTranscoder(RegressorMixin, BaseEstimator):
     """``y = W x + b`` from a source layer to a target layer (scikit-learn API).
@@ -74,6 +81,10 @@ class AffineTranscoder(RegressorMixin, BaseEstimator):
     (absolute, on the covariance), ``alpha_criterion_``, ``alpha_scores_``, ``train_report_``
     (on the training split, as the seed study measured; cosine is NaN when computed from
     statistics) and ``heldout_report_`` (None without held-out data).
+
+    Saved with :meth:`save_pretrained` and reloaded with :meth:`from_pretrained`; a reloaded
+    transcoder also knows ``source_hook_``, ``target_hook_`` and ``model_identity_`` (what
+    :func:`crosslayer.model.splice` needs to put it into a model).
     """
 
     def __init__(
@@ -223,6 +234,115 @@ class AffineTranscoder(RegressorMixin, BaseEstimator):
         b = torch.as_tensor(self.intercept_, dtype=torch.float32, device=dev)
         for rows in row_chunks(n, self.chunk_size):
             yield torch.addmm(b, as_tensor(X[rows], dev), w.T)
+
+    # -- the saved artefact ----------------------------------------------------------------
+
+    def save_pretrained(
+        self,
+        directory: str | Path,
+        *,
+        source_hook: str | None = None,
+        target_hook: str | None = None,
+        model: dict[str, Any] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> Path:
+        """Write ``directory/model.safetensors`` (``W [d_out, d_in]`` and ``b [d_out]`` in
+        float64, as fitted) and ``directory/cfg.json``, atomically.
+
+        ``source_hook``/``target_hook``: the hook names the map reads and predicts; ``model``:
+        the identity of the model the activations came from (``LoadedModel.identity``). Each
+        defaults to what a reloaded transcoder already knows. ``cfg.json`` also holds alpha,
+        the solver and the training statistics the fit rests on (``n_train`` and, for a ridge
+        fit, the train means of source and target, saved beside the weights as ``x_mean`` and
+        ``y_mean``). ``extra``: more JSON-able fields (a run adds its config hash).
+        """
+        from safetensors.torch import save_file
+
+        self._check_fitted()
+        source_hook = source_hook or getattr(self, "source_hook_", None)
+        target_hook = target_hook or getattr(self, "target_hook_", None)
+        model = model if model is not None else getattr(self, "model_identity_", None)
+        tensors = {
+            "W": torch.as_tensor(np.ascontiguousarray(self.coef_, dtype=np.float64)),
+            "b": torch.as_tensor(np.ascontiguousarray(self.intercept_, dtype=np.float64)),
+        }
+        stats = getattr(self, "train_stats_", None)
+        n_train = getattr(self, "n_train_", None)
+        if stats is not None and stats.n > 0:
+            n_train = int(stats.n)
+            tensors["x_mean"] = (stats.sum_x / stats.n).double().cpu().contiguous()
+            tensors["y_mean"] = (stats.sum_y / stats.n).double().cpu().contiguous()
+        elif getattr(self, "x_mean_", None) is not None:
+            tensors["x_mean"] = torch.as_tensor(np.asarray(self.x_mean_, dtype=np.float64))
+            tensors["y_mean"] = torch.as_tensor(np.asarray(self.y_mean_, dtype=np.float64))
+        cfg = {
+            "format": TRANSCODER_FORMAT,
+            "format_version": 1,
+            "source_hook": source_hook,
+            "target_hook": target_hook,
+            "model": model,
+            "d_in": int(self.coef_.shape[1]),
+            "d_out": int(self.coef_.shape[0]),
+            "solver": self.solver,
+            "alpha": float(getattr(self, "alpha_", float("nan"))),
+            "penalty": float(getattr(self, "penalty_", float("nan"))),
+            "alpha_criterion": getattr(self, "alpha_criterion_", None),
+            "alphas": [float(a) for a in self.alphas],
+            "n_train": n_train,
+            "has_means": "x_mean" in tensors,
+        } | (extra or {})
+        out = Path(directory)
+        with fs.atomic_dir(out) as tmp:
+            save_file(tensors, str(tmp / TRANSCODER_WEIGHTS))
+            fs.atomic_write_json(tmp / TRANSCODER_CONFIG, fs.jsonable(cfg))
+        return out
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | Path, *, device: str | None = None
+    ) -> AffineTranscoder:
+        """Reload a transcoder written by :meth:`save_pretrained`: it predicts exactly as saved.
+
+        The training statistics beyond the means are not kept, so it cannot be refitted
+        (``partial_fit`` starts afresh).
+        """
+        from safetensors.torch import load_file
+
+        path = Path(directory)
+        cfg_path, weights = path / TRANSCODER_CONFIG, path / TRANSCODER_WEIGHTS
+        if not cfg_path.is_file() or not weights.is_file():
+            raise CrosslayerError(
+                f"no saved transcoder at {path} (needs {TRANSCODER_CONFIG} and "
+                f"{TRANSCODER_WEIGHTS})",
+                _SAVED_FIX,
+            )
+        cfg = json.loads(cfg_path.read_text())
+        if cfg.get("format") != TRANSCODER_FORMAT:
+            raise CrosslayerError(
+                f"{cfg_path} is not a crosslayer transcoder config",
+                _SAVED_FIX,
+            )
+        tensors = load_file(str(weights))
+        w, b = tensors["W"].numpy(), tensors["b"].numpy()
+        if w.shape != (cfg["d_out"], cfg["d_in"]) or b.shape != (cfg["d_out"],):
+            raise CrosslayerError(
+                f"{weights} holds W {tuple(w.shape)} and b {tuple(b.shape)}, but cfg.json says "
+                f"d_in {cfg['d_in']}, d_out {cfg['d_out']}",
+                "the artefact is damaged: save the transcoder again (or rerun the stage)",
+            )
+        alphas = cfg.get("alphas") or DEFAULT_ALPHAS
+        tc = cls(tuple(alphas), solver=cfg.get("solver", "ridge"), device=device)
+        tc.coef_, tc.intercept_ = w, b
+        tc.n_features_in_ = int(cfg["d_in"])
+        tc.alpha_, tc.penalty_ = cfg.get("alpha"), cfg.get("penalty")
+        tc.alpha_criterion_ = cfg.get("alpha_criterion")
+        tc.n_train_ = cfg.get("n_train")
+        tc.x_mean_ = tensors["x_mean"].numpy() if "x_mean" in tensors else None
+        tc.y_mean_ = tensors["y_mean"].numpy() if "y_mean" in tensors else None
+        tc.source_hook_, tc.target_hook_ = cfg.get("source_hook"), cfg.get("target_hook")
+        tc.model_identity_ = cfg.get("model")
+        tc.config_ = cfg
+        return tc
 
     # -- validation ------------------------------------------------------------------------
 

@@ -35,12 +35,15 @@ from crosslayer.rundir import (
     STORES,
     SWEEP_STORE,
     TRAINED_SAES,
+    TRANSCODER,
+    RunDir,
     sae_path,
 )
 from crosslayer.store.format import MANIFEST, VerifyReport, sha256_file, verify_store
 
 CHECKSUMS_FORMAT = "crosslayer-run-checksums"
 SAE_WEIGHTS = "sae_weights.safetensors"
+TRANSCODER_WEIGHTS = "model.safetensors"  # crosslayer.transcoder's name (not imported: torch)
 
 Status = Literal["ok", "missing", "damaged"]
 
@@ -226,6 +229,12 @@ def _verify_run(run_dir: Path) -> PathReport:
     for name in sorted(names):
         _check_sae(run_dir / sae_path(name), art(sae_path(name), "sae"))
 
+    # The transcoder artefact: every finished run has one, but a run from before it existed
+    # kept the ridge map in stages/transcoder.npz instead.
+    legacy = RunDir(run_dir).transcoder_weights.is_file()
+    if (run_dir / TRANSCODER).exists() or (results and not legacy):
+        _check_transcoder(run_dir / TRANSCODER, art(TRANSCODER, "transcoder"))
+
     # Files results.json names: stores, trained SAEs, plots; and the report beside them.
     if results:
         named = [(results.get("data") or {}).get(k) for k in STORES]
@@ -375,6 +384,35 @@ def _check_sae(sae_dir: Path, a: Artefact) -> None:
             why = f"{key} has shape {got}, cfg.json says {shape}" if got else f"no {key}"
             a.problems.append(Problem(SAE_WEIGHTS, "damaged", why))
     a.summary = f"d_in {d_in}, d_sae {d_sae}, tensor shapes match cfg.json"
+
+
+def _check_transcoder(tc_dir: Path, a: Artefact) -> None:
+    """cfg.json parses and gives d_in/d_out; the weights' header has W [d_out, d_in], b [d_out]."""
+    if not tc_dir.is_dir():
+        a.problems.append(Problem("", "missing", "no transcoder directory"))
+        return
+    cfg = _read_json(tc_dir, "cfg.json", a)
+    if not (tc_dir / TRANSCODER_WEIGHTS).is_file():
+        a.problems.append(Problem(TRANSCODER_WEIGHTS, "missing"))
+        return
+    try:
+        header = read_safetensors_header(tc_dir / TRANSCODER_WEIGHTS)
+    except ValueError as e:
+        a.problems.append(Problem(TRANSCODER_WEIGHTS, "damaged", str(e)))
+        return
+    if cfg is None:
+        return
+    try:
+        d_in, d_out = int(cfg["d_in"]), int(cfg["d_out"])
+    except (KeyError, TypeError, ValueError):
+        a.problems.append(Problem("cfg.json", "damaged", "no integer d_in and d_out"))
+        return
+    for key, shape in {"W": [d_out, d_in], "b": [d_out]}.items():
+        got = header.get(key, {}).get("shape")
+        if got != shape:
+            why = f"{key} has shape {got}, cfg.json says {shape}" if got else f"no {key}"
+            a.problems.append(Problem(TRANSCODER_WEIGHTS, "damaged", why))
+    a.summary = f"{cfg.get('source_hook')} -> {cfg.get('target_hook')}, shapes match cfg.json"
 
 
 def read_safetensors_header(path: Path) -> dict[str, Any]:

@@ -25,6 +25,7 @@ _ORDER = (
     "contrast",
     "interpret",
     "report",
+    "compare",
     "verify",
 )
 

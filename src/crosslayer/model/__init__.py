@@ -8,6 +8,7 @@
 
 from crosslayer.model.hooks import HookPoint, hook_depth, parse_hook
 from crosslayer.model.loading import DEFAULT_MODEL, LoadedModel, cache_root, load_model
+from crosslayer.model.splice import splice
 from crosslayer.model.tiny import tiny_config, tiny_model, tiny_tokenizer
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "hook_depth",
     "load_model",
     "parse_hook",
+    "splice",
     "tiny_config",
     "tiny_model",
     "tiny_tokenizer",

@@ -23,10 +23,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from crosslayer.errors import CrosslayerError
 
@@ -159,19 +161,7 @@ def capture(
         if len(out) == len(wanted):  # hooks fire in forward order: this one is the deepest
             raise _StopForward
 
-    handles = []
-    for p in points:
-        s, name = site(layers, p), p.name
-        if s.is_input:
-            handles.append(
-                s.module.register_forward_pre_hook(
-                    lambda _m, a, k, n=name: store(n, _input_of(a, k)), with_kwargs=True
-                )
-            )
-        else:
-            handles.append(
-                s.module.register_forward_hook(lambda _m, _a, o, n=name: store(n, _first(o)))
-            )
+    handles = [install_observer(layers, p, partial(store, p.name)) for p in points]
     try:
         model(**inputs)
     except _StopForward:
@@ -182,14 +172,14 @@ def capture(
     return out
 
 
-def replace(
-    model: nn.Module,
-    layers: nn.ModuleList,
-    point: HookPoint,
-    fn: Callable[[torch.Tensor], torch.Tensor],
-    inputs: dict[str, torch.Tensor],
-) -> torch.Tensor:
-    """Run the full model with the tensor at ``point`` replaced by ``fn(tensor)``; return logits."""
+def install_replacement(
+    layers: nn.ModuleList, point: HookPoint, fn: Callable[[torch.Tensor], torch.Tensor]
+) -> RemovableHandle:
+    """Hook the module carrying ``point`` so its tensor becomes ``fn(tensor)`` on every pass.
+
+    The one code path for every replacement (:func:`replace` for one call, the ``splice``
+    context manager for many); the caller removes the returned handle.
+    """
 
     def swap(value: torch.Tensor) -> torch.Tensor:
         new = fn(value)
@@ -214,9 +204,31 @@ def replace(
 
     s = site(layers, point)
     if s.is_input:
-        handle = s.module.register_forward_pre_hook(pre_hook, with_kwargs=True)
-    else:
-        handle = s.module.register_forward_hook(post_hook)
+        return s.module.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    return s.module.register_forward_hook(post_hook)
+
+
+def install_observer(
+    layers: nn.ModuleList, point: HookPoint, see: Callable[[torch.Tensor], None]
+) -> RemovableHandle:
+    """Hook the module carrying ``point`` so ``see(tensor)`` is called on every pass."""
+    s = site(layers, point)
+    if s.is_input:
+        return s.module.register_forward_pre_hook(
+            lambda _m, a, k: see(_input_of(a, k)), with_kwargs=True
+        )
+    return s.module.register_forward_hook(lambda _m, _a, o: see(_first(o)))
+
+
+def replace(
+    model: nn.Module,
+    layers: nn.ModuleList,
+    point: HookPoint,
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    inputs: dict[str, torch.Tensor],
+) -> torch.Tensor:
+    """Run the full model with the tensor at ``point`` replaced by ``fn(tensor)``; return logits."""
+    handle = install_replacement(layers, point, fn)
     try:
         logits: torch.Tensor = model(**inputs).logits
     finally:

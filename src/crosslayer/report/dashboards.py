@@ -1,9 +1,13 @@
 """Latent dashboards in the style of SAE-vis and Neuronpedia.
 
 One :class:`Dashboard` per latent shown: its top-activating contexts with every token
-coloured by the latent's activation, a histogram of its activations, the tokens its decoder
-direction promotes and how predictable it is from the early layer. Study A's most and least
-predictable features are recomputed from the run directory (store, saved SAEs, transcoder);
+coloured by the latent's activation, contexts sampled from each quarter of its non-zero
+activations (SAE-vis's "interval" groups: what the latent does when weakly on, not only at
+its peak), a histogram of its activations with its density and the quarter edges, the tokens
+its decoder direction promotes and suppresses (through the final norm's gain and the
+unembedding, ``LoadedModel.direction_logits``) and how predictable it is from the early
+layer. Study A's most and least predictable features are recomputed from the run directory
+(store, saved SAEs, transcoder);
 study B's top latents come from ``interpret``'s ``results.json``
 (:class:`crosslayer.experiments.latents.LatentInfo`).
 """
@@ -18,9 +22,9 @@ import numpy as np
 import torch
 
 from crosslayer.report.figures import activation_histogram
-from crosslayer.rundir import RunDir
+from crosslayer.runs import load_run_sae, load_transcoder, open_run_store
 
-PREDICTABILITY = ("balanced_accuracy", "auroc", "r2", "token_determinedness")
+PREDICTABILITY = ("balanced_accuracy", "auroc", "r2", "token_r2", "token_determinedness")
 
 
 @dataclass
@@ -37,6 +41,23 @@ class Context:
 
 
 @dataclass
+class QuantileGroup:
+    """Contexts sampled among tokens whose activation lies in one quantile band of the
+    latent's non-zero activations."""
+
+    label: str  # "25–50%"
+    lo: float
+    hi: float
+    n_tokens: int  # tokens in the band (the sample is drawn from these)
+    contexts: list[Context] = field(default_factory=list)
+
+
+# Quantile bands of the non-zero activations, and contexts sampled from each.
+QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
+PER_GROUP = 2
+
+
+@dataclass
 class Dashboard:
     anchor: str  # HTML id; other sections link to ``#anchor``
     title: str
@@ -45,7 +66,9 @@ class Dashboard:
     run_density: float | None = None  # share of all the run's store tokens (study A, recomputed)
     predictability: dict[str, float | None] = field(default_factory=dict)
     promoted: list[tuple[str, float]] = field(default_factory=list)
+    suppressed: list[tuple[str, float]] = field(default_factory=list)  # most negative first
     contexts: list[Context] = field(default_factory=list)
+    quantile_groups: list[QuantileGroup] = field(default_factory=list)
     histogram: str | None = None  # data URI
     link: str | None = None  # Neuronpedia
     note: str = ""
@@ -148,7 +171,7 @@ def study_a_dashboards(
         feats = results["features"][name]
         acts = None if model is None else _store_activations(run_dir, results, name, indices,
                                                              batch_size)  # fmt: skip
-        promoted = None if model is None else _promoted(run_dir, results, name, indices, model)
+        effects = None if model is None else _logit_effects(run_dir, results, name, indices, model)
         for j, index in enumerate(indices):
             pred, train_density = predictability(feats, index)
             board = Dashboard(
@@ -163,8 +186,8 @@ def study_a_dashboards(
             else:
                 board.contexts = _contexts_from_results(feats, index)
                 board.note = "per-token activations need the model's tokenizer (pass model=)"
-            if promoted is not None:
-                board.promoted = promoted[j]
+            if effects is not None:
+                board.promoted, board.suppressed = effects[j]
             boards.append(board)
     return boards
 
@@ -182,29 +205,6 @@ def _contexts_from_results(feats: dict[str, Any], index: int) -> list[Context]:
     return []
 
 
-def open_run_store(run_dir: Path, results: dict[str, Any]) -> Any:
-    """The run's activation store (in the run directory, else where results.json says)."""
-    from crosslayer.store import open_store
-
-    local = RunDir(run_dir).store
-    return open_store(local if local.is_dir() else _in_run(run_dir, results["data"]["store"]))
-
-
-def load_run_sae(run_dir: Path, results: dict[str, Any], name: str) -> Any:
-    """An SAE of the run: ``saes/<name>`` for the trained ones, the ``--sae`` spec otherwise."""
-    from crosslayer.sae import load_sae
-
-    local = RunDir(run_dir).sae(name)
-    spec = local if local.is_dir() else _in_run(run_dir, results["saes"][name]["path"])
-    return load_sae(str(spec), device="cpu")
-
-
-def _in_run(run_dir: Path, path: str) -> str:
-    """results.json paths are relative to the run directory; a pretrained SAE's spec is not."""
-    inside = run_dir / path
-    return str(inside) if inside.exists() else path
-
-
 @torch.no_grad()
 def _store_activations(
     run_dir: Path, results: dict[str, Any], name: str, indices: list[int], batch_size: int
@@ -212,15 +212,15 @@ def _store_activations(
     """``[n_store_tokens, len(indices)]`` activations, in store order.
 
     The residual SAE reads ``target - transcoder(source)``; the transcoder is the ridge map the
-    run saved in ``stages/transcoder.npz``.
+    run saved in ``transcoder/`` (``stages/transcoder.npz`` in older runs).
     """
     store = open_run_store(run_dir, results)
     sae = load_run_sae(run_dir, results, name)
     source, target = results["hooks"]["source"], results["hooks"]["target"]
     coef = intercept = None
     if name == "residual":
-        saved = np.load(RunDir(run_dir).transcoder_weights)
-        coef, intercept = saved["coef"], saved["intercept"]
+        tc = load_transcoder(run_dir)
+        coef, intercept = tc.coef_, tc.intercept_
     parts = []
     for batch in store.iter_batches([source, target], split=None, batch_size=batch_size):
         x = batch[target]
@@ -234,34 +234,81 @@ def _store_activations(
 def _fill_from_store(
     board: Dashboard, acts: np.ndarray, run_dir: Path, results: dict[str, Any], tokenizer: Any
 ) -> None:
-    """Top contexts with per-token activations, and the histogram, from one feature's column."""
+    """Top contexts and quantile-band samples with per-token activations, and the histogram,
+    from one feature's column (store order)."""
     store = open_run_store(run_dir, results)
     analysis = results["config"].get("analysis", {})
     top_k, window = int(analysis.get("top_k", 5)), int(analysis.get("window", 12))
     ctx, pos = store.context_ids, store.positions
-    pairs = []
-    for row in np.argsort(-acts, kind="stable")[:top_k]:
-        if acts[row] <= 0:
-            break
+
+    def around(row: int) -> tuple[list[str], list[float]]:
         near = np.flatnonzero(
             (ctx == ctx[row]) & (pos >= pos[row] - window) & (pos <= pos[row] + 2)
         )
-        pairs.append(([tokenizer.decode([int(t)]) for t in store.tokens[near]],
-                      [float(a) for a in acts[near]]))  # fmt: skip
-    board.contexts = coloured(pairs)
+        return ([tokenizer.decode([int(t)]) for t in store.tokens[near]],
+                [float(a) for a in acts[near]])  # fmt: skip
+
+    top = [int(r) for r in np.argsort(-acts, kind="stable")[:top_k] if acts[r] > 0]
+    board.contexts = coloured([around(r) for r in top])
+    rng = np.random.default_rng(int(results["config"].get("seed", 0)) + board.index)
+    groups, edges = quantile_groups(acts, rng)
+    for group, rows in groups:
+        group.contexts = coloured([around(r) for r in rows])
+    board.quantile_groups = [g for g, _ in groups]
     board.run_density = float(np.mean(acts > 0))
-    board.histogram = activation_histogram(acts, board.run_density)
+    board.histogram = activation_histogram(acts, board.run_density, edges=edges)
+
+
+def quantile_groups(
+    acts: np.ndarray, rng: np.random.Generator, per_group: int = PER_GROUP
+) -> tuple[list[tuple[QuantileGroup, list[int]]], list[float]]:
+    """Bands of the non-zero activations between the :data:`QUANTILES`, each with up to
+    ``per_group`` rows sampled (seeded, without replacement) among the tokens in it.
+
+    Bands are closed above (``lo < a <= hi``; the first also takes ``a == lo``), so every
+    active token falls in exactly one. Returns the groups with their rows, and the edges.
+    """
+    active = np.flatnonzero(acts > 0)
+    if active.size == 0:
+        return [], []
+    edges = [float(e) for e in np.quantile(acts[active], QUANTILES)]
+    a, out = acts[active], []
+    for i in range(len(QUANTILES) - 1):
+        lo, hi = edges[i], edges[i + 1]
+        above = a >= lo if i == 0 else a > lo
+        inside = active[above & (a <= hi)]
+        rows = sorted(
+            int(r) for r in rng.choice(inside, min(per_group, inside.size), replace=False)
+        )
+        label = f"{QUANTILES[i]:.0%}–{QUANTILES[i + 1]:.0%}"
+        out.append((QuantileGroup(label, lo, hi, int(inside.size)), rows))
+    return out, edges
+
+
+Tokens = list[tuple[str, float]]
 
 
 @torch.no_grad()
-def _promoted(
+def _logit_effects(
     run_dir: Path, results: dict[str, Any], name: str, indices: list[int], model: Any, k: int = 10
-) -> list[list[tuple[str, float]]]:
-    """The ``k`` tokens each feature's decoder row promotes most (``W_dec[i] @ W_U``)."""
+) -> list[tuple[Tokens, Tokens]]:
+    """Per feature, the ``k`` tokens its decoder row promotes most and suppresses most.
+
+    The direct logit effect of the direction through the final norm's gain and the
+    unembedding (``LoadedModel.direction_logits``): the gain varies by 1000x across Gemma 3's
+    dimensions, so ``W_dec @ W_U`` alone mis-ranks tokens.
+    """
     sae = load_run_sae(run_dir, results, name)
-    logits = sae.W_dec[indices].float() @ model.unembed().float().cpu()
-    top = logits.topk(k, dim=-1)
+    logits = model.direction_logits(sae.W_dec[indices].float().to(model.device)).cpu()
+
+    def decoded(ids: list[int], vals: list[float]) -> Tokens:
+        return [
+            (str(model.tokenizer.decode([t])), float(v)) for t, v in zip(ids, vals, strict=True)
+        ]
+
+    top, bottom = logits.topk(k, dim=-1), logits.topk(k, dim=-1, largest=False)
     return [
-        [(str(model.tokenizer.decode([t])), float(v)) for t, v in zip(ids, vals, strict=True)]
-        for ids, vals in zip(top.indices.tolist(), top.values.tolist(), strict=True)
-    ]
+        (decoded(ti, tv), decoded(bi, bv))
+        for ti, tv, bi, bv in zip(top.indices.tolist(), top.values.tolist(),
+                                  bottom.indices.tolist(), bottom.values.tolist(), strict=True)
+    ]  # fmt: skip

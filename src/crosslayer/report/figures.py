@@ -33,12 +33,15 @@ def figure_uri(fig: Figure, dpi: int = 80) -> str:
     return png_uri(buf.getvalue())
 
 
-def activation_histogram(acts: np.ndarray, density: float) -> str:
-    """SAE-vis style histogram of a latent's non-zero activations over the store's tokens."""
+def activation_histogram(acts: np.ndarray, density: float, edges: list[float] | None = None) -> str:
+    """SAE-vis style histogram of a latent's non-zero activations over the store's tokens;
+    ``edges`` (the dashboard's quantile bands) are drawn as dashed lines."""
     fig, ax = plt.subplots(figsize=(3.6, 1.6))
     active = acts[acts > 0]
     if active.size:
         ax.hist(active, bins=min(40, max(5, active.size // 4)), color="tab:orange")
+    for edge in (edges or [])[1:-1]:
+        ax.axvline(edge, color="grey", lw=0.8, ls="--")
     ax.set_title(f"activation > 0 on {density:.3%} of {acts.size:,} tokens", fontsize=7)
     ax.set_xlabel("activation", fontsize=7)
     ax.tick_params(labelsize=6)

@@ -12,7 +12,15 @@ import numpy as np
 from crosslayer import fs
 from crosslayer.experiments.study_a.inputs import Data
 from crosslayer.experiments.study_a.run import Run, sample_rows
-from crosslayer.transcoder import DEFAULT_ALPHAS, AffineTranscoder, MLPTranscoder
+from crosslayer.model.hooks import hook_depth
+from crosslayer.store import open_store
+from crosslayer.transcoder import (
+    DEFAULT_ALPHAS,
+    TRANSCODER_CONFIG,
+    TRANSCODER_WEIGHTS,
+    AffineTranscoder,
+    MLPTranscoder,
+)
 
 
 @dataclass
@@ -25,40 +33,66 @@ class Transcoders:
 
 @dataclass(frozen=True)
 class TranscoderFiles:
-    """Checkpoint of the transcoder stage: the ridge weights (.npz) and all metrics (.json).
+    """Checkpoint of the transcoder stage: the ridge map as a reusable artefact
+    (``transcoder/``: cfg.json + model.safetensors, :meth:`AffineTranscoder.save_pretrained`)
+    and all metrics (``stages/transcoder.json``).
 
-    The JSON is written last, so both files present means the stage finished.
+    The JSON is written last, so both present means the stage finished. A run directory from
+    before the artefact existed (only ``stages/transcoder.npz``) is not done: the stage refits.
     """
 
-    weights: Path
+    artefact: Path
     metrics: Path
     device: str
+    source_hook: str
+    target_hook: str
+    model: dict[str, Any]
+    config_hash: str
 
     def done(self) -> bool:
-        return self.weights.is_file() and self.metrics.is_file()
+        return (
+            (self.artefact / TRANSCODER_CONFIG).is_file()
+            and (self.artefact / TRANSCODER_WEIGHTS).is_file()
+            and self.metrics.is_file()
+        )
 
     def load(self) -> Transcoders:
-        saved = np.load(self.weights)
-        ridge = AffineTranscoder(device=self.device)
-        ridge.coef_, ridge.intercept_ = saved["coef"], saved["intercept"]
-        ridge.n_features_in_ = ridge.coef_.shape[1]
+        ridge = AffineTranscoder.from_pretrained(self.artefact, device=self.device)
         return Transcoders(ridge, json.loads(self.metrics.read_text()))
 
     def save(self, value: Transcoders) -> Transcoders:
-        np.savez(self.weights, coef=value.ridge.coef_, intercept=value.ridge.intercept_)
+        value.ridge.save_pretrained(
+            self.artefact,
+            source_hook=self.source_hook,
+            target_hook=self.target_hook,
+            model=self.model,
+            extra={"run_config_hash": self.config_hash},
+        )
         value.metrics = fs.jsonable(value.metrics)
         fs.atomic_write_json(self.metrics, value.metrics)
-        return value
+        # hand back what a rerun will load: the reloaded artefact (hooks and model included)
+        return Transcoders(self.load().ridge, value.metrics)
 
 
 def fit_transcoders(run: Run, data: Data) -> Transcoders:
     """Ridge transcoder (kept) plus the study's Adam recipe and an MLP, all on train only.
 
     The ridge strength is chosen by generalised cross-validation on the train split, so
-    held-out tokens play no part in fitting and their scores are honest.
+    held-out tokens play no part in fitting and their scores are honest. The ridge map is
+    saved as ``RUN/transcoder/`` with the hooks and the model it belongs to, read from the
+    run's store (its manifest names the model and ``[source, target]``).
     """
+    manifest = open_store(run.dirs.store).manifest
+    hooks = sorted(manifest["hooks"], key=hook_depth)  # the main store holds exactly these two
+    source, target = hooks[0], hooks[-1]
     files = TranscoderFiles(
-        run.dirs.transcoder_weights, run.dirs.transcoder_metrics, run.cfg.device
+        run.dirs.transcoder,
+        run.dirs.transcoder_metrics,
+        run.cfg.device,
+        source_hook=source,
+        target_hook=target,
+        model=dict(manifest["config"]["model"]),
+        config_hash=run.cfg.hash(),
     )
     return run.cached(files, lambda: _fit_all(run, data))
 
