@@ -57,7 +57,6 @@ if TYPE_CHECKING:
         score_features,
         study_protocol,
         top_contexts,
-        write_table,
     )
     from crosslayer.experiments.study_a.hooks import default_target, sweep_hooks, sweep_tokens
     from crosslayer.experiments.study_a.inputs import (
@@ -118,7 +117,6 @@ _API = {
     "score_features": "features",
     "study_protocol": "features",
     "top_contexts": "features",
-    "write_table": "features",
     "compare_saes": "comparison",
     "run_depth_sweep": "sweep",
     "write_plots": "plots",
@@ -161,7 +159,6 @@ __all__ = [
     "top_contexts",
     "train_saes",
     "write_plots",
-    "write_table",
 ]
 
 

@@ -11,13 +11,13 @@ by a probe that never saw its document. One row per alive feature goes to
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 from crosslayer import fs
@@ -35,6 +35,7 @@ from crosslayer.experiments.study_a.inputs import Data
 from crosslayer.experiments.study_a.run import Run, nan_array
 from crosslayer.experiments.study_a.saes import encode_sparse
 from crosslayer.probes import study_protocol_probe
+from crosslayer.runs import write_table
 from crosslayer.store import ActivationStore
 
 if TYPE_CHECKING:
@@ -314,7 +315,7 @@ def analyse_sae(
     # be identical (the stage's total is in results.json's timings).
     parts = res.pop("timings")
     run.say(f"{name}: " + ", ".join(f"{k} {v:.1f} s" for k, v in parts.items()))
-    write_table(run.dirs.feature_table(name), table)
+    write_table(pd.DataFrame(table), run.dirs.feature_table(name))
     res["study_protocol"] = study_protocol(run, X, f_all, table["feature"][table["probed"]])
     res["features"] = {
         k: (v.tolist() if k != "excluded_reason" else [str(x) for x in v]) for k, v in table.items()
@@ -324,14 +325,3 @@ def analyse_sae(
     res = fs.jsonable(res)
     res["extremes"] = extremes(res, f_all, rows, store, tokenizer, run)
     return dict(res)
-
-
-def write_table(path: Any, table: dict[str, np.ndarray]) -> None:
-    """``table`` as Parquet (pyarrow) and a CSV copy beside it, each written atomically."""
-    import pandas as pd
-
-    frame = pd.DataFrame(dict(table))
-    buf = io.BytesIO()
-    frame.to_parquet(buf, index=False)
-    fs.atomic_write_bytes(path, buf.getvalue())
-    fs.atomic_write_bytes(path.with_suffix(".csv"), frame.to_csv(index=False).encode())
