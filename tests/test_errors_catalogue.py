@@ -243,7 +243,7 @@ CASES: list[tuple[str, Build, str]] = [
      lambda w, m, s: [*_eval_sae(w, s, _gemma_scope_d32(w), m), "--hook", "hook_embed"],
      "SAE input width d_in=32 does not match the model's d_model=64"),
     ("eval-sae-residual-sae-on-raw-hook",
-     lambda w, m, s: _eval_sae(w, s, _residual_sae(w), m), "this SAE reads residuals"),
+     lambda w, m, s: _eval_sae(w, s, _residual_sae(w), m), "this SAE reads residual input"),
     ("train-sae-hook-not-in-store",
      lambda w, m, s: ["train-sae", "--store", str(s), "--hook", "blocks.0.hook_resid_post",
                       "--out", str(w / "sae"), "--no-progress"], "is not in the store"),

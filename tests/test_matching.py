@@ -53,7 +53,7 @@ def test_recovers_a_planted_permutation_under_noise_and_scaling() -> None:
     np.testing.assert_array_equal(pairs[:, 1], perm[pairs[:, 0]])
     assert cos.min() > 0.9
     # greedy nearest neighbour is not one-to-one in general; here the sign matters too
-    pairs_neg, cos_neg = match_features(a, -b)
+    _pairs_neg, cos_neg = match_features(a, -b)
     assert cos_neg.max() < 0.9
 
 

@@ -38,7 +38,7 @@ def fitted():
 
 
 def test_removes_the_transcoders_share_exactly_on_train(fitted) -> None:
-    X, Y, R, Xh, Yh, Rh, _ = fitted
+    _X, Y, R, _Xh, Yh, Rh, _ = fitted
     placebo = fit_placebo(Y, R, seed=3)
     share_tc = removed_share(Y, R)
     assert 0.2 < share_tc < 0.5  # the synthetic transcoder really removes something

@@ -37,7 +37,7 @@ def test_cfg_json_says_it_reads_residuals(saved) -> None:
 
 def test_loading_it_on_the_raw_hook_is_an_error(saved) -> None:
     lm = tiny_model(n_layers=4, d_model=D)
-    with pytest.raises(CrosslayerError, match="reads residuals"):
+    with pytest.raises(CrosslayerError, match="reads residual input"):
         load_sae(saved / "residual", model=lm)
     # the caller that feeds it residuals says so; the baseline SAE needs nothing
     assert load_sae(saved / "residual", model=lm, derived_ok=True).cfg.d_in == D

@@ -45,7 +45,9 @@ def test_weighted_r2_equals_r2_of_replicated_documents() -> None:
     F_hat = F + rng.normal(size=F.shape) * 0.8
     st = doc_stats(F, F_hat, docs, 6)
     w = np.array([[2, 0, 1, 0, 3, 0]], dtype=float)
-    rows = np.concatenate([np.flatnonzero(docs == d) for d in range(6) for _ in range(int(w[0, d]))])
+    rows = np.concatenate(
+        [np.flatnonzero(docs == d) for d in range(6) for _ in range(int(w[0, d]))]
+    )
     f, fh = F[rows], F_hat[rows]
     ref = 1 - ((f - fh) ** 2).sum(0) / ((f - f.mean(0)) ** 2).sum(0)
     np.testing.assert_allclose(st.r2(w)[0], ref, rtol=1e-10)

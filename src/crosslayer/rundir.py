@@ -20,7 +20,7 @@ through :class:`RunDir`, so a stage's file cannot move without the other two fol
         depth.json           the depth sweep
         placebo.npz          the placebo removal (directions, weights)
         docstats_<sae>.npz   per-document out-of-fold sums of one SAE's scorable features
-        comparison.json      dictionary differences with seed-level and document CIs
+        removals.json        variance each SAE input removed, linear signal it kept
       results.json         docs/results_schema.md; its paths are relative to RUN
       *.png, report.html   plots and the report, drawn from results.json
       checksums.json       sha256 of every file but the stores (they carry their own); last
@@ -127,5 +127,5 @@ class RunDir:
         return self.stages / f"docstats_{sae}.npz"
 
     @property
-    def comparison(self) -> Path:
-        return self.stages / "comparison.json"
+    def removals(self) -> Path:
+        return self.stages / "removals.json"

@@ -117,7 +117,7 @@ def _derived_problem(sae: SAE[Any]) -> str:
     what = reads.get("definition") or (
         f"{hook} - {reads.get('transcoder', 'transcoder')}({reads.get('source_hook', 'source')})"
     )
-    return f"this SAE reads {reads.get('kind')}s ({what}), not the raw activations at {hook}"
+    return f"this SAE reads {reads.get('kind')} input ({what}), not the raw activations at {hook}"
 
 
 def check_against_model(sae: SAE[Any], model: LoadedModel, *, derived_ok: bool = False) -> None:

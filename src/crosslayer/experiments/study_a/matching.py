@@ -57,7 +57,9 @@ def match_summary(cosines: np.ndarray) -> dict[str, Any]:
         "cosine_q25": float(q[0]),
         "cosine_median": float(q[1]),
         "cosine_q75": float(q[2]),
-        "share_above": {str(t): float((c > t).mean()) if c.size else np.nan for t in MATCH_THRESHOLDS},
+        "share_above": {
+            str(t): float((c > t).mean()) if c.size else np.nan for t in MATCH_THRESHOLDS
+        },
     }
 
 

@@ -29,12 +29,14 @@ describe any removal (ours, the placebo's, the study's Adam residual) on the sam
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from crosslayer import fs
 from crosslayer.errors import CrosslayerError
 from crosslayer.transcoder import AffineTranscoder
 
@@ -95,14 +97,17 @@ class PlaceboRemoval:
         return (np.asarray(Y, dtype=np.float32) - self.removed(R)).astype(np.float32)
 
     def save(self, path: Path) -> None:
+        """Write ``path`` (.npz) atomically: a killed write leaves no file behind."""
+        buf = io.BytesIO()
         np.savez(
-            path,
+            buf,
             directions=self.directions,
             weights=self.weights,
             removed_variance=self.removed_variance,
             total_variance=self.total_variance,
             seed=self.seed,
         )
+        fs.atomic_write_bytes(path, buf.getvalue())
 
     @classmethod
     def load(cls, path: Path) -> PlaceboRemoval:
@@ -119,7 +124,7 @@ class PlaceboRemoval:
         return {
             "removed_variance": self.removed_variance,
             "removed_share": self.removed_share,
-            "n_directions": int(len(self.weights)),
+            "n_directions": len(self.weights),
             "last_weight": float(self.weights[-1]) if len(self.weights) else None,
             "seed": self.seed,
             "definition": "Y_placebo = Y - M R, R = Y - ridge(X), M = Q diag(m) Qᵀ over a "

@@ -65,7 +65,9 @@ class DocStats:
         return r2[0] if weights is None else r2
 
     def subset(self, features: np.ndarray) -> DocStats:
-        return DocStats(self.n, self.sum_y[:, features], self.sum_y2[:, features], self.sse[:, features])
+        return DocStats(
+            self.n, self.sum_y[:, features], self.sum_y2[:, features], self.sse[:, features]
+        )
 
 
 def doc_stats(F: np.ndarray, F_hat: np.ndarray, doc_index: np.ndarray, n_docs: int) -> DocStats:
@@ -217,10 +219,16 @@ def compare_dictionaries(
     p_boot = min(p_boot, 1.0)
     res = 1.0 / ok.sum()
     return {
-        "a": {"per_seed": sa.tolist(), "mean": float(sa.mean()),
-              "n_features": [s.n_features for s in a]},  # fmt: skip
-        "b": {"per_seed": sb.tolist(), "mean": float(sb.mean()),
-              "n_features": [s.n_features for s in b]},  # fmt: skip
+        "a": {
+            "per_seed": sa.tolist(),
+            "mean": float(sa.mean()),
+            "n_features": [s.n_features for s in a],
+        },
+        "b": {
+            "per_seed": sb.tolist(),
+            "mean": float(sb.mean()),
+            "n_features": [s.n_features for s in b],
+        },
         "difference": float(sa.mean() - sb.mean()),
         "seed_level": seed_interval(sa, sb),
         "document_bootstrap": {
