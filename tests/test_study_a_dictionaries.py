@@ -16,6 +16,7 @@ from crosslayer.experiments.study_a.comparison import (
     positive_counts,
     removals_stage,
     score_dictionaries,
+    score_dictionary,
 )
 from crosslayer.experiments.study_a.inputs import Data
 from crosslayer.experiments.study_a.run import open_run
@@ -79,7 +80,7 @@ def stage(tmp_path_factory) -> dict[str, Any]:
         "residual": np.concatenate(R),
         "placebo": np.concatenate([inputs["placebo"], placebo.transform(data.Y_heldout, R[1])]),
     }
-    scored = score_dictionaries(run, dicts, every, tokens[order], docs[order])
+    scored = score_dictionaries(run, dicts, every, tokens[order], docs[order], max_features=None)
     features = {
         name: {"features": {m: [0.5, 0.6, 0.7] for m in ("balanced_accuracy", "auroc", "r2")},
                "study_protocol": None}
@@ -88,7 +89,8 @@ def stage(tmp_path_factory) -> dict[str, Any]:
     removals = removals_stage(run, data, R, placebo)
     cmp = compare_saes(run, features, scored, dicts, removals)
     return dict(run=run, dicts=dicts, scored=scored, cmp=cmp, every=every, order=order,
-                tokens=tokens, docs=docs, placebo=placebo, R=R, data=data, inputs=inputs)  # fmt: skip
+                tokens=tokens, docs=docs, placebo=placebo, R=R, data=data,
+                inputs=inputs)  # fmt: skip
 
 
 def test_every_seed_of_every_dictionary_is_saved_where_sae_lens_opens_it(stage) -> None:
@@ -135,6 +137,22 @@ def test_scores_equal_token_lookup_on_the_saes_own_codes(stage) -> None:
                                   n_permutations=0).r2  # fmt: skip
             assert cmp["scores"][name]["per_seed"][k] == pytest.approx(np.nanmean(ref), abs=1e-9)
             assert cmp["scores"][name]["n_scorable"][k] == len(keep)
+
+
+def test_a_feature_sample_scores_the_same_features_the_same(stage) -> None:
+    run = stage["run"]
+    full = stage["scored"]["baseline"][0]
+    folds = grouped_folds(stage["docs"][stage["order"]], 4, run.cfg.seed)
+    cf = run.cfg.crossfit
+    part = score_dictionary(
+        stage["dicts"]["baseline"][0], stage["every"]["baseline"], stage["tokens"][stage["order"]],
+        stage["docs"][stage["order"]], folds, min_fit=cf.min_pos_fit, min_score=cf.min_pos_score,
+        max_features=5, seed=3,
+    )  # fmt: skip
+    assert len(part.features) == 5 and part.n_scorable == full.n_scorable > 5
+    assert set(part.features) <= set(full.features)
+    np.testing.assert_allclose(part.r2_by_feature()[part.features],
+                               full.r2_by_feature()[part.features], atol=1e-12)  # fmt: skip
 
 
 def test_comparison_reports_differences_with_both_intervals(stage) -> None:

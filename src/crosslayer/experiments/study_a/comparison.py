@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -95,10 +96,11 @@ DIFFERENCES: tuple[tuple[str, str], ...] = (
 class ScoredDictionary:
     """One SAE's scorable features and the per-document sums of their token-lookup R²."""
 
-    features: np.ndarray  # [m] scorable feature indices
+    features: np.ndarray  # [m] scored feature indices (all scorable ones, or a sample)
     stats: DocStats
     width: int
     excluded: dict[str, int] = field(default_factory=dict)  # reason -> number of features
+    n_scorable: int = -1  # scorable features before sampling (-1: not recorded)
 
     def r2_by_feature(self) -> np.ndarray:
         """``[width]`` R² per feature index, NaN where not scorable."""
@@ -120,16 +122,27 @@ class ScoredFile:
         with np.load(self.path, allow_pickle=False) as f:
             st = DocStats(f["n"], f["sum_y"], f["sum_y2"], f["sse"])
             excluded = dict(zip(f["reasons"].tolist(), f["counts"].tolist(), strict=True))
-            return ScoredDictionary(f["features"], st, int(f["width"]), excluded)
+            return ScoredDictionary(
+                f["features"], st, int(f["width"]), excluded, int(f["n_scorable"])
+            )
 
     def save(self, value: ScoredDictionary) -> ScoredDictionary:
         import io
 
         buf = io.BytesIO()
         st = value.stats
-        np.savez(buf, features=value.features, n=st.n, sum_y=st.sum_y, sum_y2=st.sum_y2,
-                 sse=st.sse, width=value.width, reasons=np.array(list(value.excluded), dtype=str),
-                 counts=np.array(list(value.excluded.values()), dtype=np.int64))  # fmt: skip
+        np.savez(
+            buf,
+            features=value.features,
+            n=st.n,
+            sum_y=st.sum_y,
+            sum_y2=st.sum_y2,
+            sse=st.sse,
+            width=value.width,
+            n_scorable=value.n_scorable,
+            reasons=np.array(list(value.excluded), dtype=str),
+            counts=np.array(list(value.excluded.values()), dtype=np.int64),
+        )
         fs.atomic_write_bytes(self.path, buf.getvalue())
         return value
 
@@ -160,12 +173,23 @@ def score_dictionary(
     *,
     min_fit: int,
     min_score: int,
+    max_features: int | None = None,
+    seed: int = 0,
     feature_chunk: int = 128,
 ) -> ScoredDictionary:
     """Encode ``x`` (what the SAE reads, every scored token) and score its scorable features
-    with the cross-fitted token lookup, as per-document sums."""
+    with the cross-fitted token lookup, as per-document sums.
+
+    ``max_features``: score a seeded sample of this many scorable features (None: all). The
+    score is a mean over features, so a few hundred pin it down; the sampling noise differs
+    between seeds and so is inside the seed-level interval.
+    """
     F = encode_sparse(sae, x)
     features, excluded = positive_counts(F, fold_ids, min_fit, min_score)
+    n_scorable = len(features)
+    if max_features is not None and n_scorable > max_features:
+        rng = np.random.default_rng(seed)
+        features = np.sort(rng.choice(features, max_features, replace=False))
     _, doc_index = np.unique(doc_ids, return_inverse=True)
     n_docs = int(doc_index.max()) + 1
     parts = [
@@ -184,7 +208,7 @@ def score_dictionary(
         stats = DocStats(np.bincount(doc_index).astype(np.float64), z, z, z)
     else:
         stats = concat_features(parts)
-    return ScoredDictionary(features, stats, int(F.shape[1]), excluded)
+    return ScoredDictionary(features, stats, int(F.shape[1]), excluded, n_scorable)
 
 
 def score_dictionaries(
@@ -194,12 +218,16 @@ def score_dictionaries(
     tokens: np.ndarray,
     doc_ids: np.ndarray,
     fold_ids: np.ndarray | None = None,
+    *,
+    max_features: int | None = 512,
 ) -> dict[str, list[ScoredDictionary]]:
     """Score every seed of every dictionary (each cached as ``stages/docstats_<sae>.npz``).
 
     ``inputs[name]``: what dictionary ``name`` reads on every scored token (train and
     held-out rows, in the order of ``tokens`` and ``doc_ids``). ``fold_ids``: the run's folds
     (default: :func:`crosslayer.crossfit.grouped_folds` of ``doc_ids`` with the run's seed).
+    ``max_features``: scorable features scored per SAE, a sample seeded by the run's seed +
+    the seed index (:func:`score_dictionary`; None: all of them).
     """
     cf = run.cfg.crossfit
     folds = grouped_folds(doc_ids, cf.n_folds, run.cfg.seed) if fold_ids is None else fold_ids
@@ -208,8 +236,18 @@ def score_dictionaries(
         out[name] = []
         for k, sae in enumerate(saes):
             label = seed_name(name, k)
-            compute = _scorer(sae, inputs[name], tokens, doc_ids, folds, cf.min_pos_fit,
-                              cf.min_pos_score)  # fmt: skip
+            compute = partial(
+                score_dictionary,
+                sae,
+                inputs[name],
+                tokens,
+                doc_ids,
+                folds,
+                min_fit=cf.min_pos_fit,
+                min_score=cf.min_pos_score,
+                max_features=max_features,
+                seed=run.cfg.seed + k,
+            )
             out[name].append(
                 run.cached(
                     ScoredFile(run.dirs.doc_stats(label)),
@@ -218,20 +256,6 @@ def score_dictionaries(
                 )
             )
     return out
-
-
-def _scorer(
-    sae: SAE[Any],
-    x: np.ndarray,
-    tokens: np.ndarray,
-    doc_ids: np.ndarray,
-    folds: np.ndarray,
-    min_fit: int,
-    min_score: int,
-) -> Callable[[], ScoredDictionary]:
-    return lambda: score_dictionary(
-        sae, x, tokens, doc_ids, folds, min_fit=min_fit, min_score=min_score
-    )
 
 
 def dictionary_comparison(
@@ -251,7 +275,8 @@ def dictionary_comparison(
                 "per_seed": [
                     float(np.nanmean(s.stats.r2())) if len(s.features) else None for s in seeds
                 ],
-                "n_scorable": [len(s.features) for s in seeds],
+                "n_scorable": [s.n_scorable for s in seeds],
+                "n_scored": [len(s.features) for s in seeds],
                 "excluded_seed0": seeds[0].excluded,
             }
             for name, seeds in scored.items()
