@@ -13,6 +13,7 @@ from crosslayer.crossfit import grouped_folds, token_lookup_r2
 from crosslayer.experiments.study_a.comparison import (
     BY_CONSTRUCTION,
     compare_saes,
+    headline_rows,
     positive_counts,
     removals_stage,
     score_dictionaries,
@@ -171,6 +172,9 @@ def test_comparison_reports_differences_with_both_intervals(stage) -> None:
     assert set(d["matched"]) == {"baseline -> residual", "baseline -> placebo"}
     assert all(len(rows) == 1 for rows in d["seed_stability"].values())
     assert cmp["balanced_accuracy"]["unit"].startswith("features treated as independent")
+    rows = headline_rows(cmp)
+    assert rows[0][0].startswith("token-lookup R², residual - placebo (2 seeds, 40 documents)")
+    assert f"{d['differences']['residual - placebo']['difference']:+.3f}" in rows[0][1]
 
 
 def test_removals_say_what_each_input_removed(stage) -> None:

@@ -449,3 +449,25 @@ def _compare(fn: Callable[..., Any], a: np.ndarray, b: np.ndarray, run: Run) -> 
     res["difference"] = "baseline - residual"
     res["unit"] = FEATURES_AS_INDEPENDENT
     return res
+
+
+def headline_rows(comparison: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(label, value)`` rows of the dictionary differences for a summary table: the
+    difference, its seed-level and document-bootstrap 95% CIs and p-values as printed."""
+    d = comparison.get("dictionaries") or {}
+    rows = []
+    for key, res in (d.get("differences") or {}).items():
+        seed, doc = res["seed_level"], res["document_bootstrap"]
+        s_ci = "not estimable" if seed["ci95"] is None else _interval(seed["ci95"])
+        rows.append(
+            (
+                f"token-lookup R², {key} ({seed['n_seeds']} seeds, {doc['n_docs']} documents)",
+                f"{res['difference']:+.3f}; seeds {s_ci}, p {seed['p_text']}; "
+                f"documents {_interval(doc['ci95'])}, p {doc['p_text']}",
+            )
+        )
+    return rows
+
+
+def _interval(ci: list[float]) -> str:
+    return f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
