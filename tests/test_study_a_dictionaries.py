@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -15,16 +16,14 @@ from crosslayer.experiments.study_a.comparison import (
     compare_saes,
     headline_rows,
     positive_counts,
-    removals_stage,
-    score_dictionaries,
     score_dictionary,
 )
-from crosslayer.experiments.study_a.inputs import Data
+from crosslayer.experiments.study_a.dictionaries import run_dictionaries
+from crosslayer.experiments.study_a.inputs import Data, Hooks
 from crosslayer.experiments.study_a.run import open_run
 from crosslayer.experiments.study_a.saes import (
     dictionary_reads,
     encode_sparse,
-    placebo_stage,
     train_dictionaries,
 )
 from crosslayer.experiments.study_a.transcoders import residuals
@@ -68,30 +67,20 @@ def stage(tmp_path_factory) -> dict[str, Any]:
         residuals(ridge, data.X_train, data.Y_train),
         residuals(ridge, data.X_heldout, data.Y_heldout),
     )
-    placebo = placebo_stage(run, data.Y_train, R[0])
-    inputs = {
-        "baseline": data.Y_train,
-        "residual": R[0],
-        "placebo": placebo.transform(data.Y_train, R[0]),
-    }
-    dicts = train_dictionaries(run, TARGET, {}, inputs, reads=dictionary_reads(SOURCE, TARGET))
+    store = SimpleNamespace(tokens=tokens, doc_ids=docs)  # what the stage reads of a store
+    D = run_dictionaries(run, Hooks(SOURCE, TARGET), {}, data, R, store, adam=True,
+                         max_features=None)  # fmt: skip
     order = np.concatenate([data.train_idx, data.heldout_idx])
-    every = {
-        "baseline": Y[order],
-        "residual": np.concatenate(R),
-        "placebo": np.concatenate([inputs["placebo"], placebo.transform(data.Y_heldout, R[1])]),
-    }
-    scored = score_dictionaries(run, dicts, every, tokens[order], docs[order], max_features=None)
+    every = {name: np.concatenate(x) for name, x in D.inputs.items()}
     features = {
         name: {"features": {m: [0.5, 0.6, 0.7] for m in ("balanced_accuracy", "auroc", "r2")},
                "study_protocol": None}
         for name in ("baseline", "residual")
     }  # fmt: skip
-    removals = removals_stage(run, data, R, placebo)
-    cmp = compare_saes(run, features, scored, dicts, removals)
-    return dict(run=run, dicts=dicts, scored=scored, cmp=cmp, every=every, order=order,
-                tokens=tokens, docs=docs, placebo=placebo, R=R, data=data,
-                inputs=inputs)  # fmt: skip
+    cmp = compare_saes(run, features, D.scored, D.saes, D.removals)
+    return dict(run=run, dicts=D.saes, scored=D.scored, cmp=cmp, every=every, order=order,
+                tokens=tokens, docs=docs, placebo=D.placebo, R=R, data=data,
+                inputs={n: x[0] for n, x in D.inputs.items()})  # fmt: skip
 
 
 def test_every_seed_of_every_dictionary_is_saved_where_sae_lens_opens_it(stage) -> None:
@@ -101,15 +90,18 @@ def test_every_seed_of_every_dictionary_is_saved_where_sae_lens_opens_it(stage) 
     names = all_trained_saes(2)
     assert names == ["baseline", "baseline_seed1", "residual", "residual_seed1", "placebo",
                      "placebo_seed1"]  # fmt: skip
+    names += ["residual_adam", "residual_adam_seed1"]
     seeds = set()
     for name in names:
         sae = SAE.load_from_disk(run.dirs.sae(name))
         meta = json.loads((run.dirs.sae(name) / "cfg.json").read_text())["metadata"]
         seeds.add((name.split("_seed")[0], meta["seed"]))
         kind = (meta.get("crosslayer_input") or {}).get("kind")
-        assert kind == (None if name.startswith("baseline") else name.split("_seed")[0])
+        want = name.split("_seed")[0].removesuffix("_adam")
+        assert kind == (None if name.startswith("baseline") else want)
         assert sae.cfg.d_sae == 32
-    assert seeds == {(n, s) for n in ("baseline", "residual", "placebo") for s in (0, 1)}
+    kinds = ("baseline", "residual", "placebo", "residual_adam")
+    assert seeds == {(n, s) for n in kinds for s in (0, 1)}
     # two seeds are two different dictionaries
     w0, w1 = (stage["dicts"]["baseline"][k].W_dec.detach().numpy() for k in (0, 1))
     assert not np.allclose(w0, w1)
@@ -129,7 +121,7 @@ def test_scores_equal_token_lookup_on_the_saes_own_codes(stage) -> None:
     """The reported per-seed score, recomputed from scratch: encode, rule, token lookup."""
     run, cmp = stage["run"], stage["cmp"]["dictionaries"]
     folds = grouped_folds(stage["docs"][stage["order"]], 4, run.cfg.seed)
-    for name in ("baseline", "residual", "placebo"):
+    for name in ("baseline", "residual", "placebo", "residual_adam"):
         for k, sae in enumerate(stage["dicts"][name]):
             F = encode_sparse(sae, stage["every"][name])
             keep, _ = positive_counts(F, folds, 20, 10)
@@ -160,7 +152,9 @@ def test_comparison_reports_differences_with_both_intervals(stage) -> None:
     cmp = stage["cmp"]
     d = cmp["dictionaries"]
     assert d["by_construction"] == BY_CONSTRUCTION and d["headline"] == "residual - placebo"
-    for key in ("residual - placebo", "residual - baseline", "placebo - baseline"):
+    assert list(d["differences"]) == ["residual - placebo", "residual - baseline",
+                                      "placebo - baseline", "residual_adam - baseline"]  # fmt: skip
+    for key in d["differences"]:
         res = d["differences"][key]
         a, b = res["a"]["per_seed"], res["b"]["per_seed"]
         assert res["difference"] == pytest.approx(np.mean(a) - np.mean(b))
@@ -169,7 +163,9 @@ def test_comparison_reports_differences_with_both_intervals(stage) -> None:
         assert lo <= hi and res["document_bootstrap"]["n_docs"] == N_DOCS
         assert "e-" not in res["document_bootstrap"]["p_text"]
     # matched pairs and seed stability for every dictionary
-    assert set(d["matched"]) == {"baseline -> residual", "baseline -> placebo"}
+    assert set(d["matched"]) == {
+        "baseline -> residual", "baseline -> placebo", "baseline -> residual_adam"
+    }  # fmt: skip
     assert all(len(rows) == 1 for rows in d["seed_stability"].values())
     assert cmp["balanced_accuracy"]["unit"].startswith("features treated as independent")
     rows = headline_rows(cmp)

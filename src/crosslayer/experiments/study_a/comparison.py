@@ -304,6 +304,7 @@ def removals_stage(
     data: Data,
     R: tuple[np.ndarray, np.ndarray],
     placebo: PlaceboRemoval | None = None,
+    adam: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """What each dictionary input removed from the target, and the linear signal from the
     source it kept (:func:`~.placebo.describe_removals`), cached as ``stages/removals.json``.
@@ -311,8 +312,9 @@ def removals_stage(
     Inputs: ours (``R``: train, held-out residuals of the ridge), the placebo's, its removed
     part (which should hold no linear signal), and, when ``transcoder.study_recipe``, the
     residual of the study's Adam recipe refitted exactly as the transcoder stage fits it (same
-    seeded sample and settings): the explanation of the seed study's small gap is that its
-    "residual" keeps most of the source-linear signal, so its SAE's features stay predictable.
+    seeded sample and settings; or ``adam`` when the caller has it): the explanation of the
+    seed study's small gap is that its "residual" keeps most of the source-linear signal, so
+    its SAE's features stay predictable.
     """
 
     def compute() -> dict[str, Any]:
@@ -322,9 +324,9 @@ def removals_stage(
                 placebo.transform(data.Y_train, R[0]),
                 placebo.transform(data.Y_heldout, R[1]),
             )
-        adam = study_recipe_residuals(run, data)
-        if adam is not None:
-            inputs["residual_adam"] = adam
+        study = study_recipe_residuals(run, data) if adam is None else adam
+        if study is not None:
+            inputs["residual_adam"] = study
         X, Y = (data.X_train, data.X_heldout), (data.Y_train, data.Y_heldout)
         out = describe_removals(X, Y, inputs)
         if placebo is not None:

@@ -67,6 +67,13 @@ def dictionary_reads(source: str, target: str) -> dict[str, dict[str, Any]]:
             "placebo_file": f"{STAGES}/placebo.npz",
             "definition": f"{target} - M ({residual}), M in {STAGES}/placebo.npz",
         },
+        "residual_adam": {
+            "kind": "residual",
+            "source_hook": source,
+            "target_hook": target,
+            "transcoder": "adam (the seed study's recipe, refitted; not saved)",
+            "definition": f"{target} - adam({source})",
+        },
     }
 
 
