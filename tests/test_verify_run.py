@@ -71,8 +71,8 @@ def test_an_intact_run_verifies_with_every_artefact_ok(
     assert report.kind == "run" and report.ok and report.checksums
     assert set(statuses(made)) == {
         "config.json", "results.json", "store", "sweep_store", "saes/baseline", "saes/residual",
-        "study_a.png", "feature_predictability.png", "depth_curve.png", "report.html",
-        "checksums.json", "stages",
+        "saes/placebo", "study_a.png", "feature_predictability.png", "depth_curve.png",
+        "report.html", "checksums.json", "stages",
     }  # fmt: skip
     assert set(statuses(made).values()) == {"ok"}
     # checksums.json lists every file of the run but the stores (they have their manifests)
@@ -83,8 +83,8 @@ def test_an_intact_run_verifies_with_every_artefact_ok(
     code, out, err = cli(made, capsys)
     assert code == 0 and err == ""
     lines = out.strip().splitlines()
-    assert len(lines) == 13 and all(line.startswith("ok") for line in lines)
-    assert lines[-1] == f"ok: run {made}: 12 artefacts, checksums match"
+    assert len(lines) == 14 and all(line.startswith("ok") for line in lines)
+    assert lines[-1] == f"ok: run {made}: 13 artefacts, checksums match"
 
 
 def test_one_flipped_byte_in_a_shard_names_the_store_and_the_file(
@@ -99,7 +99,7 @@ def test_one_flipped_byte_in_a_shard_names_the_store_and_the_file(
     assert {k for k, v in st.items() if v != "ok"} == {"store"}
     code, out, err = cli(run, capsys)
     assert code == 2 and err.count("\n") == 0 and err.startswith("error: ")
-    assert "1 bad artefact(s) of 12" in err
+    assert "1 bad artefact(s) of 13" in err
     assert "store damaged (shard_00000/blocks.2.hook_resid_post.npy damaged" in err
     assert "damaged  store: shard_00000/blocks.2.hook_resid_post.npy damaged" in out
 
