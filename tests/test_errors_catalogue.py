@@ -166,6 +166,17 @@ def _heldout_store(work: Path, model: Path) -> str:
     return str(work / "st")
 
 
+def _residual_sae(work: Path) -> str:
+    """A tiny SAE whose cfg.json says it reads residuals (study A's residual SAE)."""
+    from crosslayer.sae import train_sae
+
+    x = torch.randn(512, 64, generator=torch.Generator().manual_seed(0))
+    cfg = {"width": 16, "target_l0": 2, "batch_size": 128, "epochs": 1, "arch": "topk"}
+    reads = {"kind": "residual", "source_hook": "hook_embed", "transcoder": "ridge"}
+    train_sae(x, cfg, work / "rsae", hook="blocks.1.hook_resid_post", reads=reads, progress=False)
+    return str(work / "rsae")
+
+
 def _eval_sae(work: Path, store: Path, sae: str, model: Path) -> list[str]:
     return ["eval-sae", "--sae", sae, "--store", str(store), "--model", str(model),
             "--device", "cpu"]  # fmt: skip
@@ -231,6 +242,8 @@ CASES: list[tuple[str, Build, str]] = [
     ("eval-sae-model-of-another-width",  # the SAE is read first, then checked on the model
      lambda w, m, s: [*_eval_sae(w, s, _gemma_scope_d32(w), m), "--hook", "hook_embed"],
      "SAE input width d_in=32 does not match the model's d_model=64"),
+    ("eval-sae-residual-sae-on-raw-hook",
+     lambda w, m, s: _eval_sae(w, s, _residual_sae(w), m), "this SAE reads residual input"),
     ("train-sae-hook-not-in-store",
      lambda w, m, s: ["train-sae", "--store", str(s), "--hook", "blocks.0.hook_resid_post",
                       "--out", str(w / "sae"), "--no-progress"], "is not in the store"),

@@ -72,8 +72,8 @@ def test_an_intact_run_verifies_with_every_artefact_ok(
     assert report.kind == "run" and report.ok and report.checksums
     expected = {
         "config.json", "results.json", "store", "sweep_store", "saes/baseline", "saes/residual",
-        "study_a.png", "feature_predictability.png", "depth_curve.png", "report.html",
-        "checksums.json", "stages", "transcoder",
+        "saes/placebo", "study_a.png", "feature_predictability.png", "depth_curve.png",
+        "report.html", "checksums.json", "stages", "transcoder",
     }  # fmt: skip
     if (made / "features").is_dir():  # runs with per-feature Parquet tables (issue 13)
         expected.add("features")

@@ -133,6 +133,13 @@ class SAETrainingConfig(_Section):
     )
     batch_size: int = Field(default=512, ge=1, description="tokens per optimiser step")
     lr: float = Field(default=1e-3, gt=0, description="Adam learning rate")
+    seeds: int = Field(
+        default=3,
+        ge=1,
+        description="training runs per dictionary (baseline, residual, placebo): seed k "
+        "trains with seed + k, saved as saes/<name> (k = 0) and saes/<name>_seed<k>; "
+        "dictionary differences get a seed-level CI from 2 or more",
+    )
 
 
 class ProbeConfig(_Section):
@@ -346,7 +353,13 @@ PROFILES: dict[str, dict[str, Any]] = {
         "data": {"heldout_frac": 0.2},
         "sweep": {"tokens": 8_000},
         "transcoder": {"study_recipe": False, "mlp_hidden": 256, "mlp_max_epochs": 3},
-        "sae_training": {"width": 1024, "target_l0": 32, "epochs": 3, "batch_size": 256},
+        "sae_training": {
+            "width": 1024,
+            "target_l0": 32,
+            "epochs": 3,
+            "batch_size": 256,
+            "seeds": 1,
+        },
         "probes": {"study_features": 10},
         "analysis": {"n_bootstrap": 2_000},
     },

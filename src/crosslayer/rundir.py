@@ -11,11 +11,17 @@ through :class:`RunDir`, so a stage's file cannot move without the other two fol
       saes/residual/       SAE trained on target - transcoder(source)
       transcoder/          the ridge map as an artefact: cfg.json + model.safetensors
                            (AffineTranscoder.from_pretrained; W [d_out, d_in], b [d_out])
+      saes/placebo/        SAE trained on target minus as much variance, along random
+                           directions of the residual (experiments/study_a/placebo.py)
+      saes/<name>_seed<k>/ the same dictionary trained with seed + k (k = 1 … seeds-1)
       stages/              one finished stage per file: a rerun reuses them
         transcoder.json      metrics of the ridge, Adam and MLP transcoders
-        features_<sae>.json  probes, token-determinedness, contexts per feature of one SAE
+        features_<sae>.json  cross-fitted scores, token lookup, contexts per feature of one SAE
         sae_<sae>.json       held-out reconstruction and sparsity of one SAE
         depth.json           the depth sweep
+        placebo.npz          the placebo removal (directions, weights)
+        docstats_<sae>.npz   per-document out-of-fold sums of one SAE's scorable features
+        removals.json        variance each SAE input removed, linear signal it kept
       features/<sae>.parquet  one row per alive feature: cross-fitted scores (+ a .csv copy)
       results.json         docs/results_schema.md; its paths are relative to RUN
       *.png, report.html   plots and the report, drawn from results.json
@@ -36,7 +42,10 @@ SWEEP_STORE = "sweep_store"
 STORES = (STORE, SWEEP_STORE)  # store directories; their manifests hold their own sums
 TRANSCODER = "transcoder"  # AffineTranscoder.save_pretrained: cfg.json + model.safetensors
 SAES = "saes"
-TRAINED_SAES = ("baseline", "residual")  # saes/<name>: every run trains both
+TRAINED_SAES = ("baseline", "residual")  # saes/<name>: the seed-0 dictionaries every run has
+# Every dictionary study A can train, per seed. The placebo joins TRAINED_SAES once the
+# pipeline trains it in every run (verify expects each name in TRAINED_SAES to be present).
+DICTIONARIES = ("baseline", "residual", "placebo")
 STAGES = "stages"
 FEATURES = "features"  # features/<sae>.parquet (+ .csv): one row per alive feature
 
@@ -44,6 +53,19 @@ FEATURES = "features"  # features/<sae>.parquet (+ .csv): one row per alive feat
 def sae_path(name: str) -> str:
     """Where a trained SAE lives, relative to the run directory (as results.json names it)."""
     return f"{SAES}/{name}"
+
+
+def seed_name(name: str, seed_index: int) -> str:
+    """The SAE name of a dictionary's ``seed_index``-th training run: ``name`` for 0 (so
+    code that reads ``saes/<name>`` keeps reading seed 0), ``<name>_seed<k>`` after."""
+    if seed_index < 0:
+        raise ValueError(f"seed_index must be >= 0, got {seed_index}")
+    return name if seed_index == 0 else f"{name}_seed{seed_index}"
+
+
+def all_trained_saes(n_seeds: int, names: tuple[str, ...] = DICTIONARIES) -> list[str]:
+    """Every SAE name of ``names`` over ``n_seeds`` seeds, seed-major per dictionary."""
+    return [seed_name(name, k) for name in names for k in range(n_seeds)]
 
 
 @dataclass(frozen=True)
@@ -109,3 +131,14 @@ class RunDir:
     @property
     def depth(self) -> Path:
         return self.stages / "depth.json"
+
+    @property
+    def placebo(self) -> Path:
+        return self.stages / "placebo.npz"
+
+    def doc_stats(self, sae: str) -> Path:
+        return self.stages / f"docstats_{sae}.npz"
+
+    @property
+    def removals(self) -> Path:
+        return self.stages / "removals.json"

@@ -18,6 +18,7 @@ import difflib
 import json
 import math
 import os
+import warnings
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,7 @@ def load_sae(
     layer: int | None = None,
     width: str | None = None,
     l0_rule: str = "closest_100",
+    derived_ok: bool = False,
 ) -> SAE[Any]:
     """Load an SAE as a sae-lens ``SAE`` with ``sae.cfg.metadata.hook_name`` set.
 
@@ -70,7 +72,10 @@ def load_sae(
       canonical``: read from the local Hugging Face cache when there, else downloaded.
 
     ``hook`` overrides (or supplies, for files outside a Gemma Scope folder) the hook name.
-    With ``model``, the hook and input width are checked against it.
+    With ``model``, the hook and input width are checked against it, and an SAE that reads a
+    derived input (study A's residual and placebo SAEs: :func:`derived_input`) is an error
+    unless ``derived_ok`` says the caller feeds it that input; overriding its ``hook``
+    warns.
     """
     dev = resolve_device(device)
     text = os.fspath(spec)
@@ -81,14 +86,49 @@ def load_sae(
     else:
         sae = _load_release(text, dev)
     if hook is not None:
+        if derived_input(sae) is not None and not derived_ok:
+            warnings.warn(
+                f"{_derived_problem(sae)}; reading it on {hook} gives out-of-distribution latents",
+                DerivedInputWarning,
+                stacklevel=2,
+            )
         sae.cfg.metadata.hook_name = hook
     if model is not None:
-        check_against_model(sae, model)
+        check_against_model(sae, model, derived_ok=derived_ok)
     return sae
 
 
-def check_against_model(sae: SAE[Any], model: LoadedModel) -> None:
-    """Raise a one-line error when the SAE cannot read from ``model`` (hook or width)."""
+class DerivedInputWarning(UserWarning):
+    """An SAE trained on a derived input (residuals) is about to be read on a raw hook."""
+
+
+def derived_input(sae: SAE[Any]) -> dict[str, Any] | None:
+    """What the SAE reads when it is not its hook's activations (``crosslayer_input`` in its
+    ``cfg.json`` metadata, written by :func:`crosslayer.train_sae` ``reads=``), else None."""
+    reads = getattr(sae.cfg.metadata, "crosslayer_input", None)
+    if not isinstance(reads, dict) or reads.get("kind", "activations") == "activations":
+        return None
+    return reads
+
+
+def _derived_problem(sae: SAE[Any]) -> str:
+    reads = derived_input(sae) or {}
+    hook = sae.cfg.metadata.hook_name
+    what = reads.get("definition") or (
+        f"{hook} - {reads.get('transcoder', 'transcoder')}({reads.get('source_hook', 'source')})"
+    )
+    return f"this SAE reads {reads.get('kind')} input ({what}), not the raw activations at {hook}"
+
+
+def check_against_model(sae: SAE[Any], model: LoadedModel, *, derived_ok: bool = False) -> None:
+    """Raise a one-line error when the SAE cannot read from ``model`` (hook or width), or
+    when it reads a derived input (:func:`derived_input`) and ``derived_ok`` is not set."""
+    if derived_input(sae) is not None and not derived_ok:
+        raise CrosslayerError(
+            _derived_problem(sae),
+            "feed it that input (study A computes it) and pass derived_ok=True, or use the "
+            "baseline SAE on the raw hook",
+        )
     hook = sae.cfg.metadata.hook_name
     if not hook:
         raise CrosslayerError(

@@ -128,6 +128,7 @@ def train_sae(
     *,
     hook: str | None = None,
     model_identity: dict[str, Any] | None = None,
+    reads: dict[str, Any] | None = None,
     resume: bool = True,
     overwrite: bool = False,
     progress: bool = True,
@@ -137,7 +138,11 @@ def train_sae(
     ``data``: an ActivationStore (with ``hook``; the train split is used), a ``[n, d]``
     tensor, an iterable of ``[batch, d]`` tensors (read into memory once), or a callable
     returning a fresh iterator (streamed every epoch). ``hook`` is recorded as the SAE's hook
-    name (for a store it also selects the activations). Checkpoints go to ``{out}.ckpt/`` and
+    name (for a store it also selects the activations). ``reads``: what the SAE's input is
+    when it is not the hook's activations themselves, recorded as ``crosslayer_input`` in
+    its ``cfg.json`` metadata (e.g. ``{"kind": "residual", "source_hook": ..., "transcoder":
+    ...}``); :func:`crosslayer.sae.load_sae` refuses to check such an SAE against a model's raw
+    hook. Checkpoints go to ``{out}.ckpt/`` and
     a rerun of the same call resumes from the last one. Returns the trained sae-lens SAE.
 
     Under ``torchrun`` every rank calls this with the same arguments and gets the same SAE,
@@ -161,6 +166,8 @@ def train_sae(
     steps = total_tokens // cfg.batch_size
     run_hash = config_hash({"cfg": cfg.model_dump(), "data": source.identity, "hook": hook})
     metadata = _metadata(cfg, source, hook, model_identity, steps, run_hash)
+    if reads is not None:
+        metadata["crosslayer_input"] = dict(reads)
 
     sae = _training_sae(cfg, source.d, device, metadata)
     sae.cfg.l0_warm_up_steps = int(cfg.l0_warm_up_frac * steps) if cfg.arch == "jumprelu" else 0

@@ -12,6 +12,7 @@ import numpy as np
 from crosslayer import fs
 from crosslayer.config import RunConfig
 from crosslayer.experiments.study_a.comparison import compare_saes
+from crosslayer.experiments.study_a.dictionaries import run_dictionaries
 from crosslayer.experiments.study_a.features import analyse_sae
 from crosslayer.experiments.study_a.inputs import (
     check_split,
@@ -23,7 +24,7 @@ from crosslayer.experiments.study_a.inputs import (
 from crosslayer.experiments.study_a.plots import write_plots
 from crosslayer.experiments.study_a.results import SCHEMA, SCHEMA_VERSION, STUDY_REFERENCE
 from crosslayer.experiments.study_a.run import JsonFile, open_run
-from crosslayer.experiments.study_a.saes import sae_report, train_saes
+from crosslayer.experiments.study_a.saes import sae_report
 from crosslayer.experiments.study_a.sweep import run_depth_sweep
 from crosslayer.experiments.study_a.transcoders import fit_transcoders, residuals
 from crosslayer.model import LoadedModel, load_model
@@ -78,9 +79,8 @@ def run_study_a(
     R_heldout = residuals(transcoders.ridge, data.X_heldout, data.Y_heldout)
 
     # 5. SAEs: baseline on the target, residual on the residuals, same config and tokens
-    saes = train_saes(
-        run, hooks.target, lm.identity, {"baseline": data.Y_train, "residual": R_train}
-    )
+    dictionaries = run_dictionaries(run, hooks, lm.identity, data, (R_train, R_heldout), store)
+    saes = dictionaries.seed0()
     sae_inputs = {"baseline": (data.Y_train, data.Y_heldout), "residual": (R_train, R_heldout)}
     if pretrained is not None:
         saes["pretrained"] = pretrained
@@ -98,7 +98,9 @@ def run_study_a(
             )
             features[name] = run.cached(JsonFile(run.dirs.features(name)), analyse)
             sae_reports[name] = sae_report(run, name, sae, x_heldout)
-    comparison = compare_saes(run, features)
+    comparison = compare_saes(
+        run, features, dictionaries.scored, dictionaries.saes, dictionaries.removals
+    )
 
     # 8. depth sweep
     depth = None if sweep_store is None else run_depth_sweep(run, sweep_store, hooks)
