@@ -31,20 +31,22 @@ from crosslayer.errors import CrosslayerError
 ALPHAS = (1e-4, 1e-2, 1.0, 30.0)
 
 
-def _sklearn_crossfit(X: np.ndarray, f: np.ndarray, folds: np.ndarray) -> tuple[float, float]:
+def _sklearn_crossfit(
+    X: np.ndarray, f: np.ndarray, folds: np.ndarray, alphas: tuple[float, ...] = ALPHAS
+) -> tuple[float, float]:
     """One feature the slow way: Ridge over the grid, alpha by leave-one-training-fold-out
     GroupKFold inside each outer training set, pooled out-of-fold R² and AUROC."""
     K = folds.max() + 1
     pred = np.empty(len(f))
     for train, test in GroupKFold(n_splits=K).split(X, groups=folds):
-        cv = np.zeros(len(ALPHAS))
+        cv = np.zeros(len(alphas))
         for itr, iva in GroupKFold(n_splits=K - 1).split(X[train], groups=folds[train]):
             tr, va = train[itr], train[iva]
             sc = StandardScaler().fit(X[tr])
-            for a, alpha in enumerate(ALPHAS):
+            for a, alpha in enumerate(alphas):
                 m = Ridge(alpha=alpha * len(tr)).fit(sc.transform(X[tr]), f[tr])
                 cv[a] += ((f[va] - m.predict(sc.transform(X[va]))) ** 2).sum()
-        alpha = ALPHAS[int(np.argmin(cv))]
+        alpha = alphas[int(np.argmin(cv))]
         sc = StandardScaler().fit(X[train])
         m = Ridge(alpha=alpha * len(train)).fit(sc.transform(X[train]), f[train])
         pred[test] = m.predict(sc.transform(X[test]))
@@ -115,9 +117,7 @@ def test_matrix_finds_the_layer_a_feature_is_built_to_appear_at() -> None:
         assert (res.r2[j, :o] < 0.05).all() and (res.r2[j, o:] > 0.5).all()
         assert (res.auroc[j, o:] > 0.9).all()
     # the same with AUROC as the metric (chance 0.5)
-    assert emergence_layers(res.auroc, 0.9, chance=0.5).index[:-1].tolist() == onsets[
-        :-1
-    ].tolist()
+    assert emergence_layers(res.auroc, 0.9, chance=0.5).index[:-1].tolist() == onsets[:-1].tolist()
 
 
 def test_emergence_layer_rule_by_hand() -> None:

@@ -15,6 +15,7 @@ through :class:`RunDir`, so a stage's file cannot move without the other two fol
         features_<sae>.json  probes, token-determinedness, contexts per feature of one SAE
         sae_<sae>.json       held-out reconstruction and sparsity of one SAE
         depth.json           the depth sweep
+        emergence.json       every feature's predictability from every layer, its class
       results.json         docs/results_schema.md; its paths are relative to RUN
       *.png, report.html   plots and the report, drawn from results.json
       checksums.json       sha256 of every file but the stores (they carry their own); last
@@ -96,3 +97,8 @@ class RunDir:
     @property
     def depth(self) -> Path:
         return self.stages / "depth.json"
+
+    @property
+    def emergence(self) -> Path:
+        """Stage checkpoint of the emergence matrix and taxonomy (issue 15)."""
+        return self.stages / "emergence.json"

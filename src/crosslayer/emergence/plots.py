@@ -58,7 +58,7 @@ def heatmap_figure(panels: Mapping[str, Panel]) -> Figure:
         share[never] = np.nan
         img = ax.imshow(share[order], aspect="auto", interpolation="nearest", cmap="viridis",
                         vmin=0, vmax=1)  # fmt: skip
-        img.cmap.set_bad("lightgrey")
+        img.set_cmap(img.cmap.with_extremes(bad="lightgrey"))
         ax.set_xticks(range(len(p.hooks)), _labels(p.hooks), fontsize=7)
         ax.set_xlabel("layer (embed, then blocks.L.hook_resid_post)")
         ax.set_ylabel(f"features, by emergence layer ({len(order):,}; grey: never predictable)")
