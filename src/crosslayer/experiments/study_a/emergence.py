@@ -303,8 +303,9 @@ def summarise(run: Run, measured: dict[str, Any]) -> dict[str, Any]:
             "median_emergence_layer": (
                 blocks[int(np.floor(np.median(em.index[emerged])))] if emerged.any() else None
             ),
-            "mean_r2_per_layer": np.nanmean(r2, axis=0) if scored.size else [None] * L,
-            "mean_auroc_per_layer": np.nanmean(auroc, axis=0) if scored.size else [None] * L,
+            # medians: a few features with R² far below 0 would dominate a mean
+            "median_r2_per_layer": np.nanmedian(r2, axis=0) if scored.size else [None] * L,
+            "median_auroc_per_layer": np.nanmedian(auroc, axis=0) if scored.size else [None] * L,
         }
         counts = class_counts(cls)
         by_class: dict[str, Any] = {}
