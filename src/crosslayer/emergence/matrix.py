@@ -145,8 +145,7 @@ def oof_auroc(
             coef = torch.from_numpy(np.ascontiguousarray(ridge.coef_[k][:, j0:j1]))
             b = torch.from_numpy(ridge.intercept_[k, j0:j1].astype(np.float32))
             z[torch.from_numpy(rows)] = xs @ coef + b
-        y = torch.from_numpy(np.asarray(F[:, j0:j1]) > 0)
-        out[j0:j1] = auroc_of(z, y)
+        out[j0:j1] = auroc_of(z.numpy(), np.asarray(F[:, j0:j1]) > 0)
     return out
 
 
@@ -158,23 +157,26 @@ def _float32(X: ArrayLike) -> np.ndarray:
     return out
 
 
-def auroc_of(z: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+def auroc_of(z: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> np.ndarray:
     """Per column AUROC of scores ``z [n, c]`` for labels ``y [n, c]`` (bool), ties half.
 
     Mann-Whitney U from one sort per column: the average rank of each positive among all
     scores, ``(#below + #at-or-below + 1) / 2``, found by binary search in the sorted column.
-    NaN for a column with no positive or no negative.
+    NaN for a column with no positive or no negative. (numpy's sort: its SIMD sort is ~20x
+    faster than torch's on CPU, and the sort is most of the cost.)
     """
-    srt = z.T.contiguous().sort(dim=1).values
-    out = np.full(z.shape[1], np.nan)
-    n = z.shape[0]
-    for j in range(z.shape[1]):
-        v = z[y[:, j], j].contiguous()
-        p = v.numel()
+    zt = np.ascontiguousarray(np.asarray(z).T)
+    yt = np.ascontiguousarray(np.asarray(y).T)
+    srt = np.sort(zt, axis=1)
+    out = np.full(zt.shape[0], np.nan)
+    n = zt.shape[1]
+    for j in range(zt.shape[0]):
+        v = zt[j][yt[j]]
+        p = v.size
         if p == 0 or p == n:
             continue
-        lo = torch.searchsorted(srt[j], v, right=False).double()
-        hi = torch.searchsorted(srt[j], v, right=True).double()
+        lo = np.searchsorted(srt[j], v, side="left").astype(np.float64)
+        hi = np.searchsorted(srt[j], v, side="right").astype(np.float64)
         u = float(((lo + hi + 1) / 2).sum()) - p * (p + 1) / 2
         out[j] = u / (p * (n - p))
     return out
