@@ -15,7 +15,7 @@ import torch
 from crosslayer.crossfit import grouped_folds
 from crosslayer.emergence import CLASSES, UNSCORED, emergence_matrix
 from crosslayer.experiments.study_a import run_study_a
-from crosslayer.experiments.study_a.emergence import run_emergence
+from crosslayer.experiments.study_a.emergence import measure, run_emergence
 from crosslayer.experiments.study_a.inputs import Hooks
 from crosslayer.experiments.study_a.run import open_run
 from crosslayer.experiments.study_a.transcoders import TranscoderFiles
@@ -144,3 +144,21 @@ def test_report_section_renders_the_counts(stage: Any) -> None:
         for c in CLASSES:
             cell = f'data-class="{c}">{t["counts"][c]:,} ('
             assert cell in html, (name, c)
+
+
+def test_given_inputs_encode_an_sae_on_them(stage: Any) -> None:
+    """``inputs`` (e.g. the placebo's own input): the residual SAE given its residuals
+    written out here measures what the default residual path measured."""
+    run, _, parts = stage
+    ridge = parts["ridge"]
+
+    def given(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+        return Y - (X.astype(np.float64) @ ridge.coef_.T + ridge.intercept_)
+
+    sae = {"residual": parts["saes"]["residual"]}
+    got = measure(run, parts["sweep"], Hooks(SOURCE, TARGET), sae, ridge, (), {"residual": given})
+    want = json.loads(run.dirs.emergence.read_text())["saes"]["residual"]
+    assert got["saes"]["residual"]["input"] == "given"
+    assert got["saes"]["residual"]["scored"].tolist() == want["scored"]
+    np.testing.assert_allclose(_rows(got["saes"]["residual"]["r2"].tolist()), _rows(want["r2"]),
+                               atol=1e-5)  # fmt: skip

@@ -17,7 +17,7 @@ classes, counts and plots are derived from it on every call (cheap), and
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -89,11 +89,14 @@ def run_emergence(
     transcoder: AffineTranscoder,
     *,
     residual_saes: tuple[str, ...] = ("residual",),
+    inputs: Mapping[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] | None = None,
 ) -> dict[str, Any]:
     """The emergence matrix and taxonomy of every SAE, on the sweep store's rows.
 
     ``residual_saes``: the SAEs trained on residuals (encoded on target − transcoder(source));
-    every other SAE is encoded on the target. Returns ``{"emergence": ..., "taxonomy": ...}``
+    every other SAE is encoded on the target, unless ``inputs[name]`` is given: a function
+    of the sweep store's (source rows, target rows) giving that SAE's input rows (e.g. the
+    placebo's target minus its removal). Returns ``{"emergence": ..., "taxonomy": ...}``
     (the results.json sections), ``"features"``: per SAE the columns ``feature``,
     ``emergence_layer`` (block index, -1 for hook_embed, None: never predictable or not
     scored), ``emergence_hook``, ``class`` and the top-token measures, one entry per feature
@@ -101,7 +104,7 @@ def run_emergence(
     """
     measured = run.cached(
         JsonFile(run.dirs.emergence),
-        lambda: measure(run, sweep_store, hooks, saes, transcoder, residual_saes),
+        lambda: measure(run, sweep_store, hooks, saes, transcoder, residual_saes, inputs),
         ("emergence", f"emergence: {len(saes)} SAEs' features from every layer"),
     )
     return summarise(run, measured)
@@ -126,6 +129,7 @@ def measure(
     saes: Mapping[str, SAE[Any]],
     transcoder: AffineTranscoder,
     residual_saes: tuple[str, ...] = ("residual",),
+    inputs: Mapping[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] | None = None,
 ) -> dict[str, Any]:
     """Everything measured (the checkpoint): scores per scored feature, counts per feature."""
     cfg, cf = run.cfg.emergence, run.cfg.crossfit
@@ -134,8 +138,14 @@ def measure(
     X = sweep_store.activations(hooks.source).to_numpy(dtype=np.float32)
     Y = sweep_store.activations(hooks.target).to_numpy(dtype=np.float32)
     codes = {}
+    kinds: dict[str, str] = {}
     for name, sae in saes.items():
-        x = residuals(transcoder, X, Y) if name in residual_saes else Y
+        if inputs is not None and name in inputs:
+            x, kinds[name] = np.asarray(inputs[name](X, Y), dtype=np.float32), "given"
+        elif name in residual_saes:
+            x, kinds[name] = residuals(transcoder, X, Y), "residual"
+        else:
+            x, kinds[name] = Y, "target"
         codes[name] = encode_sparse(sae, x)
     del Y
     F = sp.hstack(list(codes.values()), format="csc")
@@ -184,7 +194,7 @@ def measure(
         mine = np.isin(scored, cols)
         idx = scored[mine]
         out["saes"][name] = {
-            "input": "residual" if name in residual_saes else "target",
+            "input": kinds[name],
             "n_features": int(f.shape[1]),
             "status": mat.status[cols].tolist(),
             "n_pos": mat.n_pos[cols],
