@@ -18,11 +18,11 @@ from crosslayer.experiments.study_a import run_study_a
 from crosslayer.experiments.study_a.emergence import measure, run_emergence
 from crosslayer.experiments.study_a.inputs import Hooks
 from crosslayer.experiments.study_a.run import open_run
-from crosslayer.experiments.study_a.transcoders import TranscoderFiles
 from crosslayer.model import tiny_model
 from crosslayer.report import render_report
 from crosslayer.sae import load_sae
 from crosslayer.store import open_store
+from crosslayer.transcoder import AffineTranscoder
 from tests.test_emergence import _sklearn_crossfit
 from tests.test_study_a import SOURCE, TARGET, tiny_config
 
@@ -38,10 +38,23 @@ def stage(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, dict[str, Any]
     run = open_run(cfg, progress=False)
     out = Path(cfg.out)
     saes = {n: load_sae(out / "saes" / n) for n in ("baseline", "residual")}
-    tc = TranscoderFiles(run.dirs.transcoder_weights, run.dirs.transcoder_metrics, "cpu").load()
+    ridge = _ridge_transcoder(run)
     sweep = open_store(out / "sweep_store")
-    res = run_emergence(run, sweep, Hooks(SOURCE, TARGET), saes, tc.ridge)
-    return run, res, {"saes": saes, "ridge": tc.ridge, "sweep": sweep}
+    res = run_emergence(run, sweep, Hooks(SOURCE, TARGET), saes, ridge)
+    return run, res, {"saes": saes, "ridge": ridge, "sweep": sweep}
+
+
+def _ridge_transcoder(run: Any) -> AffineTranscoder:
+    """The run's ridge map: the ``transcoder/`` artefact where runs write one, else the
+    stage's ``transcoder.npz`` (run directories from before the artefact)."""
+    art = getattr(run.dirs, "transcoder", None)
+    if isinstance(art, Path) and (art / "cfg.json").is_file():
+        return AffineTranscoder.from_pretrained(art)  # type: ignore[attr-defined, no-any-return]
+    saved = np.load(run.dirs.transcoder_weights)
+    tc = AffineTranscoder()
+    tc.coef_, tc.intercept_ = saved["coef"], saved["intercept"]
+    tc.n_features_in_ = tc.coef_.shape[1]
+    return tc
 
 
 def test_matrix_recomputed_with_sklearn_from_the_run(stage: Any) -> None:
