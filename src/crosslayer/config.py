@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import tomllib
 import yaml
@@ -251,6 +251,80 @@ class AnalysisConfig(_Section):
     )
 
 
+# --------------------------------------------------------------------------------------------
+# issue 15: when and which features emerge (crosslayer.emergence)
+
+
+class EmergenceConfig(_Section):
+    """Emergence: every feature's out-of-fold predictability from every layer, and its class.
+
+    Definitions: ``docs/metrics.md``, section "Emergence". The folds, the minimum-positives
+    rule and the seed are the run's (``crossfit``, ``seed``).
+    """
+
+    enabled: bool = Field(
+        default=True,
+        description="compute the features x layers matrix and the taxonomy (needs the sweep store)",
+    )
+    frac: float = Field(
+        default=0.9,
+        gt=0.0,
+        le=1.0,
+        description="a feature emerges at the first layer reaching this share of its best "
+        "predictability at or before the target",
+    )
+    metric: Literal["r2", "auroc"] = Field(
+        default="r2",
+        description="predictability behind the emergence layer: out-of-fold ridge R², or the "
+        "AUROC of its score (as its excess over 0.5)",
+    )
+    alphas: list[Annotated[float, Field(ge=0, allow_inf_nan=False)]] | None = Field(
+        default=None,
+        min_length=1,
+        description="relative ridge strengths searched per feature and layer by grouped inner "
+        "CV (null: crosslayer.emergence.EMERGENCE_ALPHAS, one per decade 1e-6 … 1e2)",
+    )
+    context_k: int = Field(
+        default=4,
+        ge=1,
+        description="previous tokens in the short-context ridge (current token + k before it)",
+    )
+    context_dims: int = Field(
+        default=128,
+        ge=1,
+        description="principal components of the source embedding kept per token of the "
+        "short-context ridge (so its design has (k+1)·dims + k columns)",
+    )
+    token_r2_min: float = Field(
+        default=0.5,
+        description="token-determined: cross-fitted token-lookup R² at least this (and above "
+        "its permutation null)",
+    )
+    position_r2_min: float = Field(
+        default=0.5,
+        description="positional: cross-fitted lookup R² by position in the context at least "
+        "this (and above its permutation null), and not token-determined",
+    )
+    context_r2_min: float = Field(
+        default=0.5,
+        description="short-context: out-of-fold R² of the k-token context ridge at least this, "
+        "and neither token-determined nor positional",
+    )
+    n_permutations: int = Field(
+        default=2,
+        ge=1,
+        description="shuffles behind the permutation null of the token and position lookups",
+    )
+    top_n: int = Field(
+        default=50,
+        ge=1,
+        description="top activations per feature behind its token entropy and top-token share",
+    )
+    n_examples: int = Field(
+        default=3, ge=0, description="most typical features listed per class and SAE"
+    )
+
+
 def _doc(model: type[BaseModel]) -> str:
     return (model.__doc__ or "").strip().splitlines()[0]
 
@@ -313,6 +387,10 @@ class RunConfig(BaseModel):
     )
     analysis: AnalysisConfig = Field(
         default_factory=AnalysisConfig, description=_doc(AnalysisConfig)
+    )
+    # issue 15 (crosslayer.emergence)
+    emergence: EmergenceConfig = Field(
+        default_factory=EmergenceConfig, description=_doc(EmergenceConfig)
     )
 
     @model_validator(mode="after")

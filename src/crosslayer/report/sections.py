@@ -17,9 +17,10 @@ from crosslayer.errors import CrosslayerError
 from crosslayer.report import reference
 from crosslayer.report.figures import file_uri
 
-KINDS = ("study_a", "layers", "contrast", "interpret")
+KINDS = ("study_a", "emergence", "layers", "contrast", "interpret")
 TITLES = {
     "study_a": "Study A: how much of a late layer is predictable from an early one",
+    "emergence": "Study A · When and which features emerge",
     "layers": "Study B · 1. Consistency across layers",
     "contrast": "Study B · 2. Direct vs evasive answers",
     "interpret": "Study B · 3. Latent interpretation on PARAREL facts",
@@ -49,6 +50,13 @@ CAPTIONS: dict[str, str] = {
     "latents the dictionaries differ, so off-diagonal cells are for comparison only).",
     "prompt": "Cosine heatmaps for one prompt: layer × layer per token, token × token per layer.",
     "cka": "Linear CKA between layers over corpus tokens: 1 means the same geometry.",
+    "emergence_heatmap": "One row per scored feature, one column per layer: its out-of-fold "
+    "score from that layer as a share of its best; rows sorted by emergence layer (the first "
+    "reaching the configured share of the best), never-predictable features grey, at the end.",
+    "emergence_layers": "Share of each SAE's scored features emerging at each layer; the last "
+    "bar counts the never-predictable ones.",
+    "emergence_vs": "Emergence layer (jittered) against the cross-fitted token-lookup R² and "
+    "against density: do token-like and dense features emerge early?",
 }
 
 
@@ -126,6 +134,8 @@ def find_sections(run_dir: Path) -> list[Section]:
             continue
         n = sum(s.kind == kind for s in sections)
         sections.append(_section(kind, n, path.parent, results))
+        if kind == "study_a" and results.get("emergence"):
+            sections.append(_emergence_section(n, path.parent, results))
     if not sections:
         raise CrosslayerError(
             f"no experiment results found in {run_dir}",
@@ -150,4 +160,15 @@ def _section(kind: str, n: int, directory: Path, results: dict[str, Any]) -> Sec
             "interpret": reference.INTERPRET_DEFINITIONS,
         }[kind]
         s.reference = reference.STUDY_B_REFERENCE[kind]
+    return s
+
+
+def _emergence_section(n: int, directory: Path, results: dict[str, Any]) -> Section:
+    """Study A's emergence and taxonomy (issue 15): a section of its own, same results.json."""
+    anchor = "emergence" if n == 0 else f"emergence-{n + 1}"
+    title = TITLES["emergence"] if n == 0 else f"{TITLES['emergence']} ({directory.name})"
+    em, tax = results["emergence"], results.get("taxonomy") or {}
+    s = Section("emergence", anchor, title, directory, results)
+    s.figures = figures_of(directory, em.get("plots") or [])
+    s.definitions = {**em.get("definitions", {}), **tax.get("definitions", {})}
     return s

@@ -1,0 +1,375 @@
+"""Stage 8b: when and which features emerge, on the depth sweep's store.
+
+The sweep store holds ``hook_embed`` (the source) and every ``blocks.L.hook_resid_post`` up
+to the target for the same tokens, so each SAE is encoded on its target rows (the residual
+SAE on target minus the ridge transcoder's prediction from the source rows) and every
+scorable feature is cross-fitted from every layer (:func:`crosslayer.emergence.emergence_matrix`)
+on the run's folds, ``grouped_folds(store.doc_ids, crossfit.n_folds, seed)`` over all rows.
+The SAEs share one matrix call, so each layer's eigendecompositions serve every SAE's
+features. Then each scored feature's class (:mod:`crosslayer.emergence.taxonomy`) and every
+feature's top-token measures.
+
+The checkpoint (``stages/emergence.json``) keeps the measured scores; emergence layers,
+classes, counts and plots are derived from it on every call (cheap), and
+:func:`run_emergence` returns the ``emergence`` and ``taxonomy`` sections of
+``results.json`` and per-feature columns for ``features/<sae>.parquet``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from crosslayer.crossfit import grouped_folds
+from crosslayer.emergence import (
+    CHANCE,
+    CLASSES,
+    EMERGENCE_ALPHAS,
+    UNSCORED,
+    TaxonomyScores,
+    across_seeds,
+    class_counts,
+    classify,
+    emergence_layers,
+    emergence_matrix,
+    taxonomy_scores,
+    top_token_stats,
+)
+from crosslayer.emergence.plots import Panel, write_emergence_plots
+from crosslayer.emergence.taxonomy import LONG, POSITIONAL, SHORT, TOKEN
+from crosslayer.errors import CrosslayerError
+from crosslayer.experiments.study_a.hooks import sweep_hooks
+from crosslayer.experiments.study_a.inputs import Hooks
+from crosslayer.experiments.study_a.run import JsonFile, Run, nan_array
+from crosslayer.experiments.study_a.saes import encode_sparse
+from crosslayer.experiments.study_a.transcoders import residuals
+from crosslayer.store import ActivationStore
+from crosslayer.transcoder import AffineTranscoder
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
+
+EMERGENCE_DEFINITIONS: dict[str, str] = {
+    "emergence matrix": "for every scored feature and every layer (hook_embed, then every "
+    "blocks.L.hook_resid_post up to the target), the pooled out-of-fold R² of a ridge probe "
+    "from that layer (alpha per feature and fold by grouped inner CV) and the AUROC of its "
+    "out-of-fold prediction against the feature being active (> 0); folds by document over "
+    "all rows of the sweep store",
+    "emergence layer": "the first layer (forward order) whose score reaches frac × the "
+    "feature's best score at or before the target; scores are R² (or AUROC − 0.5)",
+    "never predictable": "a scored feature whose best score over the layers is <= 0: it has "
+    "no emergence layer and is counted, not averaged in",
+    "scored": "passes the minimum-positives rule (crossfit.min_pos_fit active and inactive "
+    "tokens in every training set, crossfit.min_pos_score in all); the others are counted "
+    "per reason",
+}
+TAXONOMY_DEFINITIONS: dict[str, str] = {
+    "token-determined": "cross-fitted token-lookup R² >= emergence.token_r2_min and above its "
+    "permutation null level",
+    "positional": "not token-determined; cross-fitted lookup R² by position in the context "
+    ">= emergence.position_r2_min and above its permutation null level",
+    "short-context": "neither of the above; out-of-fold ridge R² from the current and "
+    "emergence.context_k previous tokens' source embeddings (top emergence.context_dims "
+    "principal components each, lags never cross a context) >= emergence.context_r2_min",
+    "long-context": "none of the above: what predicts it is more than the last k+1 tokens",
+    "token entropy": "entropy (bits) of the token distribution over the feature's "
+    "emergence.top_n largest activations; top-token share: the share of those on its most "
+    "common token",
+}
+
+
+def run_emergence(
+    run: Run,
+    sweep_store: ActivationStore,
+    hooks: Hooks,
+    saes: Mapping[str, SAE[Any]],
+    transcoder: AffineTranscoder,
+    *,
+    residual_saes: tuple[str, ...] = ("residual",),
+    inputs: Mapping[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] | None = None,
+) -> dict[str, Any]:
+    """The emergence matrix and taxonomy of every SAE, on the sweep store's rows.
+
+    ``residual_saes``: the SAEs trained on residuals (encoded on target − transcoder(source));
+    every other SAE is encoded on the target, unless ``inputs[name]`` is given: a function
+    of the sweep store's (source rows, target rows) giving that SAE's input rows (e.g. the
+    placebo's target minus its removal). Returns ``{"emergence": ..., "taxonomy": ...}``
+    (the results.json sections), ``"features"``: per SAE the columns ``feature``,
+    ``emergence_layer`` (block index, -1 for hook_embed, None: never predictable or not
+    scored), ``emergence_hook``, ``class`` and the top-token measures, one entry per feature
+    of the SAE; and ``"plots"``: the PNG files written into the run directory.
+    """
+    measured = run.cached(
+        JsonFile(run.dirs.emergence),
+        lambda: measure(run, sweep_store, hooks, saes, transcoder, residual_saes, inputs),
+        ("emergence", f"emergence: {len(saes)} SAEs' features from every layer"),
+    )
+    return summarise(run, measured)
+
+
+def layer_hooks(sweep_store: ActivationStore, hooks: Hooks) -> list[str]:
+    """The sweep's hooks (source, then every resid_post up to the target), all in the store."""
+    names = sweep_hooks(hooks.source, hooks.target)
+    missing = [h for h in names if h not in sweep_store.hooks]
+    if missing:
+        raise CrosslayerError(
+            f"the sweep store {sweep_store.path} lacks {', '.join(missing)}",
+            "rerun with the sweep enabled (sweep.enabled: true) so it holds every layer",
+        )
+    return names
+
+
+def measure(
+    run: Run,
+    sweep_store: ActivationStore,
+    hooks: Hooks,
+    saes: Mapping[str, SAE[Any]],
+    transcoder: AffineTranscoder,
+    residual_saes: tuple[str, ...] = ("residual",),
+    inputs: Mapping[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] | None = None,
+) -> dict[str, Any]:
+    """Everything measured (the checkpoint): scores per scored feature, counts per feature."""
+    cfg, cf = run.cfg.emergence, run.cfg.crossfit
+    names = layer_hooks(sweep_store, hooks)
+    folds = grouped_folds(sweep_store.doc_ids, cf.n_folds, run.cfg.seed)
+    X = sweep_store.activations(hooks.source).to_numpy(dtype=np.float32)
+    Y = sweep_store.activations(hooks.target).to_numpy(dtype=np.float32)
+    codes = {}
+    kinds: dict[str, str] = {}
+    for name, sae in saes.items():
+        if inputs is not None and name in inputs:
+            x, kinds[name] = np.asarray(inputs[name](X, Y), dtype=np.float32), "given"
+        elif name in residual_saes:
+            x, kinds[name] = residuals(transcoder, X, Y), "residual"
+        else:
+            x, kinds[name] = Y, "target"
+        codes[name] = encode_sparse(sae, x)
+    del Y
+    F = sp.hstack(list(codes.values()), format="csc")
+    alphas = tuple(cfg.alphas) if cfg.alphas else EMERGENCE_ALPHAS
+    layers = {h: sweep_store.activations(h) for h in names}
+    mat = emergence_matrix(
+        layers,
+        F,
+        folds,
+        alphas=alphas,
+        min_pos_fit=cf.min_pos_fit,
+        min_pos_score=cf.min_pos_score,
+        device=run.cfg.device,
+        progress=run.say,
+    )
+    scored = np.flatnonzero(mat.scorable)
+    run.say(f"emergence: taxonomy of {scored.size:,} scored features")
+    embed = layers.get("hook_embed", X)
+    tax = taxonomy_scores(
+        F[:, scored],
+        folds,
+        tokens=sweep_store.tokens,
+        positions=sweep_store.positions,
+        embed=embed,
+        context_ids=sweep_store.context_ids,
+        k=cfg.context_k,
+        dims=cfg.context_dims,
+        alphas=alphas,
+        n_permutations=cfg.n_permutations,
+        seed=run.cfg.seed,
+        device=run.cfg.device,
+    )
+    top = top_token_stats(F, sweep_store.tokens, cfg.top_n)
+    out: dict[str, Any] = {
+        "hooks": names,
+        "n_tokens": len(folds),
+        "n_docs": len(np.unique(sweep_store.doc_ids)),
+        "n_folds": cf.n_folds,
+        "alphas": list(alphas),
+        "saes": {},
+    }
+    start = 0
+    for name, f in codes.items():
+        cols = np.arange(start, start + f.shape[1])
+        start += f.shape[1]
+        mine = np.isin(scored, cols)
+        idx = scored[mine]
+        out["saes"][name] = {
+            "input": kinds[name],
+            "n_features": int(f.shape[1]),
+            "status": mat.status[cols].tolist(),
+            "n_pos": mat.n_pos[cols],
+            "scored": idx - cols[0],
+            "r2": mat.r2[idx],
+            "auroc": mat.auroc[idx],
+            "alpha": mat.alpha[idx],
+            "token_r2": tax.token_r2[mine],
+            "token_null": tax.token_null[mine],
+            "position_r2": tax.position_r2[mine],
+            "position_null": tax.position_null[mine],
+            "context_r2": tax.context_r2[mine],
+            "token_entropy": top.token_entropy[cols],
+            "top_token_share": top.top_token_share[cols],
+            "top_token": top.top_token[cols],
+            "n_top": top.n_top[cols],
+        }
+    return out
+
+
+def _matrix(rows: Any, n_layers: int) -> np.ndarray:
+    a = np.array([[np.nan if v is None else v for v in r] for r in rows], dtype=np.float64)
+    return a.reshape(-1, n_layers)
+
+
+def _describe(values: np.ndarray) -> dict[str, Any]:
+    v = values[np.isfinite(values)]
+    if v.size == 0:
+        return {"n": 0}
+    q25, med, q75 = np.percentile(v, [25, 50, 75])
+    return {"n": int(v.size), "mean": float(v.mean()), "median": float(med),
+            "q25": float(q25), "q75": float(q75)}  # fmt: skip
+
+
+def summarise(run: Run, measured: dict[str, Any]) -> dict[str, Any]:
+    """Emergence layers, classes, counts, plots and per-feature columns from the checkpoint."""
+    cfg = run.cfg.emergence
+    hooks: list[str] = measured["hooks"]
+    blocks = [-1 if h == "hook_embed" else int(h.split(".")[1]) for h in hooks]
+    L = len(hooks)
+    emergence: dict[str, Any] = {
+        "definitions": EMERGENCE_DEFINITIONS,
+        "store": "sweep_store",
+        "hooks": hooks,
+        "layers": blocks,
+        "metric": cfg.metric,
+        "frac": cfg.frac,
+        "n_tokens": measured["n_tokens"],
+        "n_docs": measured["n_docs"],
+        "n_folds": measured["n_folds"],
+        "alphas": measured["alphas"],
+        "saes": {},
+    }
+    taxonomy: dict[str, Any] = {
+        "definitions": TAXONOMY_DEFINITIONS,
+        "classes": list(CLASSES),
+        "thresholds": {
+            "token_r2_min": cfg.token_r2_min,
+            "position_r2_min": cfg.position_r2_min,
+            "context_r2_min": cfg.context_r2_min,
+        },
+        "context_k": cfg.context_k,
+        "context_dims": cfg.context_dims,
+        "top_n": cfg.top_n,
+        "seeds": [run.cfg.seed],
+        "note": f"one seed ({run.cfg.seed}): shares have no seed-level CI; run more seeds",
+        "saes": {},
+    }
+    features: dict[str, dict[str, Any]] = {}
+    panels: dict[str, Panel] = {}
+    for name, m in measured["saes"].items():
+        n_feat = int(m["n_features"])
+        scored = np.asarray(m["scored"], dtype=np.int64)
+        r2, auroc = _matrix(m["r2"], L), _matrix(m["auroc"], L)
+        score = r2 if cfg.metric == "r2" else auroc
+        em = emergence_layers(score, cfg.frac, CHANCE[cfg.metric])
+        tax = TaxonomyScores(*(nan_array(m[k]) for k in (
+            "token_r2", "token_null", "position_r2", "position_null", "context_r2")))  # fmt: skip
+        cls = classify(
+            tax,
+            token_min=cfg.token_r2_min,
+            position_min=cfg.position_r2_min,
+            context_min=cfg.context_r2_min,
+        )
+        n_pos = np.asarray(m["n_pos"], dtype=np.float64)
+        density = n_pos / measured["n_tokens"]
+        entropy, share = nan_array(m["token_entropy"]), nan_array(m["top_token_share"])
+        # per-feature columns, every feature of the SAE
+        layer_col: list[int | None] = [None] * n_feat
+        hook_col: list[str | None] = [None] * n_feat
+        class_col: list[str] = [UNSCORED] * n_feat
+        for i, j in enumerate(scored):
+            class_col[j] = str(cls[i])
+            if em.index[i] >= 0:
+                layer_col[j], hook_col[j] = blocks[em.index[i]], hooks[em.index[i]]
+        features[name] = {
+            "feature": list(range(n_feat)),
+            "emergence_layer": layer_col,
+            "emergence_hook": hook_col,
+            "class": class_col,
+            "token_entropy": entropy,
+            "top_token_share": share,
+        }
+        status = np.asarray(m["status"], dtype=object)
+        reasons = {r: int((status == r).sum()) for r in sorted(set(status.tolist())) if r != "ok"}
+        emerged = em.index >= 0
+        counts_at = np.bincount(em.index[emerged], minlength=L)
+        emergence["saes"][name] = {
+            "input": m["input"],
+            "n_features": n_feat,
+            "n_scored": int(scored.size),
+            "excluded": reasons,
+            "n_never_predictable": int(em.never.sum()),
+            "n_emerged": int(emerged.sum()),
+            "emergence_layer_counts": {h: int(c) for h, c in zip(hooks, counts_at, strict=True)},
+            "median_emergence_layer": (
+                blocks[int(np.floor(np.median(em.index[emerged])))] if emerged.any() else None
+            ),
+            # medians: a few features with R² far below 0 would dominate a mean
+            "median_r2_per_layer": np.nanmedian(r2, axis=0) if scored.size else [None] * L,
+            "median_auroc_per_layer": np.nanmedian(auroc, axis=0) if scored.size else [None] * L,
+        }
+        counts = class_counts(cls)
+        by_class: dict[str, Any] = {}
+        for c in CLASSES:
+            sel = cls == c
+            e = em.index[sel & emerged]
+            by_class[c] = {
+                "n": int(sel.sum()),
+                "n_never_predictable": int((sel & em.never).sum()),
+                "median_emergence_layer": blocks[int(np.floor(np.median(e)))] if e.size else None,
+                "token_entropy": _describe(entropy[scored][sel]),
+                "top_token_share": _describe(share[scored][sel]),
+            }
+        taxonomy["saes"][name] = {
+            "n_scored": int(scored.size),
+            "counts": counts,
+            "shares": {c: counts[c] / max(1, scored.size) for c in CLASSES},
+            "across_seeds": across_seeds([counts]),
+            "by_class": by_class,
+            "examples": _examples(cls, tax, em.index, em.best, scored, cfg.n_examples),
+            "interpretability": {
+                "token_entropy": _describe(entropy[scored]),
+                "top_token_share": _describe(share[scored]),
+            },
+        }
+        panels[name] = Panel(hooks, score - CHANCE[cfg.metric], em.index, tax.token_r2,
+                             density[scored], cfg.metric, cfg.frac)  # fmt: skip
+    emergence["plots"] = write_emergence_plots(panels, run.out)
+    return {"emergence": emergence, "taxonomy": taxonomy, "features": features}
+
+
+def _examples(
+    cls: np.ndarray,
+    tax: TaxonomyScores,
+    index: np.ndarray,
+    best: np.ndarray,
+    scored: np.ndarray,
+    k: int,
+) -> dict[str, list[int]]:
+    """The ``k`` most typical features of each class (SAE feature indices).
+
+    token-determined: highest token-lookup R²; positional: highest position R²; short-
+    context: largest gain of the context ridge over the token lookup; long-context: latest
+    emergence, then best predictability at the target side.
+    """
+    key = {
+        TOKEN: -tax.token_r2,
+        POSITIONAL: -tax.position_r2,
+        SHORT: -(tax.context_r2 - tax.token_r2),
+        LONG: -(index * 10.0 + np.nan_to_num(best, nan=-1.0)),
+    }
+    out: dict[str, list[int]] = {}
+    for c in CLASSES:
+        sel = np.flatnonzero(cls == c)
+        order = sel[np.argsort(np.nan_to_num(key[c][sel], nan=np.inf), kind="stable")]
+        out[c] = [int(scored[i]) for i in order[:k]]
+    return out

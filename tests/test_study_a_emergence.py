@@ -1,0 +1,177 @@
+"""The emergence stage on a tiny study A run: the matrix recomputed with scikit-learn from the
+run's own sweep store, SAEs and transcoder; the emergence rule and the class counts checked
+against the per-feature columns; the checkpoint reused; the report section rendered."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from crosslayer.crossfit import grouped_folds
+from crosslayer.emergence import CLASSES, UNSCORED, emergence_matrix
+from crosslayer.experiments.study_a import run_study_a
+from crosslayer.experiments.study_a.emergence import measure, run_emergence
+from crosslayer.experiments.study_a.inputs import Hooks
+from crosslayer.experiments.study_a.run import open_run
+from crosslayer.model import tiny_model
+from crosslayer.report import render_report
+from crosslayer.sae import load_sae
+from crosslayer.store import open_store
+from crosslayer.transcoder import AffineTranscoder
+from tests.test_emergence import _sklearn_crossfit
+from tests.test_study_a import SOURCE, TARGET, tiny_config
+
+# the tiny run without the stages the emergence stage does not read
+LEAN = {"transcoder": {"study_recipe": False, "mlp": False}, "probes": {"study_protocol": False}}
+
+
+@pytest.fixture(scope="module")
+def stage(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    lm = tiny_model("gemma3", n_layers=4, d_model=64)
+    cfg = tiny_config(tmp_path_factory.mktemp("emergence") / "run", **LEAN)
+    run_study_a(cfg, model=lm, progress=False)
+    run = open_run(cfg, progress=False)
+    out = Path(cfg.out)
+    saes = {n: load_sae(out / "saes" / n) for n in ("baseline", "residual")}
+    ridge = _ridge_transcoder(run)
+    sweep = open_store(out / "sweep_store")
+    res = run_emergence(run, sweep, Hooks(SOURCE, TARGET), saes, ridge)
+    return run, res, {"saes": saes, "ridge": ridge, "sweep": sweep}
+
+
+def _ridge_transcoder(run: Any) -> AffineTranscoder:
+    """The run's ridge map: the ``transcoder/`` artefact where runs write one, else the
+    stage's ``transcoder.npz`` (run directories from before the artefact)."""
+    art = getattr(run.dirs, "transcoder", None)
+    if isinstance(art, Path) and (art / "cfg.json").is_file():
+        return AffineTranscoder.from_pretrained(art)  # type: ignore[attr-defined, no-any-return]
+    saved = np.load(run.dirs.transcoder_weights)
+    tc = AffineTranscoder()
+    tc.coef_, tc.intercept_ = saved["coef"], saved["intercept"]
+    tc.n_features_in_ = tc.coef_.shape[1]
+    return tc
+
+
+def test_matrix_recomputed_with_sklearn_from_the_run(stage: Any) -> None:
+    run, res, parts = stage
+    em = res["emergence"]
+    assert em["hooks"] == ["hook_embed", *[f"blocks.{i}.hook_resid_post" for i in range(3)]]
+    sweep = parts["sweep"]
+    folds = grouped_folds(sweep.doc_ids, run.cfg.crossfit.n_folds, run.cfg.seed)
+    X = sweep.activations(SOURCE).to_numpy(dtype=np.float32)
+    Y = sweep.activations(TARGET).to_numpy(dtype=np.float32)
+    # the residual SAE reads target - transcoder(source), written out independently
+    R = Y - (X.astype(np.float64) @ parts["ridge"].coef_.T + parts["ridge"].intercept_)
+    with torch.no_grad():
+        F = parts["saes"]["residual"].encode(torch.from_numpy(R.astype(np.float32))).numpy()
+    measured = json.loads(run.dirs.emergence.read_text())["saes"]["residual"]
+    scored = np.asarray(measured["scored"])
+    assert scored.size >= 2
+    # positives are counted on these codes, over every row of the sweep store
+    assert measured["n_pos"] == (F > 0).sum(0).tolist()
+    # the library (checked against scikit-learn in test_emergence.py) on these codes alone,
+    # from layers read here: the stage's residuals, rows, folds and SAE split all agree
+    layers = {h: sweep.activations(h).to_numpy(dtype=np.float32) for h in em["hooks"]}
+    ref = emergence_matrix(
+        layers,
+        F,
+        folds,
+        alphas=tuple(em["alphas"]),
+        min_pos_fit=run.cfg.crossfit.min_pos_fit,
+        min_pos_score=run.cfg.crossfit.min_pos_score,
+    )
+    np.testing.assert_array_equal(np.flatnonzero(ref.scorable), scored)
+    np.testing.assert_allclose(_rows(measured["r2"]), ref.r2[scored], atol=1e-6)
+    # float32 predictions: near-ties among ~2,500 scores may order differently when the
+    # features are fitted in other blocks (both SAEs at once in the stage), ~1e-6 per swap
+    np.testing.assert_allclose(_rows(measured["auroc"]), ref.auroc[scored], atol=1e-5)
+    # and one feature from one layer against scikit-learn directly (float64)
+    j, li = int(scored[0]), len(em["hooks"]) - 1
+    x = layers[em["hooks"][li]].astype(np.float64)
+    r2, auc = _sklearn_crossfit(x, F[:, j].astype(np.float64), folds, tuple(em["alphas"]))
+    assert measured["r2"][0][li] == pytest.approx(r2, abs=1e-4)
+    assert measured["auroc"][0][li] == pytest.approx(auc, abs=1e-4)
+
+
+def _rows(values: list[list[float | None]]) -> np.ndarray:
+    return np.array([[np.nan if v is None else v for v in r] for r in values], dtype=np.float64)
+
+
+def test_per_feature_columns_follow_the_rule_and_the_counts(stage: Any) -> None:
+    run, res, _ = stage
+    em, tax, hooks = res["emergence"], res["taxonomy"], res["emergence"]["hooks"]
+    measured = json.loads(run.dirs.emergence.read_text())["saes"]
+    frac = run.cfg.emergence.frac
+    for name, cols in res["features"].items():
+        m, scored = measured[name], measured[name]["scored"]
+        assert cols["feature"] == list(range(m["n_features"]))
+        for row, j in enumerate(scored):
+            r2 = [np.nan if v is None else v for v in m["r2"][row]]
+            best = np.nanmax(r2)
+            hook = cols["emergence_hook"][j]
+            if best <= 0:
+                assert hook is None and cols["emergence_layer"][j] is None
+                continue
+            first = min(i for i, v in enumerate(r2) if v >= frac * best)
+            assert hook == hooks[first]
+            assert cols["emergence_layer"][j] == (-1 if first == 0 else first - 1)
+        unscored = [j for j in range(m["n_features"]) if j not in set(scored)]
+        assert all(cols["class"][j] == UNSCORED for j in unscored)
+        assert sum(em["saes"][name]["excluded"].values()) == len(unscored)
+        counts = {c: cols["class"].count(c) for c in CLASSES}
+        assert tax["saes"][name]["counts"] == counts
+        assert sum(counts.values()) == len(scored) == em["saes"][name]["n_scored"]
+        n_emerged = sum(v is not None for v in cols["emergence_hook"])
+        assert n_emerged + em["saes"][name]["n_never_predictable"] == len(scored)
+        assert sum(em["saes"][name]["emergence_layer_counts"].values()) == n_emerged
+        assert tax["saes"][name]["across_seeds"]["long-context"]["share_ci95"] is None
+
+
+def test_checkpoint_is_reused_and_plots_written(stage: Any) -> None:
+    run, res, parts = stage
+    before = run.dirs.emergence.stat().st_mtime_ns
+    again = run_emergence(run, parts["sweep"], Hooks(SOURCE, TARGET), parts["saes"], parts["ridge"])
+    assert run.dirs.emergence.stat().st_mtime_ns == before
+    assert json.dumps(again, sort_keys=True, default=str) == json.dumps(
+        res, sort_keys=True, default=str
+    )
+    for name in res["emergence"]["plots"]:
+        assert (run.out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_section_renders_the_counts(stage: Any) -> None:
+    run, res, _ = stage
+    results = json.loads(run.dirs.results.read_text())
+    results |= {"emergence": res["emergence"], "taxonomy": res["taxonomy"]}
+    from crosslayer import fs
+
+    fs.atomic_write_json(run.dirs.results, fs.jsonable(results))
+    html = render_report(run.out)
+    assert 'id="emergence"' in html and "emergence_heatmap.png" in html
+    for name, t in res["taxonomy"]["saes"].items():
+        for c in CLASSES:
+            cell = f'data-class="{c}">{t["counts"][c]:,} ('
+            assert cell in html, (name, c)
+
+
+def test_given_inputs_encode_an_sae_on_them(stage: Any) -> None:
+    """``inputs`` (e.g. the placebo's own input): the residual SAE given its residuals
+    written out here measures what the default residual path measured."""
+    run, _, parts = stage
+    ridge = parts["ridge"]
+
+    def given(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+        return Y - (X.astype(np.float64) @ ridge.coef_.T + ridge.intercept_)
+
+    sae = {"residual": parts["saes"]["residual"]}
+    got = measure(run, parts["sweep"], Hooks(SOURCE, TARGET), sae, ridge, (), {"residual": given})
+    want = json.loads(run.dirs.emergence.read_text())["saes"]["residual"]
+    assert got["saes"]["residual"]["input"] == "given"
+    assert got["saes"]["residual"]["scored"].tolist() == want["scored"]
+    np.testing.assert_allclose(_rows(got["saes"]["residual"]["r2"].tolist()), _rows(want["r2"]),
+                               atol=1e-5)  # fmt: skip
