@@ -68,7 +68,7 @@ if TYPE_CHECKING:
         load_data,
         plan_split,
         resolve_hooks,
-        sweep_corpus,
+        sweep_extent,
     )
     from crosslayer.experiments.study_a.pipeline import run_study_a
     from crosslayer.experiments.study_a.plots import write_plots
@@ -104,7 +104,7 @@ _API = {
     "load_data": "inputs",
     "plan_split": "inputs",
     "resolve_hooks": "inputs",
-    "sweep_corpus": "inputs",
+    "sweep_extent": "inputs",
     "Transcoders": "transcoders",
     "fit_transcoders": "transcoders",
     "residuals": "transcoders",
@@ -152,7 +152,7 @@ __all__ = [
     "run_study_a",
     "sae_train_config",
     "summary_table",
-    "sweep_corpus",
+    "sweep_extent",
     "sweep_hooks",
     "sweep_tokens",
     "token_determinedness_of",

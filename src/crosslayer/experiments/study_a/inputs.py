@@ -14,7 +14,7 @@ from crosslayer.experiments.study_a.hooks import check_order, pick_target, sweep
 from crosslayer.experiments.study_a.run import Run
 from crosslayer.model import LoadedModel
 from crosslayer.rules import check_steps
-from crosslayer.store import ActivationStore, collect
+from crosslayer.store import ActivationStore, StoreSpec, collect_together
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -93,90 +93,97 @@ def check_split(split: SplitCounts, cfg: RunConfig, what: str = "") -> None:
             )
 
 
-def sweep_corpus(spec: str, cfg: RunConfig) -> Corpus:
-    """The depth sweep's corpus: the same documents, each cut shorter in proportion.
+def sweep_extent(corpus: Corpus, tokenizer: Any, cfg: RunConfig) -> int:
+    """Tokens of the depth-sweep store: the main store's first whole documents.
 
-    The sweep stores every layer, so it takes fewer tokens (``sweep.tokens``); cutting each
-    document to ``max_doc_chars * sweep.tokens / tokens`` characters spreads them over the
-    same documents (and the same held-out documents) as the main store.
+    Both stores are filled by one pass over the same context stream, and the sweep keeps
+    every ``resid_post``, so it holds fewer tokens: all of the main store's if
+    ``sweep.tokens >= tokens``, else its first documents whose tokens fit in ``sweep.tokens``
+    (at least the first document). Whole documents, so the sweep's rows are exactly the
+    main store's rows of those documents, and no document is cut between the two.
     """
     n = sweep_tokens(cfg)
-    chars = cfg.data.max_doc_chars
-    return load_corpus(
-        spec, max_doc_chars=None if chars is None else max(200, chars * n // cfg.tokens)
-    )
+    if n >= cfg.tokens:
+        return cfg.tokens
+    seen, ends, doc = 0, 0, None  # ends: sample tokens up to the last finished document
+    for ctx in iter_contexts(
+        corpus,
+        tokenizer,
+        context_len=cfg.data.context_len,
+        heldout_frac=cfg.data.heldout_frac,
+        seed=cfg.seed,
+    ):
+        if ctx.doc_id != doc:  # a new document: the previous one is whole
+            if seen > n:
+                break
+            ends, doc = seen, ctx.doc_id
+        seen += int(ctx.sample.sum())
+        if seen >= cfg.tokens:  # past the main store: its last document is cut there
+            break
+    whole = seen if seen <= n else ends
+    return min(cfg.tokens, whole if whole > 0 else seen)
 
 
 @dataclass
 class Corpora:
-    """The main corpus, checked to give both splits enough tokens, and the sweep's."""
+    """The corpus, checked to give both splits enough tokens, and the sweep's extent."""
 
     main: Corpus
-    sweep: Corpus | None
+    n_sweep: int | None  # tokens of the sweep store (sweep_extent); None: no sweep
     split: SplitCounts  # of the main store's tokens, planned before collecting
 
 
 def prepare_corpora(cfg: RunConfig, tokenizer: Any) -> Corpora:
-    """Load the corpus (and the sweep's) and check both splits before any activation is read."""
+    """Load the corpus and check both splits (and the sweep's) before any activation is read."""
     corpus = load_corpus(cfg.corpus, max_doc_chars=cfg.data.max_doc_chars)
     split = plan_split(corpus, tokenizer, cfg, cfg.tokens)
     check_split(split, cfg)
     check_steps(split.n_train * cfg.sae_training.epochs, cfg.sae_training.batch_size)
-    sweep = None
+    n_sweep = None
     if cfg.sweep.enabled:
-        sweep = sweep_corpus(cfg.corpus, cfg)
-        check_split(plan_split(sweep, tokenizer, cfg, sweep_tokens(cfg)), cfg, " of the sweep")
-    return Corpora(corpus, sweep, split)
+        n_sweep = sweep_extent(corpus, tokenizer, cfg)
+        check_split(plan_split(corpus, tokenizer, cfg, n_sweep), cfg, " of the sweep")
+    return Corpora(corpus, n_sweep, split)
 
 
 def collect_stores(
     run: Run, lm: LoadedModel, corpora: Corpora, hooks: Hooks
 ) -> tuple[ActivationStore, ActivationStore | None]:
-    """The main store (source + target) and, if enabled, the depth-sweep store.
+    """The main store (source + target) and, if enabled, the depth-sweep store, filled by
+    one forward pass (:func:`crosslayer.store.collect_together`).
 
-    A store resumes itself shard by shard (:func:`crosslayer.store.collect`), so these two
-    stages need no checkpoint of their own.
+    The sweep store holds the main store's first documents (:func:`sweep_extent`) at every
+    ``resid_post`` up to the target; its source and target rows are the main store's rows.
+    A store resumes itself shard by shard, so this stage needs no checkpoint of its own.
     """
     cfg, data = run.cfg, run.cfg.data
-    common: dict[str, Any] = dict(
-        context_len=data.context_len,
-        heldout_frac=data.heldout_frac,
-        seed=cfg.seed,
-        batch_size=data.batch_size,
-        progress=run.progress,
-    )
     source, target = hooks.source, hooks.target
-    with run.stage("collect", f"collecting {cfg.tokens:,} tokens at {source}, {target}"):
-        store = collect(
-            lm,
-            [source, target],
-            corpus=corpora.main,
-            n_tokens=cfg.tokens,
-            out=run.dirs.store,
-            dtype=data.store_dtype,
-            **common,
-        )
-    if corpora.sweep is None:
-        return store, None
-    names, n = sweep_hooks(source, target), sweep_tokens(cfg)
-    with run.stage("collect_sweep", f"collecting {n:,} tokens at {len(names)} hooks (sweep)"):
+    specs = [StoreSpec(run.dirs.store, [source, target], cfg.tokens, data.store_dtype)]
+    message = f"collecting {cfg.tokens:,} tokens at {source}, {target}"
+    if corpora.n_sweep is not None:
+        names = sweep_hooks(source, target)
+        specs.append(StoreSpec(run.dirs.sweep_store, names, corpora.n_sweep, cfg.sweep.dtype))
+        message += f" (and all {len(names)} sweep hooks on the first {corpora.n_sweep:,})"
+    with run.stage("collect", message):
         try:
-            sweep = collect(
+            stores = collect_together(
                 lm,
-                names,
-                corpus=corpora.sweep,
-                n_tokens=n,
-                out=run.dirs.sweep_store,
-                dtype=cfg.sweep.dtype,
-                **common,
+                specs,
+                corpus=corpora.main,
+                context_len=data.context_len,
+                heldout_frac=data.heldout_frac,
+                seed=cfg.seed,
+                batch_size=data.batch_size,
+                progress=run.progress,
             )
         except DataError as e:
-            if "float16" not in e.problem:
+            half = [k for k, v in (("data.store_dtype", data.store_dtype),
+                                   ("sweep.dtype", cfg.sweep.dtype)) if v == "float16"]  # fmt: skip
+            if "float16" not in e.problem or not half:
                 raise
-            raise DataError(
-                e.problem, "set sweep.dtype: float32 (--set sweep.dtype=float32)"
-            ) from e
-    return store, sweep
+            sets = " ".join(f"--set {k}=float32" for k in half)
+            raise DataError(e.problem, f"set {' and '.join(half)} to float32 ({sets})") from e
+    return stores[0], (stores[1] if len(stores) > 1 else None)
 
 
 @dataclass
