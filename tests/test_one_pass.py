@@ -155,19 +155,42 @@ def _config(out: Path | None = None, **over: Any) -> Any:
     return build_config("quick", overrides={**base, **over})
 
 
-@pytest.mark.parametrize("budget", [2500, 700, 1, 4000, 10_000])
-def test_sweep_extent_is_the_first_whole_documents_within_the_budget(lm: Any, budget: int):
-    cfg = _config(sweep={"tokens": max(budget, 100)})
-    budget = max(budget, 100)
-    _, totals = _doc_totals(cfg, lm.tokenizer)
-    ends = np.cumsum(totals)
-    got = inputs.sweep_extent(load_corpus(cfg.corpus, max_doc_chars=1500), lm.tokenizer, cfg)
+def _doc_table(cfg: Any, tokenizer: Any) -> list[tuple[int, int, int]]:
+    """(doc id, split, tokens in the main store) in stream order, tallied directly."""
+    docs, totals = _doc_totals(cfg, tokenizer)
+    split = {}
+    corpus = load_corpus(cfg.corpus, max_doc_chars=cfg.data.max_doc_chars)
+    for ctx in iter_contexts(corpus, tokenizer, context_len=cfg.data.context_len,
+                             heldout_frac=cfg.data.heldout_frac, seed=cfg.seed):  # fmt: skip
+        split[ctx.doc_id] = ctx.split
+    ends = np.minimum(np.cumsum(totals), cfg.tokens)
+    inside = np.diff(np.concatenate([[0], ends]))  # the main store cuts its last document
+    return [(d, split[d], int(n)) for d, n in zip(docs, inside, strict=True) if n > 0]
+
+
+@pytest.mark.parametrize("budget", [2500, 700, 100, 4000, 10_000])
+def test_the_sweep_takes_each_splits_first_documents_within_its_share(lm: Any, budget: int):
+    cfg = _config(sweep={"tokens": budget})
+    table = _doc_table(cfg, lm.tokenizer)
+    corpus = load_corpus(cfg.corpus, max_doc_chars=cfg.data.max_doc_chars)
+    got = inputs.sweep_documents(corpus, lm.tokenizer, cfg)
     if budget >= cfg.tokens:
-        assert got == cfg.tokens  # all of the main store
-    elif ends[0] > budget:
-        assert got == ends[0]  # at least the first document
-    else:
-        assert got == ends[ends <= budget].max()  # the largest document boundary that fits
+        assert got.docs is None and got.extent == cfg.tokens  # all of the main store
+        assert got.split.n_train + got.split.n_heldout == cfg.tokens
+        return
+    assert got.docs is not None
+    for split, share in ((1, round(budget * 0.25)), (0, budget - round(budget * 0.25))):
+        mine = [(d, n) for d, s, n in table if s == split]
+        taken = [d for d, _ in mine if d in got.docs]
+        k = len(taken)
+        assert taken == [d for d, _ in mine[:k]]  # a prefix of the split's documents
+        used = sum(n for _, n in mine[:k])
+        assert k >= 1 and (k == 1 or used <= share)  # fits, or the one document
+        assert k == len(mine) or used + mine[k][1] > share  # the next one would not fit
+        assert (got.split.n_heldout if split else got.split.n_train) == used
+    stream = [d for d, _, _ in table]
+    last = max(stream.index(d) for d in got.docs)
+    assert got.extent == sum(n for _, _, n in table[: last + 1])
 
 
 def test_the_runs_collect_stage_fills_both_stores_in_one_pass(lm: Any, tmp_path: Path) -> None:
@@ -183,10 +206,11 @@ def test_the_runs_collect_stage_fills_both_stores_in_one_pass(lm: Any, tmp_path:
                 context_len=cfg.data.context_len, heldout_frac=cfg.data.heldout_frac,
                 seed=cfg.seed, batch_size=cfg.data.batch_size, progress=False)  # fmt: skip
     assert both.n == alone.n
-    n = sweep.n_tokens
-    assert n == corpora.n_sweep and sweep.hooks == sweep_hooks(*MAIN)
-    docs = set(store.doc_ids[:n].tolist())
-    assert set(sweep.doc_ids.tolist()) == docs and not docs & set(store.doc_ids[n:].tolist())
+    assert corpora.sweep is not None and corpora.sweep.docs is not None
+    chosen = np.isin(store.doc_ids, sorted(corpora.sweep.docs))
+    assert sweep.hooks == sweep_hooks(*MAIN) and sweep.n_tokens == chosen.sum()
+    assert (sweep.split == 1).sum() == corpora.sweep.split.n_heldout > 0  # both splits
     for name in META:
-        np.testing.assert_array_equal(getattr(sweep, name), getattr(store, name)[:n])
-    np.testing.assert_array_equal(sweep.activations(MAIN[1])[:], store.activations(MAIN[1])[:n])
+        np.testing.assert_array_equal(getattr(sweep, name), getattr(store, name)[chosen])
+    for hook in MAIN:
+        np.testing.assert_array_equal(sweep.activations(hook)[:], store.activations(hook)[chosen])

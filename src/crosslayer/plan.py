@@ -40,7 +40,7 @@ from rich.console import Console
 from rich.table import Table
 
 from crosslayer.config import RunConfig
-from crosslayer.device import resolve_device
+from crosslayer.device import resolve_device, resolve_dtype
 from crosslayer.errors import CrosslayerError
 from crosslayer.experiments.study_a.hooks import check_order, pick_target, sweep_hooks, sweep_tokens
 from crosslayer.model.hooks import parse_hook
@@ -317,7 +317,7 @@ def _collect_stage(
         disk += store_bytes(n_sweep, [d] * len(sweep), cfg.sweep.dtype)
     seconds = ctx.time(flops, "collect") + disk / WRITE_BYTES_PER_S
     what = "collect store" + (" + sweep store (one pass)" if sweep else "")
-    return StagePlan("collect", what, n, disk, flops, seconds, list(dict.fromkeys(hooks + sweep)))
+    return StagePlan("collect", what, n, disk, flops, seconds, list(dict.fromkeys(sweep + hooks)))
 
 
 @dataclass
@@ -403,10 +403,16 @@ def plan_run(
         gflops, how = measure_gflops(shape.d_model, str(device)), "measured (0.3 s of fp32 matmuls)"
     else:
         how = "given"
+    itemsize = model_itemsize(cfg)
     if device.type == "cuda":
         notes.append(
             "on cuda: the efficiency factors come from CPU runs and the model runs in bf16, so "
             "treat the time as a rough figure"
+        )
+    elif itemsize == 2:
+        notes.append(
+            "model in 16 bits on cpu: the time is estimated at the float32 throughput (bf16 "
+            "measured faster with AVX512-BF16, BENCHMARKS.md)"
         )
     if cfg.sae is not None:
         notes.append("the pretrained SAE (--sae): its probes are not in the estimate")
@@ -420,7 +426,7 @@ def plan_run(
     sweep = sweep_hooks(source, target) if cfg.sweep.enabled else []
 
     # tokenised before collecting: the main split, the sweep's extent and its split
-    stages = [_load_stage(cfg, info, n + 2 * n_sweep, device.type)]
+    stages = [_load_stage(cfg, info, n + 2 * n_sweep, itemsize)]
     stages.append(_collect_stage(ctx, n, [source, target], n_sweep, sweep))
     stages += _transcoder_stages(ctx, n_train, n_heldout)
     st = cfg.sae_training
@@ -499,8 +505,18 @@ def plan_run(
     )
 
 
-def _load_stage(cfg: RunConfig, info: ModelInfo, tokenised: int, device: str) -> StagePlan:
-    weights = info.shape.params() * (2 if device == "cuda" else 4)
+def model_itemsize(cfg: RunConfig) -> int:
+    """Bytes per weight of the model as the run will load it (``model_dtype`` on its device)."""
+    import warnings
+
+    with warnings.catch_warnings():  # the run itself warns about emulated bf16, not the plan
+        warnings.simplefilter("ignore")
+        dtype = resolve_dtype(cfg.model_dtype, resolve_device(cfg.device))
+    return int(torch.empty((), dtype=dtype).element_size())
+
+
+def _load_stage(cfg: RunConfig, info: ModelInfo, tokenised: int, itemsize: int) -> StagePlan:
+    weights = info.shape.params() * itemsize
     seconds = LOAD_S_PER_GB * weights / 1e9 + TOKENISE_S_PER_TOKEN * tokenised
     what = "load model, plan split"
     if not info.cached:
@@ -581,7 +597,6 @@ def _memory(
     in float32, plus the largest of SAE training, probes and transcoder statistics).
     """
     d, n = shape.d_model, cfg.tokens
-    bf16 = resolve_device(cfg.device).type == "cuda"
     # One pass fills both stores: a shard is computed at every hook either store needs there
     # (float32, as batches and then concatenated), and a float16 store casts its own copy.
     hooks = n_sweep_hooks if n_sweep else 2
@@ -618,7 +633,7 @@ def _memory(
     stats = 4 * (d + 1) * (2 * d + 1) * 8  # float64 X'X and X'Y of train and held-out
     analysing = 3 * n * d * 4 + max(sae, probes, stats)
 
-    weights = shape.params() * (2 if bf16 else 4)
+    weights = shape.params() * model_itemsize(cfg)
     terms = {
         "runtime": 570_000_000,  # RSS after importing torch, transformers, sae-lens..., measured
         "tokenizer": 1160 * shape.vocab_size,  # Gemma 3's 262k entries: +305 MB, measured

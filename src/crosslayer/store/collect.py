@@ -37,6 +37,7 @@ from rich.text import Text
 
 from crosslayer import distributed, fs
 from crosslayer.corpus import Context, Corpus, iter_contexts, load_corpus
+from crosslayer.device import to_device
 from crosslayer.errors import ConfigMismatchError, CrosslayerError, DataError
 from crosslayer.model import LoadedModel
 from crosslayer.provenance import config_hash, versions
@@ -101,7 +102,8 @@ def _check_values(x: torch.Tensor, hook: str, dtype: StoreDtype, pieces: list[_P
     if not math.isfinite(peak):
         raise DataError(
             f"non-finite activations (NaN or inf) at {hook} in {where}",
-            "check the model weights; a float16/bfloat16 model may overflow, try --device cpu",
+            "check the model weights; a float16/bfloat16 model may overflow: try "
+            "--model-dtype float32",
         )
     raise DataError(
         f"activations at {hook} reach {peak:.3g} in {where}, beyond float16's range "
@@ -135,7 +137,7 @@ def _run_shard(
         take = take[:, :length]
         ids = np.stack([p.context.tokens[:length] for p in batch])
         acts = model.run_with_hooks(torch.from_numpy(ids), hooks=hooks)
-        mask = torch.from_numpy(take).to(model.device)
+        mask = to_device(torch.from_numpy(take), model.device)
         for hook in hooks:
             rows = acts[hook][mask]  # [n, d], row-major order = np.nonzero order below
             _check_values(rows, hook, "float32", batch)
@@ -152,10 +154,14 @@ def _run_shard(
 def _store_arrays(
     arrays: dict[str, np.ndarray], run: _Collection, n: int, pieces: list[_Piece]
 ) -> dict[str, np.ndarray]:
-    """One store's share of a computed shard: its first ``n`` rows, its hooks, its dtype."""
-    out = {k: arrays[k][:n] for k in META}
+    """One store's share of a computed shard: its first ``n`` rows (of its documents), its
+    hooks, in its dtype."""
+    rows_of: slice | np.ndarray = slice(0, n)
+    if run.docs is not None:
+        rows_of = np.flatnonzero(np.isin(arrays["doc_ids"][:n], np.array(sorted(run.docs))))
+    out = {k: arrays[k][rows_of] for k in META}
     for hook in run.hooks:
-        rows = arrays[hook][:n]
+        rows = arrays[hook][rows_of]
         if run.dtype == "float16":
             _check_values(torch.from_numpy(rows), hook, "float16", pieces)
         out[hook] = rows.astype(run.dtype, copy=False)
@@ -224,6 +230,9 @@ class StoreSpec:
     hooks: Sequence[str]  # hook names to store
     n_tokens: int  # the first n_tokens sample tokens of the context stream
     dtype: StoreDtype = "float32"
+    # Only the rows of these documents among those n_tokens (None: all of them). Its shard
+    # k holds the chosen rows of the stream's shard k, so a shard may be empty.
+    docs: frozenset[int] | None = None
 
 
 def collect(
@@ -272,9 +281,10 @@ def collect_together(
 ) -> list[ActivationStore]:
     """Fill several stores from one forward pass over the same context stream.
 
-    Store ``i`` holds the first ``stores[i].n_tokens`` sample tokens, so a smaller store is
-    a prefix of a larger one: its rows are the larger store's first rows (same documents,
-    contexts, tokens; for a hook both store, the same values, cut from the same forward).
+    Store ``i`` holds the first ``stores[i].n_tokens`` sample tokens (or, with ``docs``, the
+    rows of those documents among them), so a smaller store is a part of a larger one: its
+    rows are the larger store's rows (same documents, contexts, tokens; for a hook both
+    store, the same values, cut from the same forward).
     Each store is an ordinary store with its own manifest, equal to what :func:`collect`
     writes for it alone up to float rounding in its last batch, and each resumes shard by
     shard: a shard missing from any store is recomputed, and written only where missing.
@@ -297,6 +307,7 @@ def collect_together(
         start = _new_manifest(
             model, names, corpus, n_tokens=spec.n_tokens, context_len=context_len,
             heldout_frac=heldout_frac, seed=seed, dtype=spec.dtype, shard_tokens=shard_tokens,
+            docs=spec.docs,
         )  # fmt: skip
         runs.append(_open_collection(Path(spec.out), start, names, spec))
     if not all(r.finished for r in runs):
@@ -331,6 +342,7 @@ class _Collection:
     hooks: list[str]
     n_tokens: int
     dtype: StoreDtype
+    docs: frozenset[int] | None
     mine: list[dict[str, Any]] = field(default_factory=list)  # entries of shards this rank wrote
 
     def needs(self, index: int, shard_tokens: int) -> bool:
@@ -401,6 +413,7 @@ def _new_manifest(
     seed: int,
     dtype: StoreDtype,
     shard_tokens: int,
+    docs: frozenset[int] | None = None,
 ) -> dict[str, Any]:
     """The manifest of a store that has no shards yet (docs/store_format.md)."""
     # What defines the stored data; its hash decides whether an existing store can be resumed.
@@ -415,6 +428,8 @@ def _new_manifest(
         "dtype": dtype,
         "shard_tokens": shard_tokens,
     }
+    if docs is not None:  # absent otherwise, so a whole-stream store's hash is unchanged
+        config["docs"] = sorted(docs)
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -446,8 +461,9 @@ def _open_collection(
     if not finished:
         manifest.update(shards=present, complete=False)
     return _Collection(
-        path, manifest, present, finished, rank, world, hooks, spec.n_tokens, spec.dtype
-    )
+        path, manifest, present, finished, rank, world, hooks, spec.n_tokens, spec.dtype,
+        spec.docs,
+    )  # fmt: skip
 
 
 def _shards_to_do(
@@ -518,8 +534,9 @@ def _finish_manifest(run: _Collection, *, corpus_name: str) -> None:
     written = [e for entries in distributed.all_gather_object(run.mine) for e in entries]
     shards = sorted({s["name"]: s for s in [*run.present, *written]}.values(), key=_name)
     stored = sum(s["n_tokens"] for s in shards)
+    exhausted = stored < n_tokens and run.docs is None  # a documents' store is smaller anyway
     if run.rank == 0:
-        if stored < n_tokens:
+        if exhausted:
             warnings.warn(
                 f"corpus {corpus_name!r} has only {stored:,} sample tokens; the store holds "
                 f"all of them instead of {n_tokens:,}",
@@ -530,7 +547,7 @@ def _finish_manifest(run: _Collection, *, corpus_name: str) -> None:
             complete=True,
             n_tokens=stored,
             n_shards=len(shards),
-            corpus_exhausted=stored < n_tokens,
+            corpus_exhausted=exhausted,
         )
         write_manifest(run.path, run.manifest)
 

@@ -85,27 +85,39 @@ def check_split(split: SplitCounts, cfg: RunConfig, what: str = "") -> None:
         ("heldout", split.n_heldout, split.docs_heldout),
     ):
         if n < need:
+            more = "sweep.tokens (--set sweep.tokens=N)" if what else "--tokens"
             raise CrosslayerError(
                 f"the {name} split{what} holds only {n:,} tokens from {docs} documents "
                 f"(need at least {need:,})",
-                "raise --tokens or data.heldout_frac, or lower data.max_doc_chars so the tokens "
-                "come from more documents",
+                f"raise {more} or data.heldout_frac, or lower data.max_doc_chars so the "
+                "tokens come from more documents",
             )
 
 
-def sweep_extent(corpus: Corpus, tokenizer: Any, cfg: RunConfig) -> int:
-    """Tokens of the depth-sweep store: the main store's first whole documents.
+@dataclass(frozen=True)
+class SweepDocs:
+    """The depth-sweep store's documents: a part of the main store's, both splits kept."""
 
-    Both stores are filled by one pass over the same context stream, and the sweep keeps
-    every ``resid_post``, so it holds fewer tokens: all of the main store's if
-    ``sweep.tokens >= tokens``, else its first documents whose tokens fit in ``sweep.tokens``
-    (at least the first document). Whole documents, so the sweep's rows are exactly the
-    main store's rows of those documents, and no document is cut between the two.
+    docs: frozenset[int] | None  # None: all of the main store's documents
+    extent: int  # sample tokens of the stream up to the last of them (the store's n_tokens)
+    split: SplitCounts  # tokens and documents of each split in the sweep store
+
+
+def sweep_documents(corpus: Corpus, tokenizer: Any, cfg: RunConfig) -> SweepDocs:
+    """Which of the main store's documents the depth-sweep store holds (every one of their
+    rows, at every ``resid_post`` up to the target, filled by the same forward pass).
+
+    All of them if ``sweep.tokens >= tokens``. Else, per split, the first documents of the
+    main store's order whose tokens fit in that split's share of ``sweep.tokens``
+    (``data.heldout_frac`` for held-out), at least one document each: whole documents, so
+    the sweep's rows are exactly the main store's rows of those documents, and both splits,
+    which the first documents of the stream alone may not have.
     """
-    n = sweep_tokens(cfg)
-    if n >= cfg.tokens:
-        return cfg.tokens
-    seen, ends, doc = 0, 0, None  # ends: sample tokens up to the last finished document
+    budget = sweep_tokens(cfg)
+    share = {1: round(budget * cfg.data.heldout_frac)}
+    share[0] = budget - share[1]
+    docs: dict[int, tuple[int, int]] = {}  # doc id -> (split, tokens in the main store)
+    seen, ends = 0, {}  # ends: doc id -> stream tokens up to the end of its rows
     for ctx in iter_contexts(
         corpus,
         tokenizer,
@@ -113,23 +125,43 @@ def sweep_extent(corpus: Corpus, tokenizer: Any, cfg: RunConfig) -> int:
         heldout_frac=cfg.data.heldout_frac,
         seed=cfg.seed,
     ):
-        if ctx.doc_id != doc:  # a new document: the previous one is whole
-            if seen > n:
-                break
-            ends, doc = seen, ctx.doc_id
-        seen += int(ctx.sample.sum())
-        if seen >= cfg.tokens:  # past the main store: its last document is cut there
+        take = min(int(ctx.sample.sum()), cfg.tokens - seen)
+        split, n = docs.get(ctx.doc_id, (ctx.split, 0))
+        docs[ctx.doc_id] = (split, n + take)
+        seen += take
+        ends[ctx.doc_id] = seen
+        if seen >= cfg.tokens:
             break
-    whole = seen if seen <= n else ends
-    return min(cfg.tokens, whole if whole > 0 else seen)
+    if budget >= cfg.tokens:
+        chosen = list(docs)
+    else:
+        chosen, used, full = [], {0: 0, 1: 0}, {0: False, 1: False}
+        for doc, (split, n) in docs.items():  # dicts keep the stream's order
+            if full[split]:
+                continue
+            if used[split] and used[split] + n > share[split]:
+                full[split] = True  # the first documents only: stop this split here
+                continue
+            chosen.append(doc)
+            used[split] += n
+    counts = {0: 0, 1: 0}
+    n_docs = {0: 0, 1: 0}
+    for doc in chosen:
+        split, n = docs[doc]
+        counts[split] += n
+        n_docs[split] += 1
+    counted = SplitCounts(counts[0], counts[1], n_docs[0], n_docs[1])
+    extent = max((ends[d] for d in chosen), default=0)
+    whole = budget >= cfg.tokens
+    return SweepDocs(None if whole else frozenset(chosen), extent, counted)
 
 
 @dataclass
 class Corpora:
-    """The corpus, checked to give both splits enough tokens, and the sweep's extent."""
+    """The corpus, checked to give both splits enough tokens, and the sweep's documents."""
 
     main: Corpus
-    n_sweep: int | None  # tokens of the sweep store (sweep_extent); None: no sweep
+    sweep: SweepDocs | None  # None: no sweep
     split: SplitCounts  # of the main store's tokens, planned before collecting
 
 
@@ -139,11 +171,11 @@ def prepare_corpora(cfg: RunConfig, tokenizer: Any) -> Corpora:
     split = plan_split(corpus, tokenizer, cfg, cfg.tokens)
     check_split(split, cfg)
     check_steps(split.n_train * cfg.sae_training.epochs, cfg.sae_training.batch_size)
-    n_sweep = None
+    sweep = None
     if cfg.sweep.enabled:
-        n_sweep = sweep_extent(corpus, tokenizer, cfg)
-        check_split(plan_split(corpus, tokenizer, cfg, n_sweep), cfg, " of the sweep")
-    return Corpora(corpus, n_sweep, split)
+        sweep = sweep_documents(corpus, tokenizer, cfg)
+        check_split(sweep.split, cfg, " of the sweep")
+    return Corpora(corpus, sweep, split)
 
 
 def collect_stores(
@@ -152,18 +184,20 @@ def collect_stores(
     """The main store (source + target) and, if enabled, the depth-sweep store, filled by
     one forward pass (:func:`crosslayer.store.collect_together`).
 
-    The sweep store holds the main store's first documents (:func:`sweep_extent`) at every
-    ``resid_post`` up to the target; its source and target rows are the main store's rows.
+    The sweep store holds some of the main store's documents (:func:`sweep_documents`) at
+    every ``resid_post`` up to the target; its rows are the main store's rows of them.
     A store resumes itself shard by shard, so this stage needs no checkpoint of its own.
     """
     cfg, data = run.cfg, run.cfg.data
     source, target = hooks.source, hooks.target
     specs = [StoreSpec(run.dirs.store, [source, target], cfg.tokens, data.store_dtype)]
     message = f"collecting {cfg.tokens:,} tokens at {source}, {target}"
-    if corpora.n_sweep is not None:
-        names = sweep_hooks(source, target)
-        specs.append(StoreSpec(run.dirs.sweep_store, names, corpora.n_sweep, cfg.sweep.dtype))
-        message += f" (and all {len(names)} sweep hooks on the first {corpora.n_sweep:,})"
+    if corpora.sweep is not None:
+        names, sw = sweep_hooks(source, target), corpora.sweep
+        specs.append(StoreSpec(run.dirs.sweep_store, names, sw.extent, cfg.sweep.dtype, sw.docs))
+        n = sw.split.n_train + sw.split.n_heldout
+        docs = sw.split.docs_train + sw.split.docs_heldout
+        message += f"; all {len(names)} sweep hooks on {n:,} of them ({docs} documents)"
     with run.stage("collect", message):
         try:
             stores = collect_together(
