@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench gpu-check clean
 
 # torch first, from its own line, so that pip never resolves a CUDA build as a dependency.
 $(VENV)/.installed: pyproject.toml
@@ -36,6 +36,11 @@ lint: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-dev
 	$(PY) -m benchmarks.run_all
+
+## gpu-check: on a CUDA machine, the quick profile in bf16 and fp32 and the collection benchmark
+## on the GPU, compared with a CPU fp32 run within stated tolerances (docs/gpu.md); exits 2 on CPU
+gpu-check: $(VENV)/.installed-dev
+	$(PY) scripts/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -2,6 +2,14 @@
 
     python benchmarks/bench_collect.py --tokens 8192            # throughput, same run
     python benchmarks/bench_collect.py --rss 100000 --rss 400000  # peak RSS, one process each
+    python benchmarks/bench_collect.py --variants bf16,eager,batch16 --repeats 2  # levers
+    python benchmarks/bench_collect.py --device cuda --variants bf16  # on a GPU
+
+``--variants`` times other settings of crosslayer's own path in the same run, interleaved
+with the fp32 default and TransformerLens (best of ``--repeats`` rounds each, so a burst of
+foreign load on a shared machine hurts every method alike): ``bf16`` (the model in
+bfloat16), ``eager`` (eager attention instead of SDPA), ``batchN`` (N contexts a forward),
+``compile`` (``torch.compile`` of every block's MLP and norms).
 
 All three read ``hook_embed`` and ``blocks.{mid}.hook_resid_post`` of the same weights on
 the same 128-token contexts of builtin:wiki and keep the activations in float32:
@@ -30,16 +38,44 @@ from crosslayer.model import load_model
 from crosslayer.store import collect
 
 
-def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def matmul_peak(n: int = 2048, repeats: int = 10, device: str = "cpu") -> float:
     """Best fp32 GFLOP/s of an n x n matmul on this machine, now."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     a @ b
+    _sync(device)
     best = 0.0
     for _ in range(repeats):
         t = time.perf_counter()
         a @ b
+        _sync(device)
         best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
     return best
+
+
+def variant(name: str, base, device: str):
+    """A model set up as variant ``name`` (see the module docstring) and its batch size."""
+    if name == "fp32":
+        return base, None
+    if name.startswith("batch"):
+        return base, int(name.removeprefix("batch"))
+    if name == "bf16":
+        return load_model("gemma-3-270m", device=device, dtype="bfloat16"), None
+    lm = load_model("gemma-3-270m", device=device)
+    if name == "eager":
+        lm.model.set_attn_implementation("eager")
+    elif name == "compile":
+        for layer in lm.model.model.layers:
+            for part in ("mlp", "input_layernorm", "post_attention_layernorm",
+                         "pre_feedforward_layernorm", "post_feedforward_layernorm"):  # fmt: skip
+                getattr(layer, part).compile(dynamic=True)
+    else:
+        raise SystemExit(f"unknown variant {name!r}")
+    return lm, None
 
 
 def flops_per_token(lm, n_layers: int, context_len: int) -> float:
@@ -67,15 +103,15 @@ def bench_hf_per_document(lm, ctxs, mid: int) -> float:
     with torch.inference_mode():
         for ctx in ctxs:
             keep = np.flatnonzero(ctx.sample)
-            ids = torch.from_numpy(ctx.tokens[: keep[-1] + 1][None])
+            ids = torch.from_numpy(ctx.tokens[: keep[-1] + 1][None]).to(lm.device)
             hs = lm.model(ids, output_hidden_states=True).hidden_states
-            _ = [hs[0][0, keep].numpy(), hs[mid + 1][0, keep].numpy()]
+            _ = [hs[0][0, keep].float().cpu().numpy(), hs[mid + 1][0, keep].float().cpu().numpy()]
             n += len(keep)
     return n / (time.perf_counter() - t)
 
 
-def bench_transformer_lens(lm, ctxs, mid: int, batch_size: int) -> float:
-    """(b) TransformerLens on the same weights, names filter + stop_at_layer."""
+def transformer_lens(lm):
+    """TransformerLens's HookedTransformer on the same weights (fp32, the model's device)."""
     from transformer_lens import HookedTransformer
     from transformers import AutoTokenizer
 
@@ -88,20 +124,26 @@ def bench_transformer_lens(lm, ctxs, mid: int, batch_size: int) -> float:
         "google/gemma-3-270m",
         hf_model=lm.model,
         tokenizer=AutoTokenizer.from_pretrained(tok_dir),
-        device="cpu",
+        device=str(lm.device),
         dtype=torch.float32,
     )
+    return tl
+
+
+def bench_transformer_lens(tl, ctxs, mid: int, batch_size: int) -> float:
+    """(b) TransformerLens, names filter + stop_at_layer, in batches."""
     names = ["hook_embed", f"blocks.{mid}.hook_resid_post"]
+    device = str(tl.cfg.device)
     n, t = 0, time.perf_counter()
     with torch.inference_mode():
         for i in range(0, len(ctxs), batch_size):
             batch = ctxs[i : i + batch_size]
-            ids = torch.from_numpy(np.stack([c.tokens for c in batch]))
-            mask = torch.from_numpy(np.stack([c.sample for c in batch]))
+            ids = torch.from_numpy(np.stack([c.tokens for c in batch])).to(device)
+            mask = torch.from_numpy(np.stack([c.sample for c in batch])).to(device)
             _, cache = tl.run_with_cache(ids, names_filter=names, stop_at_layer=mid + 1)
-            _ = [cache[name][mask].numpy() for name in names]
+            _ = [cache[name][mask].cpu().numpy() for name in names]
             n += int(mask.sum())
-    del tl
+    _sync(device)
     return n / (time.perf_counter() - t)
 
 
@@ -140,6 +182,9 @@ def main() -> None:
     ap.add_argument("--mid", type=int, default=8, help="resid_post block (Gemma 3 270M: 0..17)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--variants", default="", help="comma list: bf16, eager, batchN, compile")
+    ap.add_argument("--repeats", type=int, default=1, help="interleaved rounds (best of)")
     ap.add_argument("--rss", type=int, action="append", help="peak-RSS run(s) of N tokens")
     ap.add_argument("--_rss-child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -166,31 +211,52 @@ def main() -> None:
             print(result.stdout.strip().splitlines()[-1], flush=True)
         return
 
-    lm = load_model("gemma-3-270m", device="cpu")
+    lm = load_model("gemma-3-270m", device=args.device, dtype="float32")
     ctxs = contexts(lm, args.tokens, 128)
-    peak = matmul_peak()
+    peak = matmul_peak(device=args.device)
     flops = flops_per_token(lm, args.mid + 1, 128)
+    names = ["fp32", *[v for v in (args.variants or "").split(",") if v]]
+    models = {name: variant(name, lm, args.device) for name in names}
+    tl = transformer_lens(lm)
+    best: dict[str, float] = {}
+
+    def keep(name: str, rate: float) -> None:
+        best[name] = max(best.get(name, 0.0), rate)
+        print(f"{name}: {rate:.0f} tokens/s", file=sys.stderr, flush=True)
+
     with tempfile.TemporaryDirectory() as tmp:
-        bench_ours(lm, 512, args.mid, args.batch_size, Path(tmp) / "warmup")
-        ours = bench_ours(lm, args.tokens, args.mid, args.batch_size, Path(tmp) / "s")
-    print(f"crosslayer: {ours:.0f} tokens/s", file=sys.stderr, flush=True)
+        for name, (model, batch) in models.items():  # warm-up: thread pools, compilation
+            bench_ours(model, 512, args.mid, batch or args.batch_size, Path(tmp) / f"w-{name}")
+        for r in range(args.repeats):  # interleaved rounds: foreign load hits all alike
+            for name, (model, batch) in models.items():
+                out = Path(tmp) / f"{name}-{r}"
+                keep(f"crosslayer {name}", bench_ours(model, args.tokens, args.mid,
+                                                      batch or args.batch_size, out))  # fmt: skip
+            keep("transformer_lens", bench_transformer_lens(tl, ctxs, args.mid, args.batch_size))
+    del tl
     hf = bench_hf_per_document(lm, ctxs, args.mid)
     print(f"HF per document: {hf:.0f} tokens/s", file=sys.stderr, flush=True)
-    tl = bench_transformer_lens(lm, ctxs, args.mid, args.batch_size)
+    ours, tl_rate = best["crosslayer fp32"], best["transformer_lens"]
     result = {
         "tokens": args.tokens,
+        "device": args.device,
         "threads": args.threads,
         "batch_size": args.batch_size,
         "stop_layer": args.mid + 1,
+        "repeats": args.repeats,
         "matmul_peak_gflops": round(peak, 1),
         "mflop_per_token": round(flops / 1e6, 2),
         "tokens_per_s": {
             "crosslayer": round(ours),
             "hf_per_document": round(hf),
-            "transformer_lens": round(tl),
+            "transformer_lens": round(tl_rate),
+            **{k: round(v) for k, v in best.items() if k not in ("crosslayer fp32",)},
         },
         "ratio_vs_hf": round(ours / hf, 2),
-        "ratio_vs_tl": round(ours / tl, 2),
+        "ratio_vs_tl": round(ours / tl_rate, 2),
+        "variant_ratio_vs_fp32": {
+            k: round(v / ours, 2) for k, v in best.items() if k.startswith("crosslayer ")
+        },
         "fraction_of_peak": round(ours * flops / (peak * 1e9), 3),
         "load_average": os.getloadavg(),
     }

@@ -217,6 +217,8 @@ CASES: list[tuple[str, Build, str]] = [
      lambda w, m, s: _collect(w, m, ("--model", str(_broken_model(w, False))),
                               ("--dtype", "float16")), "beyond float16's range"),
     ("device-unknown", lambda w, m, s: _collect(w, m, ("--device", "tpu")), "tpu"),
+    ("model-dtype-unknown", lambda w, m, s: _collect(w, m, ("--model-dtype", "int8")),
+     "unknown --model-dtype 'int8'"),
     ("verify-not-a-store", lambda w, m, s: ["verify", str(w)], "no activation store"),
     ("verify-damaged-shard", lambda w, m, s: _verify_damaged(w, s),
      "shard_00001/tokens.npy damaged"),

@@ -21,6 +21,7 @@ from crosslayer.errors import CrosslayerError
 from crosslayer.model import tiny_model
 from crosslayer.model.shape import KNOWN, ModelInfo, gguf_metadata, gguf_shape, model_info
 from crosslayer.plan import measure_gflops, plan_run, sae_bytes, store_bytes
+from crosslayer.store import open_store
 
 # A tiny run with every stage on (as tests/test_study_a.py, smaller: ~10 s on 2 cores).
 TINY: dict[str, Any] = {
@@ -111,10 +112,9 @@ def test_tokens_and_hooks_are_the_configs(tiny_dir: Path) -> None:
     assert plan.hooks == ["hook_embed", "blocks.2.hook_resid_post"]
     assert plan.sweep_hooks == ["hook_embed"] + [f"blocks.{i}.hook_resid_post" for i in range(3)]
     stages = {s.name: s for s in plan.stages}
-    assert stages["collect"].tokens == 3000 and stages["collect"].hooks == plan.hooks
-    assert (
-        stages["collect_sweep"].tokens == 2000 and stages["collect_sweep"].hooks == plan.sweep_hooks
-    )
+    # one pass fills both stores: one stage, at the hooks of both
+    assert stages["collect"].tokens == 3000 and stages["collect"].hooks == plan.sweep_hooks
+    assert "collect_sweep" not in stages
     assert stages["sae_baseline"].tokens == plan.sae_training_tokens == 2 * 2250
     assert stages["transcoder_adam"].tokens == 2 * 2250  # adam_tokens 15,000 > train tokens
     assert set(stages) >= {"load", "transcoder", "transcoder_mlp", "probes_residual", "report"}
@@ -126,8 +126,10 @@ def test_tokens_and_hooks_are_the_configs(tiny_dir: Path) -> None:
     no_extras = {"study_recipe": False, "mlp": False}
     off = plan_run(tiny_config(tiny_dir, sweep={"enabled": False}, transcoder=no_extras), gflops=50)
     names = {s.name for s in off.stages}
-    assert not names & {"collect_sweep", "depth_sweep", "transcoder_adam", "transcoder_mlp"}
+    assert not names & {"depth_sweep", "transcoder_adam", "transcoder_mlp"}
     assert off.sweep_hooks == [] and off.disk_bytes < plan.disk_bytes
+    assert {s.name: s for s in off.stages}["collect"].hooks == plan.hooks
+    assert {s.name: s for s in off.stages}["collect"].flops == stages["collect"].flops
 
 
 def test_a_hook_past_the_last_block_is_refused(tiny_dir: Path) -> None:
@@ -157,8 +159,13 @@ def test_disk_estimate_is_within_15_percent_of_a_real_tiny_run(tiny_dir: Path, t
     assert plan.disk_bytes == pytest.approx(real, rel=0.15)
     stages = {s.name: s for s in plan.stages}
     # the stores are counted exactly (up to the manifest's size): 2 % here
-    assert stages["collect"].disk_bytes == pytest.approx(_du(out / "store"), rel=0.02)
-    assert stages["collect_sweep"].disk_bytes == pytest.approx(_du(out / "sweep_store"), rel=0.02)
+    # the stores are counted exactly (up to the manifest's size) for the tokens they hold;
+    # the sweep's are whole documents, about sweep.tokens, known after the walk
+    n_sweep = open_store(out / "sweep_store").n_tokens
+    assert 0.7 * plan.n_sweep < n_sweep < 1.3 * plan.n_sweep
+    both = store_bytes(3000, [64, 64], "float32") + store_bytes(n_sweep, [64] * 4, "float32")
+    assert both == pytest.approx(_du(out / "store") + _du(out / "sweep_store"), rel=0.02)
+    assert stages["collect"].disk_bytes == pytest.approx(both, rel=0.15)
     sae_files = sum(p.stat().st_size for p in (out / "saes" / "baseline").iterdir())
     assert stages["sae_baseline"].disk_bytes == pytest.approx(sae_files, rel=0.05)
     assert stages["load"].disk_bytes == 0  # a saved directory needs no cache

@@ -1,7 +1,7 @@
 """Crash safety of the main job: ``crosslayer run`` killed with SIGKILL, then rerun.
 
-Each trial forks the real CLI on the tiny study (every stage on: both stores, the Adam and
-MLP transcoders, both SAEs, the probes and the study's protocol, the depth sweep, the
+Each trial forks the real CLI on the tiny study (every stage on: both stores, one pass, the
+Adam and MLP transcoders, both SAEs, the probes and the study's protocol, the depth sweep, the
 report), kills it with SIGKILL at a seeded moment inside one chosen stage, reruns the same
 command, and requires that the rerun finishes, that ``crosslayer verify`` passes, and that
 results.json equals an uninterrupted run's as text, ``created`` and ``timings`` aside.
@@ -29,7 +29,7 @@ from tests.test_determinism import TINY, without_timing
 # Every stage of the tiny study, in the order it runs (the keys of results.json's timings),
 # then the report, which is written after results.json.
 STAGES = (
-    "load", "collect", "collect_sweep", "transcoder", "transcoder_adam", "transcoder_mlp",
+    "load", "collect", "transcoder", "transcoder_adam", "transcoder_mlp",
     "sae_baseline", "sae_residual", "probes_baseline", "probes_residual", "depth_sweep",
     "report",
 )  # fmt: skip

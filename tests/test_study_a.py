@@ -308,7 +308,12 @@ def test_depth_sweep_covers_every_resid_post_up_to_the_target(study: Any) -> Non
     d = res["depth_sweep"]
     assert d["target_hooks"] == [f"blocks.{i}.hook_resid_post" for i in range(3)]
     sweep = open_store(Path(cfg.out) / "sweep_store")
-    assert sweep.n_tokens == 2500
+    # whole documents of the main store, about sweep.tokens (one pass fills both stores)
+    main = open_store(Path(cfg.out) / "store")
+    rows = np.isin(main.doc_ids, np.unique(sweep.doc_ids))
+    assert 1000 < sweep.n_tokens == rows.sum() <= 2500 + 1000
+    np.testing.assert_array_equal(sweep.tokens, main.tokens[rows])
+    np.testing.assert_array_equal(sweep.activations(TARGET)[:], main.activations(TARGET)[rows])
     assert (sweep.split == 1).sum() == d["n_heldout"] > 0
     # the last point: an independent ridge on the sweep's train split, scored on its held-out
     X, Y = sweep.activations(SOURCE), sweep.activations(TARGET)

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from crosslayer.errors import CrosslayerError
 from crosslayer.provenance import config_hash
 from crosslayer.rules import check_alphas, check_sae_lr, check_sae_sparsity, check_steps
+from crosslayer.stage_configs import MODEL_DTYPE_HELP, ModelDtype
 
 ProfileName = Literal["default", "quick"]
 M = TypeVar("M", bound=BaseModel)
@@ -367,6 +368,7 @@ class RunConfig(BaseModel):
         default=0, description="seed of the split, the SAEs, the probes and the bootstrap"
     )
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
+    model_dtype: ModelDtype = Field(default="auto", description=MODEL_DTYPE_HELP)
     out: str | None = Field(
         default=None,
         description="output directory (null: runs/study_a-<profile>-<config hash>, so that "

@@ -40,7 +40,7 @@ from rich.console import Console
 from rich.table import Table
 
 from crosslayer.config import RunConfig
-from crosslayer.device import resolve_device
+from crosslayer.device import resolve_device, resolve_dtype
 from crosslayer.errors import CrosslayerError
 from crosslayer.experiments.study_a.hooks import check_order, pick_target, sweep_hooks, sweep_tokens
 from crosslayer.model.hooks import parse_hook
@@ -201,8 +201,9 @@ class RunPlan:
         terms = sorted(self.memory_terms.items(), key=lambda kv: -kv[1])
         lines = [
             f"tokens: {self.n_tokens:,} collected (~{self.n_train:,} train / ~"
-            f"{self.n_heldout:,} held-out; split by document, so approximate); sweep store "
-            f"{self.n_sweep:,} tokens; each SAE trains on {self.sae_training_tokens:,} tokens",
+            f"{self.n_heldout:,} held-out; split by document, so approximate); sweep store at "
+            f"most {self.n_sweep:,} tokens (the first whole documents, same pass); each SAE "
+            f"trains on {self.sae_training_tokens:,} tokens",
             f"hooks: store {_hooks(self.hooks)}"
             + (f"; sweep store {_hooks(self.sweep_hooks)}" if self.sweep_hooks else ""),
             f"peak memory ~{_gb(self.peak_memory_bytes)} (estimate; main terms: "
@@ -309,14 +310,19 @@ def _blocks_run(hook: str) -> int:
 
 
 def _collect_stage(
-    name: str, what: str, n: int, hooks: list[str], dims: list[int], dtype: str, ctx: _Ctx
+    ctx: _Ctx, n: int, hooks: list[str], n_sweep: int, sweep: list[str]
 ) -> StagePlan:
-    flops = n * ctx.shape.forward_flops(
-        max(_blocks_run(h) for h in hooks), ctx.cfg.data.context_len
-    )
-    disk = store_bytes(n, dims, dtype)
+    """One forward pass over ``n`` tokens fills the main store and the sweep store (its first
+    ``n_sweep`` tokens at every sweep hook); its cost: that forward and both stores' writes."""
+    cfg, d = ctx.cfg, ctx.shape.d_model
+    deepest = max(_blocks_run(h) for h in [*hooks, *sweep])
+    flops = n * ctx.shape.forward_flops(deepest, cfg.data.context_len)
+    disk = store_bytes(n, [d] * len(hooks), cfg.data.store_dtype)
+    if sweep:
+        disk += store_bytes(n_sweep, [d] * len(sweep), cfg.sweep.dtype)
     seconds = ctx.time(flops, "collect") + disk / WRITE_BYTES_PER_S
-    return StagePlan(name, what, n, disk, flops, seconds, list(hooks))
+    what = "collect store" + (" + sweep store (one pass)" if sweep else "")
+    return StagePlan("collect", what, n, disk, flops, seconds, list(dict.fromkeys(sweep + hooks)))
 
 
 @dataclass
@@ -402,10 +408,16 @@ def plan_run(
         gflops, how = measure_gflops(shape.d_model, str(device)), "measured (0.3 s of fp32 matmuls)"
     else:
         how = "given"
+    itemsize = model_itemsize(cfg)
     if device.type == "cuda":
         notes.append(
             "on cuda: the efficiency factors come from CPU runs and the model runs in bf16, so "
             "treat the time as a rough figure"
+        )
+    elif itemsize == 2:
+        notes.append(
+            "model in 16 bits on cpu: the time is estimated at the float32 throughput (bf16 "
+            "measured faster with AVX512-BF16, BENCHMARKS.md)"
         )
     if cfg.sae is not None:
         notes.append("the pretrained SAE (--sae): its probes are not in the estimate")
@@ -418,24 +430,9 @@ def plan_run(
     n_sweep = sweep_tokens(cfg) if cfg.sweep.enabled else 0
     sweep = sweep_hooks(source, target) if cfg.sweep.enabled else []
 
-    stages = [_load_stage(cfg, info, n + n_sweep, device.type)]
-    stages.append(
-        _collect_stage(
-            "collect", "collect store", n, [source, target], [d, d], cfg.data.store_dtype, ctx
-        )
-    )
-    if cfg.sweep.enabled:
-        stages.append(
-            _collect_stage(
-                "collect_sweep",
-                "collect sweep store",
-                n_sweep,
-                sweep,
-                [d] * len(sweep),
-                cfg.sweep.dtype,
-                ctx,
-            )
-        )
+    # tokenised before collecting: the main split, the sweep's extent and its split
+    stages = [_load_stage(cfg, info, n + 2 * n_sweep, itemsize)]
+    stages.append(_collect_stage(ctx, n, [source, target], n_sweep, sweep))
     stages += _transcoder_stages(ctx, n_train, n_heldout)
     st = cfg.sae_training
     alive = ALIVE_FRACTION * st.width
@@ -488,8 +485,7 @@ def plan_run(
             )
         )
     stages.append(_report_stage(cfg, d, 2 * m, stages))
-    n_hooks = 1 + len(sweep)
-    memory = _memory(cfg, shape, info, n_train, n_sweep, n_hooks, m)
+    memory = _memory(cfg, shape, info, n_train, n_sweep, len(sweep), m)
     return RunPlan(
         model=cfg.model,
         shape=shape.to_dict(),
@@ -515,8 +511,18 @@ def plan_run(
     )
 
 
-def _load_stage(cfg: RunConfig, info: ModelInfo, tokenised: int, device: str) -> StagePlan:
-    weights = info.shape.params() * (2 if device == "cuda" else 4)
+def model_itemsize(cfg: RunConfig) -> int:
+    """Bytes per weight of the model as the run will load it (``model_dtype`` on its device)."""
+    import warnings
+
+    with warnings.catch_warnings():  # the run itself warns about emulated bf16, not the plan
+        warnings.simplefilter("ignore")
+        dtype = resolve_dtype(cfg.model_dtype, resolve_device(cfg.device))
+    return int(torch.empty((), dtype=dtype).element_size())
+
+
+def _load_stage(cfg: RunConfig, info: ModelInfo, tokenised: int, itemsize: int) -> StagePlan:
+    weights = info.shape.params() * itemsize
     seconds = LOAD_S_PER_GB * weights / 1e9 + TOKENISE_S_PER_TOKEN * tokenised
     what = "load model, plan split"
     if not info.cached:
@@ -597,10 +603,13 @@ def _memory(
     in float32, plus the largest of SAE training, probes and transcoder statistics).
     """
     d, n = shape.d_model, cfg.tokens
-    bf16 = resolve_device(cfg.device).type == "cuda"
-    per_value = {"float32": 4, "float16": 2}
-    shard_main = 2 * min(SHARD_TOKENS, n) * 2 * d * per_value[cfg.data.store_dtype]
-    shard_sweep = 2 * min(SHARD_TOKENS, n_sweep) * n_sweep_hooks * d * per_value[cfg.sweep.dtype]
+    # One pass fills both stores: a shard is computed at every hook either store needs there
+    # (float32, as batches and then concatenated), and a float16 store casts its own copy.
+    hooks = n_sweep_hooks if n_sweep else 2
+    shard = 2 * min(SHARD_TOKENS, n) * hooks * d * 4
+    for rows, k, dtype in ((n, 2, cfg.data.store_dtype), (n_sweep, n_sweep_hooks, cfg.sweep.dtype)):
+        if dtype == "float16":
+            shard += min(SHARD_TOKENS, rows) * k * d * 2
     b, t = cfg.data.batch_size, cfg.data.context_len
     forward = (
         b
@@ -613,7 +622,7 @@ def _memory(
             + shape.n_heads * t
         )
     )
-    collecting = max(shard_main, shard_sweep) + forward
+    collecting = shard + forward
 
     st = cfg.sae_training
     sae = (
@@ -630,7 +639,7 @@ def _memory(
     stats = 4 * (d + 1) * (2 * d + 1) * 8  # float64 X'X and X'Y of train and held-out
     analysing = 3 * n * d * 4 + max(sae, probes, stats)
 
-    weights = shape.params() * (2 if bf16 else 4)
+    weights = shape.params() * model_itemsize(cfg)
     terms = {
         "runtime": 570_000_000,  # RSS after importing torch, transformers, sae-lens..., measured
         "tokenizer": 1160 * shape.vocab_size,  # Gemma 3's 262k entries: +305 MB, measured

@@ -27,6 +27,11 @@ DEFAULT_MODEL = "gemma-3-270m"  # crosslayer.model.DEFAULT_MODEL: shipped on PyP
 SHARD_TOKENS = 16384  # tokens per shard: one shard's activations fit in memory while written
 BUILTIN = "builtin"  # the project's own 68 triples, src/crosslayer/data/contrast_triples.jsonl
 StoreDtype = Literal["float32", "float16"]
+ModelDtype = Literal["auto", "float32", "bfloat16", "float16"]
+MODEL_DTYPE_HELP = (
+    "dtype the model computes in: auto (bfloat16 on CUDA, float32 on CPU), float32, or "
+    "bfloat16 (opt-in on CPU: fast with AVX512-BF16 or AMX); stores stay float32/float16"
+)
 
 
 class CollectConfig(BaseModel):
@@ -60,6 +65,7 @@ class CollectConfig(BaseModel):
     )
     seed: int = Field(default=0, description="Seed of the train/held-out document split")
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
+    model_dtype: ModelDtype = Field(default="auto", description=MODEL_DTYPE_HELP)
     text_field: str = Field(default="text", description="Text column of a jsonl/parquet/HF corpus")
     shard_tokens: int = Field(
         default=SHARD_TOKENS, gt=0, description="Tokens per shard (the unit of resume)"
@@ -83,7 +89,7 @@ class CollectConfig(BaseModel):
 
         check_dir_path(self.out, itself=False)  # a file AT out: "is not an activation store"
         corpus = load_corpus(self.corpus, text_field=self.text_field)  # cheap: fail fast
-        model = load_model(self.model, device=self.device)
+        model = load_model(self.model, device=self.device, dtype=self.model_dtype)
         return collect(
             model,
             self.hooks,

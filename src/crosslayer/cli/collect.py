@@ -5,14 +5,14 @@ from __future__ import annotations
 import time
 import warnings
 from pathlib import Path
-from typing import cast
+from typing import cast, get_args
 
 import typer
 
 from crosslayer.cli._options import option_for
 from crosslayer.cli.app import app, console, console_err
 from crosslayer.stage_configs import CollectConfig as C
-from crosslayer.stage_configs import StoreDtype
+from crosslayer.stage_configs import ModelDtype, StoreDtype
 
 
 @app.command("collect")
@@ -28,6 +28,7 @@ def collect_command(
     heldout_frac: float = option_for(C, "heldout_frac", "--heldout-frac", min=0.0, max=1.0),
     seed: int = option_for(C, "seed", "--seed"),
     device: str = option_for(C, "device", "--device"),
+    model_dtype: str = option_for(C, "model_dtype", "--model-dtype"),
     text_field: str = option_for(C, "text_field", "--text-field"),
     shard_tokens: int = option_for(C, "shard_tokens", "--shard-tokens", min=1),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar"),
@@ -64,6 +65,7 @@ def collect_command(
         heldout_frac=heldout_frac,
         seed=seed,
         device=device,
+        model_dtype=_model_dtype(model_dtype),
         text_field=text_field,
         shard_tokens=shard_tokens,
     )
@@ -96,3 +98,13 @@ def _dtype(value: str) -> StoreDtype:
     if value in ("float32", "float16"):
         return cast("StoreDtype", value)
     raise CrosslayerError(f"unknown --dtype {value!r}", "use float32 or float16")
+
+
+def _model_dtype(value: str) -> ModelDtype:
+    from crosslayer.errors import CrosslayerError
+
+    if value in get_args(ModelDtype):
+        return cast("ModelDtype", value)
+    raise CrosslayerError(
+        f"unknown --model-dtype {value!r}", f"use one of: {', '.join(get_args(ModelDtype))}"
+    )

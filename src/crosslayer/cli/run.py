@@ -67,6 +67,7 @@ def run_command(
     tokens: int | None = option_for(R, "tokens", "--tokens", default=None, min=100),
     out: str | None = option_for(R, "out", "--out", default=None),
     device: str | None = option_for(R, "device", "--device", default=None),
+    model_dtype: str | None = option_for(R, "model_dtype", "--model-dtype", default=None),
     seed: int | None = option_for(R, "seed", "--seed", default=None),
     width: int | None = option_for(R, "sae_training.width", "--width", default=None, min=2),
     target_l0: float | None = option_for(R, "sae_training.target_l0", "--target-l0", default=None),
@@ -105,6 +106,7 @@ def run_command(
             "tokens": tokens,
             "out": out,
             "device": device,
+            "model_dtype": model_dtype,
             "seed": seed,
             "sae_training": {"width": width, "target_l0": target_l0, "arch": arch},
         }

@@ -26,7 +26,7 @@ from transformers import (
 )
 
 from crosslayer import fs, hub
-from crosslayer.device import resolve_device, resolve_dtype
+from crosslayer.device import resolve_device, resolve_dtype, to_device
 from crosslayer.errors import CrosslayerError
 from crosslayer.model.hooks import capture, decoder_layers, parse_hook, replace, site, sublayer
 from crosslayer.provenance import config_hash
@@ -101,7 +101,8 @@ class LoadedModel:
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     ) -> dict[str, Any]:
         # token ids may come from numpy (int32): embedding lookups want int64 on the model's device
-        input_ids = torch.as_tensor(input_ids, device=self.device).long()
+        # (from the host: pinned and copied without blocking on CUDA, crosslayer.device)
+        input_ids = to_device(torch.as_tensor(input_ids).long(), self.device)
         if input_ids.ndim != 2:
             raise CrosslayerError(
                 f"input_ids has shape {tuple(input_ids.shape)}, expected [batch, seq]",
@@ -109,7 +110,7 @@ class LoadedModel:
             )
         inputs: dict[str, Any] = {"input_ids": input_ids, "use_cache": False}
         if attention_mask is not None:
-            inputs["attention_mask"] = torch.as_tensor(attention_mask, device=self.device)
+            inputs["attention_mask"] = to_device(torch.as_tensor(attention_mask), self.device)
         return inputs
 
     def run_with_hooks(

@@ -9,7 +9,7 @@ Format: ``docs/store_format.md``. Export to SAELens's cached-activations format:
 :func:`export_saelens`.
 """
 
-from crosslayer.store.collect import CollectConfig, collect
+from crosslayer.store.collect import CollectConfig, StoreSpec, collect, collect_together
 from crosslayer.store.export import export_saelens
 from crosslayer.store.format import VerifyReport, verify_store
 from crosslayer.store.reader import ActivationStore, ShardedArray, open_store
@@ -18,8 +18,10 @@ __all__ = [
     "ActivationStore",
     "CollectConfig",
     "ShardedArray",
+    "StoreSpec",
     "VerifyReport",
     "collect",
+    "collect_together",
     "export_saelens",
     "open_store",
     "verify_store",

@@ -7,6 +7,10 @@ A shard is therefore a pure function of the config and ``k``: a resumed run, or 
 ``torchrun`` taking shards round-robin (``k % world_size == rank``), write byte-identical
 files. The one context that
 straddles a shard boundary is run twice, once per shard (under 1% extra work).
+
+Several stores can be filled by one pass (:func:`collect_together`): every store holds the
+first ``n_tokens`` sample tokens of the same stream, so a smaller store's shard ``k`` is the
+first rows of a larger store's shard ``k``, cut from the very same forward pass.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from rich.text import Text
 
 from crosslayer import distributed, fs
 from crosslayer.corpus import Context, Corpus, iter_contexts, load_corpus
+from crosslayer.device import to_device
 from crosslayer.errors import ConfigMismatchError, CrosslayerError, DataError
 from crosslayer.model import LoadedModel
 from crosslayer.provenance import config_hash, versions
@@ -42,6 +47,7 @@ from crosslayer.store.format import (
     FORMAT,
     FORMAT_VERSION,
     MANIFEST,
+    META,
     read_manifest,
     shard_name,
     write_manifest,
@@ -96,7 +102,8 @@ def _check_values(x: torch.Tensor, hook: str, dtype: StoreDtype, pieces: list[_P
     if not math.isfinite(peak):
         raise DataError(
             f"non-finite activations (NaN or inf) at {hook} in {where}",
-            "check the model weights; a float16/bfloat16 model may overflow, try --device cpu",
+            "check the model weights; a float16/bfloat16 model may overflow: try "
+            "--model-dtype float32",
         )
     raise DataError(
         f"activations at {hook} reach {peak:.3g} in {where}, beyond float16's range "
@@ -111,13 +118,15 @@ def _run_shard(
     pieces: list[_Piece],
     *,
     batch_size: int,
-    dtype: StoreDtype,
 ) -> dict[str, np.ndarray]:
-    """Forward the shard's contexts in batches; return its metadata and activation arrays."""
+    """Forward the shard's contexts in batches; return its metadata and activation arrays.
+
+    Activations come back as float32 (a bfloat16 model's are exact in float32); each store
+    then casts its own rows to its dtype (:func:`_store_arrays`).
+    """
     out: dict[str, list[np.ndarray]] = {
         k: [] for k in ("tokens", "doc_ids", "positions", "context_ids", "split", *hooks)
     }
-    torch_dtype = getattr(torch, dtype)
     for i in range(0, len(pieces), batch_size):
         batch = pieces[i : i + batch_size]
         take = np.stack([p.take for p in batch])
@@ -128,11 +137,11 @@ def _run_shard(
         take = take[:, :length]
         ids = np.stack([p.context.tokens[:length] for p in batch])
         acts = model.run_with_hooks(torch.from_numpy(ids), hooks=hooks)
-        mask = torch.from_numpy(take).to(model.device)
+        mask = to_device(torch.from_numpy(take), model.device)
         for hook in hooks:
             rows = acts[hook][mask]  # [n, d], row-major order = np.nonzero order below
-            _check_values(rows, hook, dtype, batch)
-            out[hook].append(rows.to(torch_dtype).cpu().numpy())
+            _check_values(rows, hook, "float32", batch)
+            out[hook].append(rows.to(torch.float32).cpu().numpy())
         row, pos = np.nonzero(take)
         out["tokens"].append(ids[row, pos].astype(np.int32))
         out["positions"].append(pos.astype(np.int32))
@@ -140,6 +149,23 @@ def _run_shard(
         out["context_ids"].append(np.array([p.context_id for p in batch], np.int64)[row])
         out["split"].append(np.array([p.context.split for p in batch], np.uint8)[row])
     return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def _store_arrays(
+    arrays: dict[str, np.ndarray], run: _Collection, n: int, pieces: list[_Piece]
+) -> dict[str, np.ndarray]:
+    """One store's share of a computed shard: its first ``n`` rows (of its documents), its
+    hooks, in its dtype."""
+    rows_of: slice | np.ndarray = slice(0, n)
+    if run.docs is not None:
+        rows_of = np.flatnonzero(np.isin(arrays["doc_ids"][:n], np.array(sorted(run.docs))))
+    out = {k: arrays[k][rows_of] for k in META}
+    for hook in run.hooks:
+        rows = arrays[hook][rows_of]
+        if run.dtype == "float16":
+            _check_values(torch.from_numpy(rows), hook, "float16", pieces)
+        out[hook] = rows.astype(run.dtype, copy=False)
+    return out
 
 
 def _open_or_start(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -196,6 +222,19 @@ def _progress_bar(enabled: bool) -> Progress:
     )
 
 
+@dataclass(frozen=True)
+class StoreSpec:
+    """One store of a shared pass (:func:`collect_together`)."""
+
+    out: str | Path  # store directory
+    hooks: Sequence[str]  # hook names to store
+    n_tokens: int  # the first n_tokens sample tokens of the context stream
+    dtype: StoreDtype = "float32"
+    # Only the rows of these documents among those n_tokens (None: all of them). Its shard
+    # k holds the chosen rows of the stream's shard k, so a shard may be empty.
+    docs: frozenset[int] | None = None
+
+
 def collect(
     model: LoadedModel,
     hooks: Sequence[str],
@@ -219,39 +258,80 @@ def collect(
     shards are kept) or returns the finished store. If the corpus has fewer sample tokens
     than ``n_tokens``, the store holds all of them and a warning says so.
     """
-    hooks = _check_inputs(
-        model, hooks, dtype=dtype, n_tokens=n_tokens, batch_size=batch_size,
-        shard_tokens=shard_tokens,
+    (store,) = collect_together(
+        model, [StoreSpec(out, hooks, n_tokens, dtype)], corpus=corpus,
+        context_len=context_len, heldout_frac=heldout_frac, seed=seed, batch_size=batch_size,
+        shard_tokens=shard_tokens, text_field=text_field, progress=progress,
     )  # fmt: skip
+    return store
+
+
+def collect_together(
+    model: LoadedModel,
+    stores: Sequence[StoreSpec],
+    *,
+    corpus: str | Corpus,
+    context_len: int = 128,
+    heldout_frac: float = 0.1,
+    seed: int = 0,
+    batch_size: int = 8,
+    shard_tokens: int = SHARD_TOKENS,
+    text_field: str = "text",
+    progress: bool = True,
+) -> list[ActivationStore]:
+    """Fill several stores from one forward pass over the same context stream.
+
+    Store ``i`` holds the first ``stores[i].n_tokens`` sample tokens (or, with ``docs``, the
+    rows of those documents among them), so a smaller store is a part of a larger one: its
+    rows are the larger store's rows (same documents, contexts, tokens; for a hook both
+    store, the same values, cut from the same forward).
+    Each store is an ordinary store with its own manifest, equal to what :func:`collect`
+    writes for it alone up to float rounding in its last batch, and each resumes shard by
+    shard: a shard missing from any store is recomputed, and written only where missing.
+    """
+    if not stores:
+        raise CrosslayerError("no stores to collect", "pass at least one StoreSpec")
+    hooks = []
+    for s in stores:
+        names = _check_inputs(
+            model, s.hooks, dtype=s.dtype, n_tokens=s.n_tokens, batch_size=batch_size,
+            shard_tokens=shard_tokens,
+        )  # fmt: skip
+        hooks.append(names)
     corpus, contexts = _open_contexts(
         model, corpus, text_field=text_field, context_len=context_len,
         heldout_frac=heldout_frac, seed=seed,
     )  # fmt: skip
-    start = _new_manifest(
-        model, hooks, corpus, n_tokens=n_tokens, context_len=context_len,
-        heldout_frac=heldout_frac, seed=seed, dtype=dtype, shard_tokens=shard_tokens,
-    )  # fmt: skip
-    run = _open_collection(Path(out), start)
-    if run.finished:  # a rerun of a finished collection: nothing to compute
-        return open_store(run.path)
-    todo = _shards_to_do(run, _plan(contexts, n_tokens, shard_tokens))
-    error: Exception | None = None
-    try:
-        _collect_shards(
-            run, model, hooks, todo, n_tokens=n_tokens, batch_size=batch_size, dtype=dtype,
-            progress=progress,
+    runs = []
+    for spec, names in zip(stores, hooks, strict=True):
+        start = _new_manifest(
+            model, names, corpus, n_tokens=spec.n_tokens, context_len=context_len,
+            heldout_frac=heldout_frac, seed=seed, dtype=spec.dtype, shard_tokens=shard_tokens,
+            docs=spec.docs,
         )  # fmt: skip
-    except Exception as e:  # a one-line error on one rank must end every rank
-        error = e
-    distributed.raise_if_any_failed(error)
-    _finish_manifest(run, n_tokens=n_tokens, corpus_name=corpus.name)
-    distributed.barrier()  # the other ranks open the store once the manifest is final
-    return open_store(run.path)
+        runs.append(_open_collection(Path(spec.out), start, names, spec))
+    if not all(r.finished for r in runs):
+        n_max = max(r.n_tokens for r in runs)
+        todo = _shards_to_do(runs, _plan(contexts, n_max, shard_tokens), shard_tokens)
+        error: Exception | None = None
+        try:
+            _collect_shards(
+                runs, model, todo, n_tokens=n_max, shard_tokens=shard_tokens,
+                batch_size=batch_size, progress=progress,
+            )  # fmt: skip
+        except Exception as e:  # a one-line error on one rank must end every rank
+            error = e
+        distributed.raise_if_any_failed(error)
+        for run in runs:
+            if not run.finished:
+                _finish_manifest(run, corpus_name=corpus.name)
+        distributed.barrier()  # the other ranks open the stores once the manifests are final
+    return [open_store(r.path) for r in runs]
 
 
 @dataclass
 class _Collection:
-    """A collection under way: its store, its manifest and this process's share of it."""
+    """A store under way: its manifest, what it holds and this process's share of it."""
 
     path: Path
     manifest: dict[str, Any]  # rank 0's copy is the one on disk
@@ -259,7 +339,20 @@ class _Collection:
     finished: bool  # complete, every shard present: nothing to do
     rank: int
     world: int
+    hooks: list[str]
+    n_tokens: int
+    dtype: StoreDtype
+    docs: frozenset[int] | None
     mine: list[dict[str, Any]] = field(default_factory=list)  # entries of shards this rank wrote
+
+    def needs(self, index: int, shard_tokens: int) -> bool:
+        """Whether shard ``index`` belongs to this store and is still to be written."""
+        done = {s["name"] for s in self.present} | {s["name"] for s in self.mine}
+        return (
+            not self.finished
+            and index * shard_tokens < self.n_tokens
+            and shard_name(index) not in done
+        )
 
 
 def _check_inputs(
@@ -320,6 +413,7 @@ def _new_manifest(
     seed: int,
     dtype: StoreDtype,
     shard_tokens: int,
+    docs: frozenset[int] | None = None,
 ) -> dict[str, Any]:
     """The manifest of a store that has no shards yet (docs/store_format.md)."""
     # What defines the stored data; its hash decides whether an existing store can be resumed.
@@ -334,6 +428,8 @@ def _new_manifest(
         "dtype": dtype,
         "shard_tokens": shard_tokens,
     }
+    if docs is not None:  # absent otherwise, so a whole-stream store's hash is unchanged
+        config["docs"] = sorted(docs)
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -350,7 +446,9 @@ def _new_manifest(
     }
 
 
-def _open_collection(path: Path, start: dict[str, Any]) -> _Collection:
+def _open_collection(
+    path: Path, start: dict[str, Any], hooks: list[str], spec: StoreSpec
+) -> _Collection:
     """Start the store at ``path`` or resume it (its manifest is written before any work)."""
     rank, world = distributed.rank(), distributed.world_size()
     # Under torchrun, rank 0 alone starts or resumes the store (and removes temp dirs of a
@@ -362,90 +460,94 @@ def _open_collection(path: Path, start: dict[str, Any]) -> _Collection:
     finished = manifest["complete"] and len(present) == len(manifest["shards"])
     if not finished:
         manifest.update(shards=present, complete=False)
-    return _Collection(path, manifest, present, finished, rank, world)
+    return _Collection(
+        path, manifest, present, finished, rank, world, hooks, spec.n_tokens, spec.dtype,
+        spec.docs,
+    )  # fmt: skip
 
 
 def _shards_to_do(
-    run: _Collection, plan: Iterable[list[_Piece]]
-) -> Iterator[tuple[int, list[_Piece]]]:
-    """The shards (index, pieces) of ``plan`` this rank owns (round-robin) and has not stored.
+    runs: list[_Collection], plan: Iterable[list[_Piece]], shard_tokens: int
+) -> Iterator[tuple[int, list[_Piece], list[_Collection]]]:
+    """The shards (index, pieces, stores that need it) of ``plan`` this rank owns
+    (round-robin) and some store has not stored.
 
-    The whole plan is walked, since a shard's pieces depend on every shard before it.
+    The plan is walked up to the last shard any store needs, since a shard's pieces depend
+    on every shard before it.
     """
-    done = {s["name"] for s in run.present}
+    last = max((math.ceil(r.n_tokens / shard_tokens) for r in runs if not r.finished), default=0)
     for index, pieces in enumerate(plan):
-        if index % run.world == run.rank and shard_name(index) not in done:
-            yield index, pieces
+        if index >= last:
+            return
+        need = [r for r in runs if r.needs(index, shard_tokens)]
+        if index % runs[0].world == runs[0].rank and need:
+            yield index, pieces, need
 
 
 def _collect_shards(
-    run: _Collection,
+    runs: list[_Collection],
     model: LoadedModel,
-    hooks: list[str],
-    todo: Iterable[tuple[int, list[_Piece]]],
+    todo: Iterable[tuple[int, list[_Piece], list[_Collection]]],
     *,
     n_tokens: int,
+    shard_tokens: int,
     batch_size: int,
-    dtype: StoreDtype,
     progress: bool,
 ) -> None:
-    """Compute and store every shard in ``todo``, with a progress bar on rank 0."""
-    bar = _progress_bar(progress and run.rank == 0)
+    """Compute every shard in ``todo`` once and store it in each store that needs it, with a
+    progress bar (tokens of the largest store) on rank 0."""
+    rank, world = runs[0].rank, runs[0].world
+    biggest = max(runs, key=lambda r: r.n_tokens)
+    bar = _progress_bar(progress and rank == 0)
     with bar, torch.inference_mode():
         task = bar.add_task(
-            "collecting" if run.world == 1 else f"collecting (rank 0 of {run.world})",
-            total=n_tokens if run.world == 1 else math.ceil(n_tokens / run.world),
-            completed=sum(s["n_tokens"] for s in run.present) // run.world,
+            "collecting" if world == 1 else f"collecting (rank 0 of {world})",
+            total=n_tokens if world == 1 else math.ceil(n_tokens / world),
+            completed=sum(s["n_tokens"] for s in biggest.present) // world,
         )
-        for index, pieces in todo:
-            entry = _store_shard(
-                run, model, hooks, index, pieces, batch_size=batch_size, dtype=dtype
-            )
-            bar.advance(task, entry["n_tokens"])
+        for index, pieces, need in todo:
+            hooks = list(dict.fromkeys(h for r in need for h in r.hooks))  # forward order kept
+            arrays = _run_shard(model, hooks, pieces, batch_size=batch_size)
+            rows = len(arrays["tokens"])
+            for run in need:
+                n = min(shard_tokens, run.n_tokens - index * shard_tokens)
+                _store_shard(run, index, _store_arrays(arrays, run, n, pieces))
+            del arrays
+            # Weights memory-mapped from the model file (Gemma's 640 MB embedding table) page
+            # in row by row as new tokens appear: give those pages back after every shard, or
+            # the RSS grows with the number of distinct tokens seen (issue 2).
+            release_module_pages(model.model)
+            bar.advance(task, rows)
 
 
-def _store_shard(
-    run: _Collection,
-    model: LoadedModel,
-    hooks: list[str],
-    index: int,
-    pieces: list[_Piece],
-    *,
-    batch_size: int,
-    dtype: StoreDtype,
-) -> dict[str, Any]:
-    """Run one shard, write it atomically, then list it in the manifest; return its entry."""
-    arrays = _run_shard(model, hooks, pieces, batch_size=batch_size, dtype=dtype)
+def _store_shard(run: _Collection, index: int, arrays: dict[str, np.ndarray]) -> None:
+    """Write one shard atomically, then list it in the manifest."""
     run.mine.append(write_shard(run.path, index, arrays))
-    del arrays
-    # Weights memory-mapped from the model file (Gemma's 640 MB embedding table) page in
-    # row by row as new tokens appear: give those pages back after every shard, or the RSS
-    # grows with the number of distinct tokens seen (issue 2).
-    release_module_pages(model.model)
     if run.rank == 0:  # only rank 0 writes the manifest; others' shards join at the end
         run.manifest["shards"] = sorted([*run.manifest["shards"], run.mine[-1]], key=_name)
         write_manifest(run.path, run.manifest)
-    return run.mine[-1]
 
 
-def _finish_manifest(run: _Collection, *, n_tokens: int, corpus_name: str) -> None:
+def _finish_manifest(run: _Collection, *, corpus_name: str) -> None:
     """Gather every rank's shards and, on rank 0, write the complete manifest."""
+    n_tokens = run.n_tokens
     written = [e for entries in distributed.all_gather_object(run.mine) for e in entries]
     shards = sorted({s["name"]: s for s in [*run.present, *written]}.values(), key=_name)
     stored = sum(s["n_tokens"] for s in shards)
+    exhausted = stored < n_tokens and run.docs is None  # a documents' store is smaller anyway
     if run.rank == 0:
-        if stored < n_tokens:
+        if exhausted:
             warnings.warn(
                 f"corpus {corpus_name!r} has only {stored:,} sample tokens; the store holds "
                 f"all of them instead of {n_tokens:,}",
-                stacklevel=3,  # the caller of collect()
+                stacklevel=4,  # the caller of collect()
             )
         run.manifest.update(
             shards=shards,
             complete=True,
             n_tokens=stored,
             n_shards=len(shards),
-            corpus_exhausted=stored < n_tokens,
+            corpus_exhausted=exhausted,
         )
         write_manifest(run.path, run.manifest)
 

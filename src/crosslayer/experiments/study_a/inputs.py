@@ -14,7 +14,7 @@ from crosslayer.experiments.study_a.hooks import check_order, pick_target, sweep
 from crosslayer.experiments.study_a.run import Run
 from crosslayer.model import LoadedModel
 from crosslayer.rules import check_steps
-from crosslayer.store import ActivationStore, collect
+from crosslayer.store import ActivationStore, StoreSpec, collect_together
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -85,98 +85,139 @@ def check_split(split: SplitCounts, cfg: RunConfig, what: str = "") -> None:
         ("heldout", split.n_heldout, split.docs_heldout),
     ):
         if n < need:
+            more = "sweep.tokens (--set sweep.tokens=N)" if what else "--tokens"
             raise CrosslayerError(
                 f"the {name} split{what} holds only {n:,} tokens from {docs} documents "
                 f"(need at least {need:,})",
-                "raise --tokens or data.heldout_frac, or lower data.max_doc_chars so the tokens "
-                "come from more documents",
+                f"raise {more} or data.heldout_frac, or lower data.max_doc_chars so the "
+                "tokens come from more documents",
             )
 
 
-def sweep_corpus(spec: str, cfg: RunConfig) -> Corpus:
-    """The depth sweep's corpus: the same documents, each cut shorter in proportion.
+@dataclass(frozen=True)
+class SweepDocs:
+    """The depth-sweep store's documents: a part of the main store's, both splits kept."""
 
-    The sweep stores every layer, so it takes fewer tokens (``sweep.tokens``); cutting each
-    document to ``max_doc_chars * sweep.tokens / tokens`` characters spreads them over the
-    same documents (and the same held-out documents) as the main store.
+    docs: frozenset[int] | None  # None: all of the main store's documents
+    extent: int  # sample tokens of the stream up to the last of them (the store's n_tokens)
+    split: SplitCounts  # tokens and documents of each split in the sweep store
+
+
+def sweep_documents(corpus: Corpus, tokenizer: Any, cfg: RunConfig) -> SweepDocs:
+    """Which of the main store's documents the depth-sweep store holds (every one of their
+    rows, at every ``resid_post`` up to the target, filled by the same forward pass).
+
+    All of them if ``sweep.tokens >= tokens``. Else, per split, the first documents of the
+    main store's order whose tokens fit in that split's share of ``sweep.tokens``
+    (``data.heldout_frac`` for held-out), at least one document each: whole documents, so
+    the sweep's rows are exactly the main store's rows of those documents, and both splits,
+    which the first documents of the stream alone may not have.
     """
-    n = sweep_tokens(cfg)
-    chars = cfg.data.max_doc_chars
-    return load_corpus(
-        spec, max_doc_chars=None if chars is None else max(200, chars * n // cfg.tokens)
-    )
+    budget = sweep_tokens(cfg)
+    share = {1: round(budget * cfg.data.heldout_frac)}
+    share[0] = budget - share[1]
+    docs: dict[int, tuple[int, int]] = {}  # doc id -> (split, tokens in the main store)
+    seen, ends = 0, {}  # ends: doc id -> stream tokens up to the end of its rows
+    for ctx in iter_contexts(
+        corpus,
+        tokenizer,
+        context_len=cfg.data.context_len,
+        heldout_frac=cfg.data.heldout_frac,
+        seed=cfg.seed,
+    ):
+        take = min(int(ctx.sample.sum()), cfg.tokens - seen)
+        split, n = docs.get(ctx.doc_id, (ctx.split, 0))
+        docs[ctx.doc_id] = (split, n + take)
+        seen += take
+        ends[ctx.doc_id] = seen
+        if seen >= cfg.tokens:
+            break
+    if budget >= cfg.tokens:
+        chosen = list(docs)
+    else:
+        chosen, used, full = [], {0: 0, 1: 0}, {0: False, 1: False}
+        for doc, (split, n) in docs.items():  # dicts keep the stream's order
+            if full[split]:
+                continue
+            if used[split] and used[split] + n > share[split]:
+                full[split] = True  # the first documents only: stop this split here
+                continue
+            chosen.append(doc)
+            used[split] += n
+    counts = {0: 0, 1: 0}
+    n_docs = {0: 0, 1: 0}
+    for doc in chosen:
+        split, n = docs[doc]
+        counts[split] += n
+        n_docs[split] += 1
+    counted = SplitCounts(counts[0], counts[1], n_docs[0], n_docs[1])
+    extent = max((ends[d] for d in chosen), default=0)
+    whole = budget >= cfg.tokens
+    return SweepDocs(None if whole else frozenset(chosen), extent, counted)
 
 
 @dataclass
 class Corpora:
-    """The main corpus, checked to give both splits enough tokens, and the sweep's."""
+    """The corpus, checked to give both splits enough tokens, and the sweep's documents."""
 
     main: Corpus
-    sweep: Corpus | None
+    sweep: SweepDocs | None  # None: no sweep
     split: SplitCounts  # of the main store's tokens, planned before collecting
 
 
 def prepare_corpora(cfg: RunConfig, tokenizer: Any) -> Corpora:
-    """Load the corpus (and the sweep's) and check both splits before any activation is read."""
+    """Load the corpus and check both splits (and the sweep's) before any activation is read."""
     corpus = load_corpus(cfg.corpus, max_doc_chars=cfg.data.max_doc_chars)
     split = plan_split(corpus, tokenizer, cfg, cfg.tokens)
     check_split(split, cfg)
     check_steps(split.n_train * cfg.sae_training.epochs, cfg.sae_training.batch_size)
     sweep = None
     if cfg.sweep.enabled:
-        sweep = sweep_corpus(cfg.corpus, cfg)
-        check_split(plan_split(sweep, tokenizer, cfg, sweep_tokens(cfg)), cfg, " of the sweep")
+        sweep = sweep_documents(corpus, tokenizer, cfg)
+        check_split(sweep.split, cfg, " of the sweep")
     return Corpora(corpus, sweep, split)
 
 
 def collect_stores(
     run: Run, lm: LoadedModel, corpora: Corpora, hooks: Hooks
 ) -> tuple[ActivationStore, ActivationStore | None]:
-    """The main store (source + target) and, if enabled, the depth-sweep store.
+    """The main store (source + target) and, if enabled, the depth-sweep store, filled by
+    one forward pass (:func:`crosslayer.store.collect_together`).
 
-    A store resumes itself shard by shard (:func:`crosslayer.store.collect`), so these two
-    stages need no checkpoint of their own.
+    The sweep store holds some of the main store's documents (:func:`sweep_documents`) at
+    every ``resid_post`` up to the target; its rows are the main store's rows of them.
+    A store resumes itself shard by shard, so this stage needs no checkpoint of its own.
     """
     cfg, data = run.cfg, run.cfg.data
-    common: dict[str, Any] = dict(
-        context_len=data.context_len,
-        heldout_frac=data.heldout_frac,
-        seed=cfg.seed,
-        batch_size=data.batch_size,
-        progress=run.progress,
-    )
     source, target = hooks.source, hooks.target
-    with run.stage("collect", f"collecting {cfg.tokens:,} tokens at {source}, {target}"):
-        store = collect(
-            lm,
-            [source, target],
-            corpus=corpora.main,
-            n_tokens=cfg.tokens,
-            out=run.dirs.store,
-            dtype=data.store_dtype,
-            **common,
-        )
-    if corpora.sweep is None:
-        return store, None
-    names, n = sweep_hooks(source, target), sweep_tokens(cfg)
-    with run.stage("collect_sweep", f"collecting {n:,} tokens at {len(names)} hooks (sweep)"):
+    specs = [StoreSpec(run.dirs.store, [source, target], cfg.tokens, data.store_dtype)]
+    message = f"collecting {cfg.tokens:,} tokens at {source}, {target}"
+    if corpora.sweep is not None:
+        names, sw = sweep_hooks(source, target), corpora.sweep
+        specs.append(StoreSpec(run.dirs.sweep_store, names, sw.extent, cfg.sweep.dtype, sw.docs))
+        n = sw.split.n_train + sw.split.n_heldout
+        docs = sw.split.docs_train + sw.split.docs_heldout
+        message += f"; all {len(names)} sweep hooks on {n:,} of them ({docs} documents)"
+    with run.stage("collect", message):
         try:
-            sweep = collect(
+            stores = collect_together(
                 lm,
-                names,
-                corpus=corpora.sweep,
-                n_tokens=n,
-                out=run.dirs.sweep_store,
-                dtype=cfg.sweep.dtype,
-                **common,
+                specs,
+                corpus=corpora.main,
+                context_len=data.context_len,
+                heldout_frac=data.heldout_frac,
+                seed=cfg.seed,
+                batch_size=data.batch_size,
+                progress=run.progress,
             )
         except DataError as e:
-            if "float16" not in e.problem:
+            half = [k for k, v in (("data.store_dtype", data.store_dtype),
+                                   ("sweep.dtype", cfg.sweep.dtype)) if v == "float16"]  # fmt: skip
+            if "float16" not in e.problem or not half:
                 raise
-            raise DataError(
-                e.problem, "set sweep.dtype: float32 (--set sweep.dtype=float32)"
-            ) from e
-    return store, sweep
+            sets = " ".join(f"--set {k}=float32" for k in half)
+            raise DataError(e.problem, f"set {' and '.join(half)} to float32 ({sets})") from e
+    return stores[0], (stores[1] if len(stores) > 1 else None)
 
 
 @dataclass

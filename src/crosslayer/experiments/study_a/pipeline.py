@@ -57,7 +57,8 @@ def run_study_a(
 
     # 1. model, pretrained SAE, hooks; the corpus and both splits checked before any work
     with run.stage("load", f"loading {cfg.model if model is None else model.spec}"):
-        lm = model if model is not None else load_model(cfg.model, device=cfg.device)
+        load = partial(load_model, cfg.model, device=cfg.device, dtype=cfg.model_dtype)
+        lm = model if model is not None else load()
         pretrained = None if cfg.sae is None else load_sae(cfg.sae, model=lm, device=cfg.device)
         hooks = resolve_hooks(cfg, lm, pretrained)
         corpora = prepare_corpora(cfg, lm.tokenizer)
