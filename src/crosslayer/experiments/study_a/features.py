@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -325,3 +326,16 @@ def analyse_sae(
     res = fs.jsonable(res)
     res["extremes"] = extremes(res, f_all, rows, store, tokenizer, run)
     return dict(res)
+
+
+EMERGENCE_COLUMNS = ("emergence_layer", "class")
+
+
+def add_columns(path: Path, columns: dict[str, Any] | None) -> None:
+    """Join a later stage's per-feature columns (``feature`` + :data:`EMERGENCE_COLUMNS`)
+    onto the table at ``path``; rewriting with the same columns gives the same file."""
+    if not columns or not path.is_file():
+        return
+    table = pd.read_parquet(path).drop(columns=list(EMERGENCE_COLUMNS), errors="ignore")
+    extra = pd.DataFrame({k: columns[k] for k in ("feature", *EMERGENCE_COLUMNS)})
+    write_table(table.merge(extra, on="feature", how="left"), path)

@@ -13,7 +13,8 @@ from crosslayer import fs
 from crosslayer.config import RunConfig
 from crosslayer.experiments.study_a.comparison import compare_saes
 from crosslayer.experiments.study_a.dictionaries import run_dictionaries
-from crosslayer.experiments.study_a.features import analyse_sae
+from crosslayer.experiments.study_a.emergence import run_emergence
+from crosslayer.experiments.study_a.features import add_columns, analyse_sae
 from crosslayer.experiments.study_a.inputs import (
     check_split,
     collect_stores,
@@ -106,6 +107,19 @@ def run_study_a(
     # 8. depth sweep
     depth = None if sweep_store is None else run_depth_sweep(run, sweep_store, hooks)
 
+    # 8b. emergence: every feature of every seed-0 dictionary from every layer of the sweep
+    emergence = None
+    if sweep_store is not None and cfg.emergence.enabled:
+        dicts = dict(saes) | dictionaries.seed0(("placebo",))
+        placebo = dictionaries.placebo
+        inputs = {}
+        if placebo is not None:
+            ridge = transcoders.ridge
+            inputs["placebo"] = lambda X, Y: placebo.transform(Y, residuals(ridge, X, Y))
+        emergence = run_emergence(run, sweep_store, hooks, dicts, transcoders.ridge, inputs=inputs)
+        for name in features:
+            add_columns(run.dirs.feature_table(name), emergence["features"].get(name))
+
     # 9. results.json, plots, report: the report reads results.json, so it comes last
     results: dict[str, Any] = {
         "schema": SCHEMA,
@@ -138,6 +152,8 @@ def run_study_a(
         "features": features,
         "comparison": comparison,
         "depth_sweep": depth,
+        "emergence": None if emergence is None else emergence["emergence"],
+        "taxonomy": None if emergence is None else emergence["taxonomy"],
         "timings": run.timings | {"total": round(time.perf_counter() - started, 2)},
     }
     results = fs.jsonable(results)
