@@ -447,12 +447,13 @@ def test_gemma2_with_a_gemma_scope_npz_through_the_cli(
     assert res["depth_sweep"] is None
     # the JumpReLU threshold is kept (the study dropped it): recompute which features fire
     store = open_store(out / "store")
-    y = store.activations("blocks.2.hook_resid_post").to_numpy("train").astype(np.float64)
+    act = store.activations("blocks.2.hook_resid_post")
+    y = np.concatenate([act.to_numpy("train"), act.to_numpy("heldout")]).astype(np.float64)
     pre = y @ params["W_enc"] + params["b_enc"]
     fires = (pre > params["threshold"]).sum(0)
     relu_only = (pre > 0).sum(0)
     feats = res["features"]["pretrained"]["features"]
-    np.testing.assert_array_equal(feats["n_active_train"], fires[feats["index"]])
+    np.testing.assert_array_equal(feats["n_pos"], fires[feats["index"]])
     assert (relu_only[feats["index"]] > fires[feats["index"]]).any()
 
 
