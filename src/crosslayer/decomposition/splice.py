@@ -114,7 +114,8 @@ def splice_scores(
                 if rows is None:
                     return value
                 out = value.clone()
-                out[mask] = torch.as_tensor(np.asarray(rows), dtype=value.dtype, device=value.device)
+                new = torch.from_numpy(np.array(rows, dtype=np.float32))
+                out[mask] = new.to(dtype=value.dtype, device=value.device)
                 return out
 
             return lm.run_with_replacement(ids, hook=hook, fn=fn)
