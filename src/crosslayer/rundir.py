@@ -15,6 +15,7 @@ through :class:`RunDir`, so a stage's file cannot move without the other two fol
         features_<sae>.json  probes, token-determinedness, contexts per feature of one SAE
         sae_<sae>.json       held-out reconstruction and sparsity of one SAE
         depth.json           the depth sweep
+        decomposition.json   the layer decomposition of the target and the sweep's layers
       results.json         docs/results_schema.md; its paths are relative to RUN
       *.png, report.html   plots and the report, drawn from results.json
       checksums.json       sha256 of every file but the stores (they carry their own); last
@@ -96,3 +97,7 @@ class RunDir:
     @property
     def depth(self) -> Path:
         return self.stages / "depth.json"
+
+    @property
+    def decomposition(self) -> Path:
+        return self.stages / "decomposition.json"

@@ -12,6 +12,7 @@ import numpy as np
 from crosslayer import fs
 from crosslayer.config import RunConfig
 from crosslayer.experiments.study_a.comparison import compare_saes
+from crosslayer.experiments.study_a.decomposition import run_decomposition
 from crosslayer.experiments.study_a.features import analyse_sae
 from crosslayer.experiments.study_a.inputs import (
     check_split,
@@ -100,8 +101,9 @@ def run_study_a(
             sae_reports[name] = sae_report(run, name, sae, x_heldout)
     comparison = compare_saes(run, features)
 
-    # 8. depth sweep
-    depth = None if sweep_store is None else run_depth_sweep(run, sweep_store, hooks)
+    # 8. layer decomposition (target and sweep layers); the depth sweep reads its linear EV
+    decomposition = run_decomposition(run, store, sweep_store, hooks, lm)
+    depth = None if sweep_store is None else run_depth_sweep(run, sweep_store, hooks, decomposition)
 
     # 9. results.json, plots, report: the report reads results.json, so it comes last
     results: dict[str, Any] = {
@@ -135,6 +137,7 @@ def run_study_a(
         "features": features,
         "comparison": comparison,
         "depth_sweep": depth,
+        "decomposition": decomposition,
         "timings": run.timings | {"total": round(time.perf_counter() - started, 2)},
     }
     results = fs.jsonable(results)
