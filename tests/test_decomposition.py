@@ -27,7 +27,9 @@ ALPHAS = (1e-4, 1e-2, 1.0, 10.0, 100.0)
 STRENGTHS = (0.0, 3.0, 30.0, np.inf)
 
 
-def _data(seed: int = 0, n_docs: int = 60, doc_len: int = 30, V: int = 25, d: int = 5, m: int = 4) -> dict[str, Any]:
+def _data(
+    seed: int = 0, n_docs: int = 60, doc_len: int = 30, V: int = 25, d: int = 5, m: int = 4
+) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     E = rng.normal(size=(V, d))
     docs = np.repeat(np.arange(n_docs), doc_len)
@@ -45,7 +47,9 @@ def _data(seed: int = 0, n_docs: int = 60, doc_len: int = 30, V: int = 25, d: in
     return dict(X=X, Y=Y, tok=tok, ctx=ctx, docs=docs, folds=grouped_folds(docs, 4, 1))
 
 
-def _fit_predict(Z: np.ndarray, Y: np.ndarray, tr: np.ndarray, te: np.ndarray, a: float) -> np.ndarray:
+def _fit_predict(
+    Z: np.ndarray, Y: np.ndarray, tr: np.ndarray, te: np.ndarray, a: float
+) -> np.ndarray:
     sc = StandardScaler().fit(Z[tr])
     model = Ridge(alpha=a * tr.sum()).fit(sc.transform(Z[tr]), Y[tr])
     return np.asarray(model.predict(sc.transform(Z[te])))
@@ -77,9 +81,13 @@ def _ref_token(D: dict[str, Any]) -> np.ndarray:
     _, lin_alpha = _ref_ridge(X, Y, folds)
 
     def table(r: np.ndarray, t: np.ndarray) -> tuple[dict[int, np.ndarray], dict[int, int]]:
-        return {v: r[t == v].mean(0) for v in np.unique(t)}, {v: int((t == v).sum()) for v in np.unique(t)}
+        return {v: r[t == v].mean(0) for v in np.unique(t)}, {
+            v: int((t == v).sum()) for v in np.unique(t)
+        }
 
-    def lookup(means: dict[int, np.ndarray], cnt: dict[int, int], t: np.ndarray, lam: float) -> np.ndarray:
+    def lookup(
+        means: dict[int, np.ndarray], cnt: dict[int, int], t: np.ndarray, lam: float
+    ) -> np.ndarray:
         out = np.zeros((len(t), Y.shape[1]))
         for j, v in enumerate(t):
             if v in means and np.isfinite(lam):
@@ -225,6 +233,8 @@ def test_known_decomposition_is_recovered_with_covering_cis() -> None:
 def test_bad_input_is_refused(data: Any) -> None:
     D = data
     with pytest.raises(CrosslayerError, match="alphas must be > 0"):
-        decompose(D["X"], {"y": D["Y"]}, D["tok"], D["ctx"], D["docs"], D["folds"], alphas=(0.0, 1.0))
+        decompose(
+            D["X"], {"y": D["Y"]}, D["tok"], D["ctx"], D["docs"], D["folds"], alphas=(0.0, 1.0)
+        )
     with pytest.raises(CrosslayerError, match="rows, X has"):
         decompose(D["X"], {"y": D["Y"][:10]}, D["tok"], D["ctx"], D["docs"], D["folds"])

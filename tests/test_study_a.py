@@ -320,7 +320,11 @@ def test_decomposition_of_the_target_matches_sklearn_and_splices(study: Any) -> 
     for k in range(K):
         T = folds != k
         path = [
-            sum(((Y[folds == i] - fit(T & (folds != i), folds == i, a)) ** 2).sum() for i in range(K) if i != k)
+            sum(
+                ((Y[folds == i] - fit(T & (folds != i), folds == i, a)) ** 2).sum()
+                for i in range(K)
+                if i != k
+            )
             for a in DEFAULT_ALPHAS
         ]
         pred[folds == k] = fit(T, folds == k, DEFAULT_ALPHAS[int(np.argmin(path))])

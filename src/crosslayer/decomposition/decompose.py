@@ -34,8 +34,6 @@ from crosslayer.decomposition.token import DEFAULT_STRENGTHS, TokenSums, token_o
 from crosslayer.errors import CrosslayerError
 from crosslayer.metrics import ArrayLike, check_2d, row_chunks
 
-RIDGE_PREDICTORS = ("linear",)  # + context_1 … context_K
-
 
 def predictor_names(max_lag: int) -> list[str]:
     """``mean, linear, token, context_1 … context_{max_lag}``."""
@@ -88,7 +86,9 @@ def _y_sums(design: LagDesign, rows: _Rows, y: np.ndarray) -> TargetSums:
     return TargetSums(sy, syy, sxy)
 
 
-def _token_sums(design: LagDesign, rows: _Rows, tok: np.ndarray) -> tuple[TokenSums, list[np.ndarray]]:
+def _token_sums(
+    design: LagDesign, rows: _Rows, tok: np.ndarray
+) -> tuple[TokenSums, list[np.ndarray]]:
     G = int(tok.max()) + 1
     ids, count, sx, local = [], [], [], []
     for r in rows.folds:
@@ -162,7 +162,9 @@ def decompose(
     names = list(layers)
     doc_t = torch.as_tensor(docs)
     scores = {h: LayerScores(doc_t, int(docs.max()) + 1) for h in names}
-    y_sums, means, chosen = {}, {}, {h: {} for h in names}
+    y_sums: dict[str, TargetSums] = {}
+    means: dict[str, np.ndarray] = {}
+    chosen: dict[str, dict[str, list[float]]] = {h: {} for h in names}
     for h in names:
         y, means[h] = _load(layers[h], n, chunk_size)
         y_sums[h] = _y_sums(design, rows, y)

@@ -98,9 +98,7 @@ class NestedRidge:
         }
         # M[(k, i)]: fold i's scatter seen from the inner set T_k \ {i}
         self.M = {
-            (k, i): self.pairs[(min(k, i), max(k, i))].val_scatter(
-                float(x.n[i]), x.sx[i], x.sxx[i]
-            )
+            (k, i): self.pairs[(min(k, i), max(k, i))].val_scatter(float(x.n[i]), x.sx[i], x.sxx[i])
             for k in range(K)
             for i in range(K)
             if i != k

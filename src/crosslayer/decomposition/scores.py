@@ -112,9 +112,7 @@ class LayerScores:
         return out
 
     @staticmethod
-    def _sst(
-        W: torch.Tensor, n: torch.Tensor, sy: torch.Tensor, syy: torch.Tensor
-    ) -> torch.Tensor:
+    def _sst(W: torch.Tensor, n: torch.Tensor, sy: torch.Tensor, syy: torch.Tensor) -> torch.Tensor:
         nb = (W @ n).clamp(min=1.0)
         return (W @ syy) - (W @ sy).square() / nb[:, None]
 

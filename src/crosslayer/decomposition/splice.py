@@ -78,6 +78,22 @@ def _logprobs(logits: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits[at].double(), dim=-1)
 
 
+def _run(
+    lm: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, hook: str, rows: np.ndarray | None
+) -> torch.Tensor:
+    """Logits with the hook's value at ``mask`` replaced by ``rows`` (None: the clean run)."""
+
+    def fn(value: torch.Tensor) -> torch.Tensor:
+        if rows is None:
+            return value
+        out = value.clone()
+        new = torch.from_numpy(np.array(rows, dtype=np.float32))
+        out[mask] = new.to(dtype=value.dtype, device=value.device)
+        return out
+
+    return lm.run_with_replacement(ids, hook=hook, fn=fn)
+
+
 def splice_scores(
     lm: LoadedModel,
     contexts: SpliceContexts,
@@ -109,22 +125,11 @@ def splice_scores(
         at_full = torch.nn.functional.pad(at, (0, 1))
         r0, r1 = offsets[c0], offsets[c1]
 
-        def run(rows: np.ndarray | None) -> torch.Tensor:
-            def fn(value: torch.Tensor) -> torch.Tensor:
-                if rows is None:
-                    return value
-                out = value.clone()
-                new = torch.from_numpy(np.array(rows, dtype=np.float32))
-                out[mask] = new.to(dtype=value.dtype, device=value.device)
-                return out
-
-            return lm.run_with_replacement(ids, hook=hook, fn=fn)
-
-        clean = _logprobs(run(None), at_full)
+        clean = _logprobs(_run(lm, ids, mask, hook, None), at_full)
         ce["clean"] -= float(clean.gather(1, target[:, None]).sum())
         p_clean = clean.exp()
         for name, pred in variants.items():
-            lp = _logprobs(run(pred[r0:r1]), at_full)
+            lp = _logprobs(_run(lm, ids, mask, hook, pred[r0:r1]), at_full)
             ce[name] -= float(lp.gather(1, target[:, None]).sum())
             kl[name] += float((p_clean * (clean - lp)).sum())
         scored += int(at.sum())

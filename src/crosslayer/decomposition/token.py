@@ -36,7 +36,9 @@ class TokenSums:
     sx: list[torch.Tensor]  # [G_f, d] float64, the linear design's (centred) columns
     n_tokens: int  # G, distinct tokens over all folds
 
-    def target(self, rows: list[np.ndarray], local: list[np.ndarray], y: np.ndarray) -> list[torch.Tensor]:
+    def target(
+        self, rows: list[np.ndarray], local: list[np.ndarray], y: np.ndarray
+    ) -> list[torch.Tensor]:
         """Per fold Σy per token ``[G_f, m]``; ``rows[f]`` store rows, ``local[f]`` their slot."""
         out = []
         for f, (r, loc) in enumerate(zip(rows, local, strict=True)):
@@ -52,7 +54,9 @@ def _weight(cnt: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isinf(lam) | (cnt == 0), torch.zeros_like(w), w)
 
 
-def _residual_sq(x: FoldSums, y: TargetSums, f: int, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def _residual_sq(
+    x: FoldSums, y: TargetSums, f: int, W: torch.Tensor, b: torch.Tensor
+) -> torch.Tensor:
     """Σ over fold f's rows of ``(y - xW - b)²`` per dimension, from the fold's sums."""
     n = float(x.n[f])
     return (

@@ -18,8 +18,13 @@ from typing import Any
 import numpy as np
 
 from crosslayer.crossfit import grouped_folds
-from crosslayer.decomposition import DEFINITIONS, decompose, predictor_names, splice_contexts
-from crosslayer.decomposition import splice_scores
+from crosslayer.decomposition import (
+    DEFINITIONS,
+    decompose,
+    predictor_names,
+    splice_contexts,
+    splice_scores,
+)
 from crosslayer.experiments.study_a.hooks import sweep_hooks
 from crosslayer.experiments.study_a.inputs import Hooks
 from crosslayer.experiments.study_a.run import JsonFile, Run
