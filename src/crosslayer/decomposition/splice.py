@@ -75,7 +75,9 @@ def splice_contexts(
 
 
 def _logprobs(logits: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
-    return torch.log_softmax(logits[at].double(), dim=-1)
+    """Log-probabilities at the scored positions, float32: ``[n, vocab]`` is large (Gemma's
+    vocabulary is 262k), and the sums over it are taken per position."""
+    return torch.log_softmax(logits[at].float(), dim=-1)
 
 
 def _run(
@@ -126,12 +128,12 @@ def splice_scores(
         r0, r1 = offsets[c0], offsets[c1]
 
         clean = _logprobs(_run(lm, ids, mask, hook, None), at_full)
-        ce["clean"] -= float(clean.gather(1, target[:, None]).sum())
+        ce["clean"] -= float(clean.gather(1, target[:, None]).double().sum())
         p_clean = clean.exp()
         for name, pred in variants.items():
             lp = _logprobs(_run(lm, ids, mask, hook, pred[r0:r1]), at_full)
-            ce[name] -= float(lp.gather(1, target[:, None]).sum())
-            kl[name] += float((p_clean * (clean - lp)).sum())
+            ce[name] -= float(lp.gather(1, target[:, None]).double().sum())
+            kl[name] += float((p_clean * (clean - lp)).sum(1).double().sum())
         scored += int(at.sum())
     if scored == 0:
         raise CrosslayerError("no scored position in the spliced contexts", "use longer contexts")
