@@ -33,6 +33,9 @@ from crosslayer.rundir import STORE, SWEEP_STORE
 from crosslayer.store import ActivationStore
 
 MAX_LAG = 4  # context_1 … context_4
+# The sweep's layers get the same predictors; its cost is mostly the context designs (their
+# eigendecompositions and predictions): 0 here keeps mean/linear/token only, ~5x cheaper.
+SWEEP_MAX_LAG = MAX_LAG
 LAG_RANK = 128  # previous tokens enter through their top-128 principal components (d > 128)
 SPLICE_CONTEXTS = 8  # contexts spliced per predictor (a full forward pass each)
 SPLICE_BATCH = 2  # contexts per forward pass (logits are [batch, seq, vocab])
@@ -44,6 +47,7 @@ def _decompose(
     source: str,
     layers: list[str],
     keep_rows: np.ndarray | None = None,
+    max_lag: int = MAX_LAG,
 ) -> Any:
     cfg = run.cfg
     folds = grouped_folds(store.doc_ids, cfg.crossfit.n_folds, cfg.seed)
@@ -55,7 +59,7 @@ def _decompose(
         store.context_ids,
         store.doc_ids,
         folds,
-        max_lag=MAX_LAG,
+        max_lag=max_lag,
         lag_rank=None if d <= LAG_RANK else LAG_RANK,
         n_bootstrap=cfg.crossfit.n_bootstrap,
         seed=cfg.seed,
@@ -110,7 +114,7 @@ def run_decomposition(
         if sweep_store is not None:
             others = [h for h in sweep_hooks(hooks.source, target)[1:] if h != target]
             if others:
-                sweep = _decompose(run, sweep_store, hooks.source, others)
+                sweep = _decompose(run, sweep_store, hooks.source, others, None, SWEEP_MAX_LAG)
                 for h in others:
                     out[h] = sweep.layers[h] | {"store": SWEEP_STORE}
         out["definitions"] = DEFINITIONS
@@ -118,6 +122,7 @@ def run_decomposition(
             "n_folds": cfg.crossfit.n_folds,
             "n_bootstrap": cfg.crossfit.n_bootstrap,
             "max_lag": MAX_LAG,
+            "sweep_max_lag": SWEEP_MAX_LAG,
             "lag_rank": None if store.d(hooks.source) <= LAG_RANK else LAG_RANK,
             "splice_contexts": SPLICE_CONTEXTS,
         }
