@@ -30,7 +30,8 @@ from tests.test_determinism import TINY, without_timing
 # then the report, which is written after results.json.
 STAGES = (
     "load", "collect", "transcoder", "transcoder_adam", "transcoder_mlp",
-    "sae_baseline", "sae_residual", "probes_baseline", "probes_residual", "depth_sweep",
+    "sae_baseline", "sae_residual", "probes_baseline", "probes_residual", "decomposition",
+    "depth_sweep",
     "report",
 )  # fmt: skip
 

@@ -306,7 +306,8 @@ def test_run_ends_with_a_self_contained_report(study: Any) -> None:
 def test_depth_sweep_covers_every_resid_post_up_to_the_target(study: Any) -> None:
     cfg, res = study
     d = res["depth_sweep"]
-    assert d["target_hooks"] == [f"blocks.{i}.hook_resid_post" for i in range(3)]
+    hooks = [f"blocks.{i}.hook_resid_post" for i in range(3)]
+    assert d["target_hooks"] == hooks
     sweep = open_store(Path(cfg.out) / "sweep_store")
     # whole documents of the main store, about sweep.tokens (one pass fills both stores)
     main = open_store(Path(cfg.out) / "store")
@@ -314,15 +315,65 @@ def test_depth_sweep_covers_every_resid_post_up_to_the_target(study: Any) -> Non
     assert 1000 < sweep.n_tokens == rows.sum() <= 2500 + 1000
     np.testing.assert_array_equal(sweep.tokens, main.tokens[rows])
     np.testing.assert_array_equal(sweep.activations(TARGET)[:], main.activations(TARGET)[rows])
-    assert (sweep.split == 1).sum() == d["n_heldout"] > 0
-    # the last point: an independent ridge on the sweep's train split, scored on its held-out
+    # every point is the decomposition's out-of-fold linear EV; the last one is the headline's
+    dec = res["decomposition"]
+    assert d["explained_variance"] == [dec[h]["linear"]["ev"] for h in hooks]
+    assert d["store"] == ["sweep_store", "sweep_store", "store"]
+    assert d["n_tokens"][:2] == [sweep.n_tokens] * 2 and d["n_tokens"][2] == res["data"]["n_tokens"]
+    # the former fit (alpha chosen on the held-out tokens it scores), labelled and kept
+    old = d["holdout_chosen"]
+    assert (sweep.split == 1).sum() == old["n_heldout"] > 0
     X, Y = sweep.activations(SOURCE), sweep.activations(TARGET)
     xtr, ytr = X.to_numpy("train").astype(float), Y.to_numpy("train").astype(float)
     xh, yh = X.to_numpy("heldout").astype(float), Y.to_numpy("heldout").astype(float)
-    coef, icpt = _ridge(xtr, ytr, d["alpha"][-1])
-    assert d["heldout_explained_variance"][-1] == pytest.approx(
+    coef, icpt = _ridge(xtr, ytr, old["alpha"][-1])
+    assert old["heldout_explained_variance"][-1] == pytest.approx(
         _ev(yh, xh @ coef.T + icpt), abs=1e-4
     )
+
+
+def test_decomposition_of_the_target_matches_sklearn_and_splices(study: Any) -> None:
+    from crosslayer.crossfit import DEFAULT_ALPHAS, grouped_folds
+
+    cfg, res = study
+    dec = res["decomposition"]
+    t = dec[TARGET]
+    names = ["mean", "linear", "token", *[f"context_{k}" for k in range(1, 5)]]
+    for p in names:
+        assert set(t[p]) >= {"ev", "ev_standardised", "ci95", "ev_standardised_ci95"}
+        assert t[p]["ci95"][0] <= t[p]["ev"] <= t[p]["ci95"][1]
+        assert {"ce_loss_recovered", "kl"} <= set(t[p])
+    assert 0 < t["top_dim_share"] < 1 and "definitions" in dec
+    assert t["rest"]["ev"] == pytest.approx(1 - max(t[p]["ev"] for p in names[1:]))
+    assert abs(t["mean"]["ce_loss_recovered"]) < 0.1  # the training mean is a mean ablation
+    assert t["token"]["ev"] >= t["linear"]["ev"] - 0.01
+    # linear, recomputed in float64 numpy (scikit-learn's Ridge(alpha * n) on StandardScaler-ed
+    # X, written out): all store rows, the run's folds, alpha by nested CV on the summed error
+    store = open_store(Path(cfg.out) / "store")
+    X = store.activations(SOURCE).to_numpy().astype(np.float64)
+    Y = store.activations(TARGET).to_numpy().astype(np.float64)
+    folds = grouped_folds(store.doc_ids, cfg.crossfit.n_folds, cfg.seed)
+    K, pred = folds.max() + 1, np.empty_like(Y)
+
+    def fit(tr: np.ndarray, te: np.ndarray, a: float) -> np.ndarray:
+        mx, sx, my = X[tr].mean(0), X[tr].std(0), Y[tr].mean(0)
+        sx[sx == 0] = 1.0
+        xs = (X[tr] - mx) / sx
+        w = np.linalg.solve(xs.T @ xs + a * tr.sum() * np.eye(X.shape[1]), xs.T @ (Y[tr] - my))
+        return np.asarray((X[te] - mx) / sx @ w + my)
+
+    for k in range(K):
+        T = folds != k
+        path = [
+            sum(
+                ((Y[folds == i] - fit(T & (folds != i), folds == i, a)) ** 2).sum()
+                for i in range(K)
+                if i != k
+            )
+            for a in DEFAULT_ALPHAS
+        ]
+        pred[folds == k] = fit(T, folds == k, DEFAULT_ALPHAS[int(np.argmin(path))])
+    assert t["linear"]["ev"] == pytest.approx(_ev(Y, pred), abs=1e-4)
 
 
 def test_rerun_resumes_and_another_config_is_refused(study: Any, lm: Any) -> None:

@@ -23,6 +23,7 @@ through :class:`RunDir`, so a stage's file cannot move without the other two fol
         docstats_<sae>.npz   per-document out-of-fold sums of one SAE's scorable features
         removals.json        variance each SAE input removed, linear signal it kept
         emergence.json       every feature's predictability from every layer, its class
+        decomposition.json   the layer decomposition of the target and the sweep's layers
       features/<sae>.parquet  one row per alive feature: cross-fitted scores (+ a .csv copy)
       results.json         docs/results_schema.md; its paths are relative to RUN
       *.png, report.html   plots and the report, drawn from results.json
@@ -148,3 +149,7 @@ class RunDir:
     def emergence(self) -> Path:
         """Stage checkpoint of the emergence matrix and taxonomy (issue 15)."""
         return self.stages / "emergence.json"
+
+    @property
+    def decomposition(self) -> Path:
+        return self.stages / "decomposition.json"

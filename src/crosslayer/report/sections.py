@@ -31,8 +31,9 @@ CAPTIONS: dict[str, str] = {
     "study_a": "(a) transcoder R²: ours (held-out, per-dimension means) beside the study's "
     "metric (one global mean, on the training data); (b) per-dimension held-out R²; (c) "
     "baseline vs residual feature predictability; (d) predictability against density.",
-    "depth_curve": "Held-out explained variance of a ridge map from the source hook to every "
-    "resid_post: how fast the early layer stops explaining the stream.",
+    "depth_curve": "Out-of-fold explained variance (folds by document, with its 95% CI) of a "
+    "ridge map from the source hook to every resid_post, and of the token lookup: how fast "
+    "the early layer stops explaining the stream.",
     "feature_predictability": "One dot per scored feature: out-of-fold predictability against "
     "density and against the cross-fitted token-lookup R² (how much of the feature the current "
     "token's identity predicts in unseen documents; about 0 for a feature it does not "

@@ -12,6 +12,7 @@ import numpy as np
 from crosslayer import fs
 from crosslayer.config import RunConfig
 from crosslayer.experiments.study_a.comparison import compare_saes
+from crosslayer.experiments.study_a.decomposition import run_decomposition
 from crosslayer.experiments.study_a.dictionaries import run_dictionaries
 from crosslayer.experiments.study_a.emergence import run_emergence
 from crosslayer.experiments.study_a.features import add_columns, analyse_sae
@@ -104,8 +105,9 @@ def run_study_a(
         run, features, dictionaries.scored, dictionaries.saes, dictionaries.removals
     )
 
-    # 8. depth sweep
-    depth = None if sweep_store is None else run_depth_sweep(run, sweep_store, hooks)
+    # 8. layer decomposition (target and sweep layers); the depth sweep reads its linear EV
+    decomposition = run_decomposition(run, store, sweep_store, hooks, lm)
+    depth = None if sweep_store is None else run_depth_sweep(run, sweep_store, hooks, decomposition)
 
     # 8b. emergence: every feature of every seed-0 dictionary from every layer of the sweep
     emergence = None
@@ -154,6 +156,7 @@ def run_study_a(
         "depth_sweep": depth,
         "emergence": None if emergence is None else emergence["emergence"],
         "taxonomy": None if emergence is None else emergence["taxonomy"],
+        "decomposition": decomposition,
         "timings": run.timings | {"total": round(time.perf_counter() - started, 2)},
     }
     results = fs.jsonable(results)

@@ -4,7 +4,7 @@
   (held-out, per-dimension means) beside the study's (global mean, on the training data) for
   the ridge, Adam and MLP maps; (b) the per-dimension R² distribution; (c) baseline vs
   residual feature predictability; (d) predictability against feature density.
-* ``depth_curve.png`` — held-out explained variance from the source to every ``resid_post``.
+* ``depth_curve.png`` — out-of-fold explained variance from the source to every ``resid_post``.
 * ``feature_predictability.png`` — per feature: predictability against density and against
   token-lookup R², for every SAE probed.
 """
@@ -153,23 +153,29 @@ def study_figure(results: dict[str, Any]) -> Figure:
 
 
 def depth_figure(results: dict[str, Any]) -> Figure:
-    """Held-out explained variance (and the study's train global-mean R²) against depth."""
+    """Cross-fitted explained variance (with its CI) and the study's train global-mean R²."""
     d = results["depth_sweep"]
     layers = [int(h.split(".")[1]) for h in d["target_hooks"]]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.plot(layers, _arr(d["heldout_explained_variance"]), "o-", label="held-out EV (ours)")
-    ax.plot(layers, _arr(d["train_r2_global_mean"]), "s--", color="tab:gray",
+    ev = _arr(d["explained_variance"])
+    ci = np.array([[np.nan if v is None else v for v in (c or [None, None])]
+                   for c in d["explained_variance_ci95"]], dtype=np.float64)  # fmt: skip
+    ax.plot(layers, ev, "o-", label="out-of-fold EV, linear (ours)")
+    ax.fill_between(layers, ci[:, 0], ci[:, 1], alpha=0.2, label="95% CI (documents)")
+    ax.plot(layers, _arr(d["token_explained_variance"]), "^:", label="out-of-fold EV, token")
+    old = d["holdout_chosen"]
+    ax.plot(layers, _arr(old["train_r2_global_mean"]), "s--", color="tab:gray",
             label="train, global-mean R² (study's)")  # fmt: skip
     target = results["hooks"]["target"]
     if target.endswith("hook_resid_post"):
         ax.axvline(int(target.split(".")[1]), color="k", ls=":", lw=1, label=f"target {target}")
     ax.set_xlabel("block L (blocks.L.hook_resid_post)")
-    ax.set_ylabel("R² of the affine map")
-    ev = _arr(d["heldout_explained_variance"])
+    ax.set_ylabel("explained variance")
     low = float(np.nanmin(ev)) if np.isfinite(ev).any() else 0.0
     ax.set_ylim(min(0.0, low) - 0.05, 1.05)
-    ax.set_title(f"Depth sweep from {d['source_hook']} ({d['n_train']:,} train / "
-                 f"{d['n_heldout']:,} held-out tokens)", fontsize=9)  # fmt: skip
+    ax.set_title(f"Depth sweep from {d['source_hook']} (folds by document; "
+                 f"{min(d['n_tokens']):,}-{max(d['n_tokens']):,} tokens per layer)",
+                 fontsize=9)  # fmt: skip
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

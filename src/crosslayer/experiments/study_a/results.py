@@ -99,11 +99,11 @@ def summary_table(results: dict[str, Any]) -> Any:
         )
     depth = results.get("depth_sweep")
     if depth:
-        ev = nan_array(depth["heldout_explained_variance"])
+        ev = nan_array(depth["explained_variance"])
         best = int(np.nanargmax(ev)) if np.isfinite(ev).any() else None
         if best is not None:
             table.add_row(
-                "depth sweep: best held-out EV",
+                "depth sweep: best out-of-fold EV",
                 f"{ev[best]:.3f} at {depth['target_hooks'][best]}",
                 "–",
             )

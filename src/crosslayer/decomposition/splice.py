@@ -1,0 +1,157 @@
+"""What the predictable part does to the model: splice a prediction in place of the layer.
+
+Each predictor's out-of-fold output replaces the layer at every text position of a sample
+of the store's contexts (BOS keeps its clean value: it is never a store row) and the model
+runs on from there. Scored at every position ``t`` whose next token is a text token:
+
+* ``ce_loss_recovered = (CE_ablation - CE_spliced) / (CE_ablation - CE_clean)``, SAELens's
+  form, with mean ablation = the layer's mean over all store rows: 1 for an exact predictor,
+  about 0 for the training mean;
+* ``kl``: mean ``KL(p_clean || p_spliced)`` of the next-token distributions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from crosslayer.errors import CrosslayerError
+from crosslayer.model import LoadedModel
+
+
+@dataclass
+class SpliceContexts:
+    """Contexts rebuilt from store rows: ``[BOS] + tokens``, right-padded."""
+
+    input_ids: np.ndarray  # [C, L] int64
+    mask: np.ndarray  # [C, L] bool: positions that are store rows (replaced)
+    rows: np.ndarray  # [mask.sum()] store rows, in np.nonzero(mask) order (= store order)
+
+
+def splice_contexts(
+    tokens: np.ndarray,
+    positions: np.ndarray,
+    context_ids: np.ndarray,
+    *,
+    bos_id: int,
+    pad_id: int,
+    n_contexts: int,
+    seed: int = 0,
+) -> SpliceContexts:
+    """A seeded sample of ``n_contexts`` whole contexts whose rows are positions 1 … L.
+
+    Contexts with a gap (a special token inside the text is not a store row) or split across
+    the sample are skipped: their input could not be rebuilt exactly.
+    """
+    ctx = np.asarray(context_ids)
+    starts = np.flatnonzero(np.r_[True, ctx[1:] != ctx[:-1]])
+    ends = np.r_[starts[1:], len(ctx)]
+    ok = [
+        i
+        for i, (a, b) in enumerate(zip(starts, ends, strict=True))
+        if np.array_equal(positions[a:b], np.arange(1, b - a + 1)) and b - a >= 2
+    ]
+    if not ok:
+        raise CrosslayerError(
+            "no context in the store can be rebuilt from its rows",
+            "collect a store with whole contexts (crosslayer collect writes them)",
+        )
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(ok, size=min(n_contexts, len(ok)), replace=False))
+    L = int(max(ends[i] - starts[i] for i in pick)) + 1
+    ids = np.full((len(pick), L), pad_id, dtype=np.int64)
+    mask = np.zeros((len(pick), L), dtype=bool)
+    rows = []
+    for c, i in enumerate(pick):
+        a, b = starts[i], ends[i]
+        ids[c, 0], ids[c, 1 : b - a + 1] = bos_id, tokens[a:b]
+        mask[c, 1 : b - a + 1] = True
+        rows.append(np.arange(a, b))
+    return SpliceContexts(ids, mask, np.concatenate(rows))
+
+
+def _logprobs(logits: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities at the scored positions, float32: ``[n, vocab]`` is large (Gemma's
+    vocabulary is 262k), and the sums over it are taken per position."""
+    return torch.log_softmax(logits[at].float(), dim=-1)
+
+
+def _run(
+    lm: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, hook: str, rows: np.ndarray | None
+) -> torch.Tensor:
+    """Logits with the hook's value at ``mask`` replaced by ``rows`` (None: the clean run)."""
+
+    def fn(value: torch.Tensor) -> torch.Tensor:
+        if rows is None:
+            return value
+        out = value.clone()
+        new = torch.from_numpy(np.array(rows, dtype=np.float32))
+        out[mask] = new.to(dtype=value.dtype, device=value.device)
+        return out
+
+    return lm.run_with_replacement(ids, hook=hook, fn=fn)
+
+
+def splice_scores(
+    lm: LoadedModel,
+    contexts: SpliceContexts,
+    hook: str,
+    predictions: Mapping[str, np.ndarray],
+    ablation: np.ndarray,
+    *,
+    batch_size: int = 4,
+) -> dict[str, Any]:
+    """CE loss recovered and KL of every prediction (``[len(contexts.rows), d]`` each)."""
+    n = len(contexts.rows)
+    for name, p in predictions.items():
+        if p.shape[0] != n:
+            raise CrosslayerError(
+                f"prediction {name!r} has {p.shape[0]} rows for {n} spliced positions",
+                "pass one row per store row of the contexts (SpliceContexts.rows)",
+            )
+    variants = {"mean_ablation": np.broadcast_to(ablation, (n, len(ablation))), **predictions}
+    ce = {k: 0.0 for k in ["clean", *variants]}
+    kl = {k: 0.0 for k in variants}
+    scored = 0
+    offsets = np.r_[0, np.cumsum(contexts.mask.sum(1))]
+    for c0 in range(0, len(contexts.input_ids), batch_size):
+        c1 = min(c0 + batch_size, len(contexts.input_ids))
+        ids = torch.as_tensor(contexts.input_ids[c0:c1], device=lm.device)
+        mask = torch.as_tensor(contexts.mask[c0:c1], device=lm.device)
+        at = mask[:, :-1] & mask[:, 1:]  # positions whose next token is a text token
+        target = ids[:, 1:][at]
+        at_full = torch.nn.functional.pad(at, (0, 1))
+        r0, r1 = offsets[c0], offsets[c1]
+
+        clean = _logprobs(_run(lm, ids, mask, hook, None), at_full)
+        ce["clean"] -= float(clean.gather(1, target[:, None]).double().sum())
+        p_clean = clean.exp()
+        for name, pred in variants.items():
+            lp = _logprobs(_run(lm, ids, mask, hook, pred[r0:r1]), at_full)
+            ce[name] -= float(lp.gather(1, target[:, None]).double().sum())
+            kl[name] += float((p_clean * (clean - lp)).sum(1).double().sum())
+        scored += int(at.sum())
+    if scored == 0:
+        raise CrosslayerError("no scored position in the spliced contexts", "use longer contexts")
+    mean_ce = {k: v / scored for k, v in ce.items()}
+    gap = mean_ce["mean_ablation"] - mean_ce["clean"]
+    out: dict[str, Any] = {
+        name: {
+            "ce": mean_ce[name],
+            "ce_loss_recovered": (mean_ce["mean_ablation"] - mean_ce[name]) / gap
+            if gap != 0
+            else float("nan"),
+            "kl": kl[name] / scored,
+        }
+        for name in predictions
+    }
+    out["clean_ce"] = mean_ce["clean"]
+    out["mean_ablation_ce"] = mean_ce["mean_ablation"]
+    out["mean_ablation_kl"] = kl["mean_ablation"] / scored
+    out["n_contexts"] = len(contexts.input_ids)
+    out["n_scored"] = scored
+    return out
