@@ -27,6 +27,9 @@ DEFAULT_MODEL = "gemma-3-270m"  # crosslayer.model.DEFAULT_MODEL: shipped on PyP
 SHARD_TOKENS = 16384  # tokens per shard: one shard's activations fit in memory while written
 BUILTIN = "builtin"  # the project's own 68 triples, src/crosslayer/data/contrast_triples.jsonl
 StoreDtype = Literal["float32", "float16"]
+# study B's representation spaces (crosslayer.experiments.spaces); the first default is the headline
+Space = Literal["raw", "centred", "standardised"]
+DEFAULT_SPACES: tuple[Space, ...] = ("centred", "raw", "standardised")
 
 
 class CollectConfig(BaseModel):
@@ -236,6 +239,16 @@ class ContrastConfig(BaseModel):
         default=False,
         description="Study B's choice: feed SAEs the residual stream, whatever hook they were "
         "trained on (warned)",
+    )
+    spaces: tuple[Space, ...] = Field(
+        default=DEFAULT_SPACES,
+        description="Representation spaces (raw, centred, standardised; repeatable); the first "
+        "is the headline of the conclusions and plots, raw is the seed's",
+    )
+    store: str | None = Field(
+        default=None,
+        description="Store whose corpus mean and sd centre / standardise each layer (default: "
+        "the items' own tokens)",
     )
     alpha: float = Field(
         default=0.05,
