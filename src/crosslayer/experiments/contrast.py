@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -55,6 +55,7 @@ from crosslayer.experiments.spaces import (
     MomentAccumulator,
     Moments,
     check_spaces,
+    sae_encoder,
     store_moments,
 )
 from crosslayer.model import LoadedModel
@@ -344,15 +345,8 @@ def _moments(
             elif kind == "resid":
                 out[kind][x] = store_moments(store, hook)
             else:
-                out[kind][x] = store_moments(store, hook, encode=_encoder(sites[x].sae))
+                out[kind][x] = store_moments(store, hook, encode=sae_encoder(sites[x].sae))
     return out
-
-
-def _encoder(sae: Any) -> Callable[[torch.Tensor], torch.Tensor]:
-    def encode(x: torch.Tensor) -> torch.Tensor:
-        return sae.encode(x.to(sae.device, sae.dtype))  # type: ignore[no-any-return]
-
-    return encode
 
 
 def match_scores(

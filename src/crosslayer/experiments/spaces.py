@@ -30,7 +30,7 @@ from crosslayer.stage_configs import DEFAULT_SPACES, Space
 
 SPACES: tuple[Space, ...] = ("raw", "centred", "standardised")
 __all__ = ["DEFAULT_SPACES", "SPACES", "MomentAccumulator", "Moments", "Space", "check_spaces",
-           "moments_of", "store_moments"]  # fmt: skip
+           "moments_of", "sae_encoder", "store_moments"]  # fmt: skip
 
 
 def check_spaces(spaces: Sequence[str]) -> list[Space]:
@@ -136,3 +136,12 @@ def store_moments(
                 x = encode(x).float().cpu()
         acc.add(x)
     return acc.moments("store")
+
+
+def sae_encoder(sae: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``encode`` for :func:`store_moments`: an SAE's codes of store rows, on its device."""
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        return sae.encode(x.to(sae.device, sae.dtype))  # type: ignore[no-any-return]
+
+    return encode

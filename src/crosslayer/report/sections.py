@@ -34,9 +34,10 @@ CAPTIONS: dict[str, str] = {
     "resid_post: how fast the early layer stops explaining the stream.",
     "feature_predictability": "One dot per probed feature: predictability against density "
     "and against token-determinedness (η²). Features high on η² are mostly token detectors.",
-    "contrast_layers": "Left: per-layer paired difference cos(q, direct) − cos(q, evasive) "
-    "with its 95% CI (0 = no difference). Right: AUROC of the cosines; dashed: the model's "
-    "own log-likelihood, the baseline a cosine must beat.",
+    "contrast_layers": "Left: per-layer own-question difference cos(q, direct) − cos(q, "
+    "evasive) and the match effect (minus the same against other items' questions), 95% CIs, "
+    "in the headline space. Middle: paired AUROC (win rate); dashed / dotted: the model's "
+    "log-likelihood and PMI. Right: dz per space, with the 80%-power line.",
     "heatmaps": "The study's layer × layer maps: mean cos(question at layer i, answer at "
     "layer j) for direct and evasive answers, and their difference.",
     "promotes": "Share of fact groups whose top latents promote the answer token (see the "
@@ -46,7 +47,8 @@ CAPTIONS: dict[str, str] = {
     "layer_by_layer": "Cosine between layers of the same token's representation (for SAE "
     "latents the dictionaries differ, so off-diagonal cells are for comparison only).",
     "prompt": "Cosine heatmaps for one prompt: layer × layer per token, token × token per layer.",
-    "cka": "Linear CKA between layers over corpus tokens: 1 means the same geometry.",
+    "cka": "Linear CKA between layers over corpus tokens (raw, or standardised: each dimension "
+    "z-scored): 1 means the same geometry.",
 }
 
 
