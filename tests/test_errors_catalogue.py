@@ -359,6 +359,9 @@ CASES: list[tuple[str, Build, str]] = [
     ("contrast-sae-dir-missing",
      lambda w, m, s: ["contrast", "--model", str(m), "--out", str(w / "c"),
                       "--sae-dir", str(w / "nope")], "is not a directory"),
+    ("contrast-space-unknown",
+     lambda w, m, s: ["contrast", "--model", str(m), "--out", str(w / "c"), "--space", "cosine"],
+     "spaces ['cosine'] invalid"),
     ("unknown-command", lambda w, m, s: ["colect"], "No such command 'colect'"),
 ]  # fmt: skip
 
