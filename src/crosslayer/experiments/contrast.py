@@ -389,23 +389,25 @@ def layer_row(
 
 def finish_rows(rows: list[dict[str, Any]], alpha: float = 0.05) -> list[dict[str, Any]]:
     """BH across the layers of ``rows`` (one family per question asked), then conclusions."""
-
-    def family(get: Any, put: Any) -> None:
-        for r, p in zip(rows, adjust_pvalues([get(r) for r in rows]), strict=True):
-            put(r, p)
-
-    family(lambda r: r["p_wilcoxon"], lambda r, p: r.__setitem__("p_adjusted", p))
-    for key in ("match", "other_question"):
-        family(lambda r, k=key: r[k]["p_wilcoxon"],
-               lambda r, p, k=key: r[k].__setitem__("p_adjusted", p))  # fmt: skip
-    for key in [k for k in rows[0] if k.startswith("adds_to_")] if rows else []:
-        family(lambda r, k=key: r[k]["p_adds"],
-               lambda r, p, k=key: r[k].__setitem__("p_adjusted", p))  # fmt: skip
+    if not rows:
+        return rows
+    _adjust(rows, None, "p_wilcoxon")
+    _adjust(rows, "match", "p_wilcoxon")
+    _adjust(rows, "other_question", "p_wilcoxon")
+    for key in [k for k in rows[0] if k.startswith("adds_to_")]:
+        _adjust(rows, key, "p_adds")
     for r in rows:
         if "adds_to_likelihood" in r:  # the seed's key, kept
             r["p_adds_adjusted"] = r["adds_to_likelihood"]["p_adjusted"]
         r["conclusion"] = conclusion(r, alpha)
     return rows
+
+
+def _adjust(rows: list[dict[str, Any]], section: str | None, p_key: str) -> None:
+    """``p_adjusted`` (BH over the rows) beside ``p_key`` in each row's ``section``."""
+    parts = [r if section is None else r[section] for r in rows]
+    for part, p in zip(parts, adjust_pvalues([x[p_key] for x in parts]), strict=True):
+        part["p_adjusted"] = p
 
 
 def _layer_rows(
