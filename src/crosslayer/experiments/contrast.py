@@ -539,8 +539,10 @@ def _figures(result: ContrastResult) -> dict[str, Any]:
                  label=f"match ({space})")  # fmt: skip
         ax3.plot([r["layer"] for r in rows], [r["dz"] for r in rows], ":", label=f"own ({space})")
     ax3.axhline(0, color="grey", lw=0.8)
-    ax3.axhline(result.power["min_dz_one_layer"], color="r", lw=0.8, ls="--", label="80% power")
-    ax3.axhline(-result.power["min_dz_one_layer"], color="r", lw=0.8, ls="--")
+    ax3.axhline(
+        result.power["min_dz_one_layer"], color="k", lw=1.2, ls="-.", label="80% power (min dz)"
+    )
+    ax3.axhline(-result.power["min_dz_one_layer"], color="k", lw=1.2, ls="-.")
     ax3.set(xlabel="layer", ylabel="dz", title="resid: effect size per space")
     for ax in (ax1, ax2, ax3):
         ax.legend(fontsize=7)
