@@ -33,6 +33,10 @@ MODEL_DTYPE_HELP = (
     "bfloat16 (opt-in on CPU: fast with AVX512-BF16 or AMX); stores stay float32/float16"
 )
 
+# study B's representation spaces (crosslayer.experiments.spaces); the first default is the headline
+Space = Literal["raw", "centred", "standardised"]
+DEFAULT_SPACES: tuple[Space, ...] = ("centred", "raw", "standardised")
+
 
 class CollectConfig(BaseModel):
     """Everything ``crosslayer collect`` takes, as a config object (mirrors the CLI flags)."""
@@ -215,17 +219,35 @@ class LayersConfig(BaseModel):
         description="Study B's choice: feed SAEs the residual stream, whatever hook they were "
         "trained on (warned)",
     )
-    store: str | None = Field(default=None, description="Store for corpus CKA + depth curve")
+    spaces: tuple[Space, ...] = Field(
+        default=DEFAULT_SPACES,
+        description="Representation spaces of the cosine maps (raw, centred, standardised; "
+        "repeatable); the first is the headline, raw is the seed's",
+    )
+    store: str | None = Field(
+        default=None,
+        description="Store for corpus CKA + depth curve, and the corpus mean and sd of the "
+        "spaces (default: the prompts' own tokens)",
+    )
     depth_source: str = Field(
         default="hook_embed", description="Hook the depth curve predicts every layer from"
     )
-    max_tokens: int = Field(
+    max_tokens: int | None = Field(
+        default=None,
+        ge=2,
+        description="Tokens for the residual CKA (default: every stored token; else a seeded "
+        "sample)",
+    )
+    sae_max_tokens: int = Field(
         default=4096,
         ge=2,
-        description="Tokens for corpus CKA (a seeded sample of the store: CKA needs the "
-        "tokens x tokens Gram matrix)",
+        description="Tokens for SAE-code CKA (a seeded sample: 16k-wide codes need the "
+        "tokens x tokens Gram form)",
     )
-    seed: int = Field(default=0, description="Seed of the corpus CKA token sample")
+    n_boot: int = Field(
+        default=1000, ge=1, description="Bootstrap resamples (over contexts) of the CKA CIs"
+    )
+    seed: int = Field(default=0, description="Seed of the CKA token sample and bootstrap")
 
 
 class ContrastConfig(BaseModel):
@@ -242,6 +264,16 @@ class ContrastConfig(BaseModel):
         default=False,
         description="Study B's choice: feed SAEs the residual stream, whatever hook they were "
         "trained on (warned)",
+    )
+    spaces: tuple[Space, ...] = Field(
+        default=DEFAULT_SPACES,
+        description="Representation spaces (raw, centred, standardised; repeatable); the first "
+        "is the headline of the conclusions and plots, raw is the seed's",
+    )
+    store: str | None = Field(
+        default=None,
+        description="Store whose corpus mean and sd centre / standardise each layer (default: "
+        "the items' own tokens)",
     )
     alpha: float = Field(
         default=0.05,

@@ -20,18 +20,23 @@ def contrast_command(
     sae: list[str] = typer.Option([], "--sae", help="LAYER=SAE spec (repeatable)"),
     sae_dir: Path | None = typer.Option(None, "--sae-dir", help="Gemma Scope clone directory"),
     sae_on_residual: bool = option_for(K, "sae_on_residual", "--sae-on-residual"),
+    spaces: list[str] = option_for(K, "spaces", "--space", default=[]),
+    store: Path | None = option_for(K, "store", "--store"),
     alpha: float = option_for(K, "alpha", "--alpha"),
     seed: int = option_for(K, "seed", "--seed"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar"),
 ) -> None:
-    """Per layer: cos(q, direct) - cos(q, evasive) with bootstrap CI, Wilcoxon p, AUROC, and
-    whether it adds to the model's own log-likelihood of the answers.
+    """Per layer and representation space: cos(q, direct) - cos(q, evasive) and the match
+    effect (minus the same against other items' questions) with bootstrap CI, Wilcoxon p, dz,
+    paired AUROC, and whether the cosine adds to PMI, the unconditional log-likelihood and the
+    answer length.
 
     Example: crosslayer contrast --out runs/contrast --layers 0-17
     """
     from crosslayer.errors import CrosslayerError
     from crosslayer.experiments.contrast import read_items, run_contrast, summary_lines
     from crosslayer.experiments.reps import check_inputs, parse_layers, parse_sae_args
+    from crosslayer.experiments.spaces import DEFAULT_SPACES, check_spaces
     from crosslayer.fs import check_dir_path
     from crosslayer.model import load_model
 
@@ -40,11 +45,12 @@ def contrast_command(
     read_items(items)  # a bad file fails before the model loads
     check_dir_path(out)
     blocks, saes = parse_layers(layers), sae_dir if sae_dir else (parse_sae_args(sae) or None)
-    check_inputs(model, blocks, saes)
+    space_list = check_spaces(spaces or DEFAULT_SPACES)
+    check_inputs(model, blocks, saes, store)
     lm = load_model(model)
     result = run_contrast(
-        lm, items, layers=blocks, saes=saes, sae_on_residual=sae_on_residual, alpha=alpha,
-        seed=seed, out=out, progress=progress,
+        lm, items, layers=blocks, saes=saes, sae_on_residual=sae_on_residual, spaces=space_list,
+        store=store, alpha=alpha, seed=seed, out=out, progress=progress,
     )  # fmt: skip
     for line in summary_lines(result):
         console.print(line, highlight=False)

@@ -36,6 +36,10 @@ LAYERS_DEFINITIONS: dict[str, str] = {
     "representations of consecutive layers",
     "linear_cka": "linear centred kernel alignment between two layers' activations over the same "
     "tokens (basis-free, 1 = same geometry)",
+    "standardised_cka": "linear CKA after z-scoring every dimension over the corpus (raw CKA is "
+    "dominated by a few massive dimensions); CIs: bootstrap over contexts, bias-corrected",
+    "space": "raw, centred (minus the layer's corpus mean) or standardised (centred, each "
+    "dimension divided by its sd); the mean and sd come from the store, else the prompts",
     "depth_curve": "held-out explained variance (per-dimension means) of a ridge map from the "
     "source hook to each resid_post",
 }
@@ -48,6 +52,14 @@ CONTRAST_DEFINITIONS: dict[str, str] = {
     "likelihood": "the model's mean log-probability per answer token given the question",
     "adds_to_likelihood": "10-fold out-of-fold log-loss of a paired logistic model with "
     "Δlog-likelihood alone vs Δlog-likelihood + Δcosine (one-sided Wilcoxon, BH adjusted)",
+    "match": "own-question difference minus the same difference against the other items' "
+    "questions (the mismatched-question control): what is specific to the answer's question",
+    "auroc_paired": "share of items whose direct value beats their evasive one (ties ½)",
+    "pmi": "mean log-probability per answer token with the question minus without it",
+    "adds_to_pmi": "as adds_to_likelihood, with ΔPMI, Δunconditional log-likelihood and "
+    "Δanswer length as the baseline",
+    "space": "raw, centred (minus the layer's mean) or standardised (also divided by its sd); "
+    "mean and sd from the store, else the items' own tokens",
 }
 
 INTERPRET_DEFINITIONS: dict[str, str] = {

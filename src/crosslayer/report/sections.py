@@ -38,9 +38,10 @@ CAPTIONS: dict[str, str] = {
     "density and against the cross-fitted token-lookup R² (how much of the feature the current "
     "token's identity predicts in unseen documents; about 0 for a feature it does not "
     "determine).",
-    "contrast_layers": "Left: per-layer paired difference cos(q, direct) − cos(q, evasive) "
-    "with its 95% CI (0 = no difference). Right: AUROC of the cosines; dashed: the model's "
-    "own log-likelihood, the baseline a cosine must beat.",
+    "contrast_layers": "Left: per-layer own-question difference cos(q, direct) − cos(q, "
+    "evasive) and the match effect (minus the same against other items' questions), 95% CIs, "
+    "in the headline space. Middle: paired AUROC (win rate); dashed / dotted: the model's "
+    "log-likelihood and PMI. Right: dz per space, with the 80%-power line.",
     "heatmaps": "The study's layer × layer maps: mean cos(question at layer i, answer at "
     "layer j) for direct and evasive answers, and their difference.",
     "promotes": "Share of fact groups whose top latents promote the answer token (see the "
@@ -50,7 +51,8 @@ CAPTIONS: dict[str, str] = {
     "layer_by_layer": "Cosine between layers of the same token's representation (for SAE "
     "latents the dictionaries differ, so off-diagonal cells are for comparison only).",
     "prompt": "Cosine heatmaps for one prompt: layer × layer per token, token × token per layer.",
-    "cka": "Linear CKA between layers over corpus tokens: 1 means the same geometry.",
+    "cka": "Linear CKA between layers over corpus tokens (raw, or standardised: each dimension "
+    "z-scored): 1 means the same geometry.",
     "emergence_heatmap": "One row per scored feature, one column per layer: its out-of-fold "
     "score from that layer as a share of its best; rows sorted by emergence layer (the first "
     "reaching the configured share of the best), never-predictable features grey, at the end.",
