@@ -124,13 +124,15 @@ def test_top_latents_promotion_and_links(lm, tmp_path):
         float(all_codes[:, info.index].max()), rel=1e-5
     )
     assert res.maps["before"]["topic_by_topic"][1].shape == (2, 2)
-    # paraphrases: only group 0 has two prompts, so "within" is the cosine of their codes
+    # paraphrases: only group 0 has two prompts, so "same_fact" is the cosine of their codes
     para = res.maps["answer"]["paraphrase_cosine"][1]
     cos = float(np.dot(codes[0], codes[1]) / (np.linalg.norm(codes[0]) * np.linalg.norm(codes[1])))
-    assert para["within_group"] == pytest.approx(cos, rel=1e-4)
+    assert para["same_fact"]["mean"] == pytest.approx(cos, rel=1e-4)
+    assert para["same_fact"]["n_pairs"] == 1
     saved = json.loads((tmp_path / "o" / "results.json").read_text())
     assert "prompt_by_prompt" not in saved["maps"]["answer"]  # n² cosines stay out of the JSON
-    assert saved["maps"]["answer"]["paraphrase_cosine"]["1"] == pytest.approx(para)
+    saved_para = saved["maps"]["answer"]["paraphrase_cosine"]["1"]
+    assert saved_para["same_fact"]["mean"] == pytest.approx(para["same_fact"]["mean"])
     assert 0 <= res.groups[0]["model_top10"] <= 1
     for name in (
         "results.json",

@@ -259,7 +259,7 @@ def _promoted(
 ) -> list[list[tuple[str, float]]]:
     """The ``k`` tokens each feature's decoder row promotes most (``W_dec[i] @ W_U``)."""
     sae = load_run_sae(run_dir, results, name)
-    logits = sae.W_dec[indices].float() @ model.unembed().float().cpu()
+    logits = model.direction_logits(sae.W_dec[indices].float().to(model.device)).cpu()
     top = logits.topk(k, dim=-1)
     return [
         [(str(model.tokenizer.decode([t])), float(v)) for t, v in zip(ids, vals, strict=True)]
