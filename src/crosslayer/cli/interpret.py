@@ -48,9 +48,14 @@ def interpret_command(
     from crosslayer.fs import check_dir_path
     from crosslayer.model import load_model
 
-    read_facts(facts, relation=relation, n_groups=groups)  # fail before the model loads
+    n_read = len(read_facts(facts, relation=relation, n_groups=groups))  # before the model loads
     if selection not in ("contrastive", "top"):
-        raise CrosslayerError(f"--selection {selection!r}", "use contrastive or top")
+        raise CrosslayerError(f"unknown --selection {selection!r}", "use contrastive or top")
+    if logit_lens and lens_translator and n_read < 5:
+        raise CrosslayerError(
+            f"the translator needs at least 5 fact groups, got {n_read}",
+            "give more groups, or run without --lens-translator",
+        )
     check_dir_path(out)
     saes = sae_dir if sae_dir else parse_sae_args(sae)
     if not saes:
