@@ -173,7 +173,7 @@ def test_numbers_equal_results_json(run: Path, html: str) -> None:
     )
     it = results(run / "interpret")["layers"]["answer"][0]
     got = row(section(html, "interpret"), 'data-position="answer" data-layer="1"')
-    assert num(it["share_promoting"]) in got and num(it["share_promoting_random_latents"]) in got
+    assert num(it["share_promoting"]) in got and num(it["share_promoting_null_matched"]) in got
 
 
 def test_plots_are_embedded_and_nothing_is_fetched(run: Path, html: str) -> None:
@@ -219,8 +219,8 @@ def test_study_a_dashboards_recomputed_from_store_and_sae(run: Path, html: str, 
                                atol=0.006)  # fmt: skip
     assert pct(float(np.mean(acts > 0)), 3) in row(board, 'data-metric="run_density"')
     assert 'class="histogram" src="data:image/png' in board
-    # promoted tokens: W_dec[i] @ W_U, top one first
-    logits = sae.W_dec[feature].detach() @ lm.unembed().float()
+    # promoted tokens: (W_dec[i] * final norm gain) @ W_U, top one first
+    logits = (sae.W_dec[feature].detach() * lm.final_norm_gain()) @ lm.unembed().float()
     best = lm.tokenizer.decode([int(logits.argmax())])
     spans = re.findall(r'<span title="logit weight [^"]*">(.*?)</span>', board, re.S)
     assert html_lib.unescape(spans[0]) == best and len(spans) == 10

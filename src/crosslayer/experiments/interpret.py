@@ -224,6 +224,11 @@ def run_interpret(
                 "shares": shares,
                 "promotes_answer": flags[selection].tolist(),
                 "share_promoting": shares[selection]["observed"],
+                # the nulls' means, flat for the report (intervals: shares[selection])
+                "share_promoting_null_permutation": shares[selection]
+                .get("null_permutation", {})
+                .get("mean"),
+                "share_promoting_null_matched": shares[selection]["null_matched"]["mean"],
                 "share_promoting_when_model_predicts": _share(flags[selection], model_predicts),
                 "share_promoting_when_not": _share(flags[selection], ~model_predicts),
                 "n_groups_model_predicts": int(model_predicts.sum()),
