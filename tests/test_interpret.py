@@ -124,19 +124,32 @@ def test_top_latents_promotion_and_links(lm, tmp_path):
         float(all_codes[:, info.index].max()), rel=1e-5
     )
     assert res.maps["before"]["topic_by_topic"][1].shape == (2, 2)
-    # paraphrases: only group 0 has two prompts, so "within" is the cosine of their codes
+    # paraphrases: only group 0 has two prompts, so "same_fact" is the cosine of their codes
     para = res.maps["answer"]["paraphrase_cosine"][1]
     cos = float(np.dot(codes[0], codes[1]) / (np.linalg.norm(codes[0]) * np.linalg.norm(codes[1])))
-    assert para["within_group"] == pytest.approx(cos, rel=1e-4)
+    assert para["same_fact"]["mean"] == pytest.approx(cos, rel=1e-4)
+    assert para["same_fact"]["n_pairs"] == 1
     saved = json.loads((tmp_path / "o" / "results.json").read_text())
     assert "prompt_by_prompt" not in saved["maps"]["answer"]  # n² cosines stay out of the JSON
-    assert saved["maps"]["answer"]["paraphrase_cosine"]["1"] == pytest.approx(para)
+    saved_para = saved["maps"]["answer"]["paraphrase_cosine"]["1"]
+    assert saved_para["same_fact"]["mean"] == pytest.approx(para["same_fact"]["mean"])
     assert 0 <= res.groups[0]["model_top10"] <= 1
+    # the lens of the last block is the model's own prediction of the answer
+    lens = saved["logit_lens"]
+    assert [e["layer"] for e in lens["layers"]] == list(range(lm.n_layers))
+    seqs = [ids[: pos + 1] for g in facts for ids, pos in (answer_position(lm, f) for f in g)]
+    ranks = answer_forward(lm, {}, seqs)[1]
+    assert lens["layers"][-1]["answer"]["residual"]["top10"] == pytest.approx(np.mean(ranks < 10))
+    shares = row["shares"]
+    assert set(shares) == {"contrastive", "top"} and row["selection"] == "contrastive"
+    assert row["share_promoting"] == shares["contrastive"]["observed"]
+    assert {"null_permutation", "null_matched", "generic_latents"} <= set(shares["top"])
     for name in (
         "results.json",
         "latents.html",
         "promotes_answer.png",
         "topic_by_topic_before.png",
+        "logit_lens.png",
     ):
         assert (tmp_path / "o" / name).is_file()
 

@@ -174,7 +174,7 @@ def test_numbers_equal_results_json(run: Path, html: str) -> None:
     )
     it = results(run / "interpret")["layers"]["answer"][0]
     got = row(section(html, "interpret"), 'data-position="answer" data-layer="1"')
-    assert num(it["share_promoting"]) in got and num(it["share_promoting_random_latents"]) in got
+    assert num(it["share_promoting"]) in got and num(it["share_promoting_null_matched"]) in got
 
 
 def test_plots_are_embedded_and_nothing_is_fetched(run: Path, html: str) -> None:

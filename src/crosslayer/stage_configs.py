@@ -313,6 +313,35 @@ class InterpretConfig(BaseModel):
         "trained on (warned)",
     )
     store: str | None = Field(default=None, description="Store for top-activating contexts")
+    selection: Literal["contrastive", "top"] = Field(
+        default="contrastive",
+        description="Headline latent selection per group: contrastive (group mean code minus "
+        "the other groups' mean) or top (raw mean code); both are reported",
+    )
+    n_permutations: int = Field(
+        default=1000, ge=10, description="Draws of the permutation null (other groups' answers)"
+    )
+    n_null_draws: int = Field(
+        default=1000, ge=10, description="Draws of the density-matched random-latent null"
+    )
+    null_neighbours: int = Field(
+        default=20,
+        ge=1,
+        description="Each selected latent's stand-ins: its nearest firing latents in log "
+        "density and log decoder norm",
+    )
+    logit_lens: bool = Field(
+        default=True, description="Logit lens per block (next token and answer ranks)"
+    )
+    lens_tokens: int = Field(
+        default=1000, ge=1, description="Next-token positions sampled for the logit lens"
+    )
+    lens_translator: bool = Field(
+        default=False,
+        description="Also fit a tuned-lens style affine translator per block (cross-fitted "
+        "ridge to the last block's residual, out of fold by fact group)",
+    )
+    seed: int = Field(default=0, description="Seed of the nulls, bootstraps and lens sample")
 
 
 class EvalSAEConfig(BaseModel):

@@ -1,8 +1,10 @@
 """What one SAE latent is: top-activating store contexts, promoted tokens, density, link.
 
 Shared by ``crosslayer interpret`` and the report. Promoted tokens are the decoder direction
-pushed through the unembedding (``W_dec[i] @ W_U``, the direct effect on the logits, final norm
-ignored). Contexts come from an activation store holding the hook the SAE reads.
+pushed through the final norm's gain and the unembedding (``(W_dec[i] * gain) @ W_U``,
+:meth:`LoadedModel.direction_logits`: the direct effect on the logits at fixed RMS). Gemma 3's
+gain spans 0.2 to 300, so leaving it out mis-ranks most tokens. Contexts come from an
+activation store holding the hook the SAE reads.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from crosslayer.model import LoadedModel
 class LatentInfo:
     layer: int
     index: int
-    promoted: list[tuple[str, float]]  # top tokens of W_dec[i] @ W_U with their logit weight
+    promoted: list[tuple[str, float]]  # top tokens of (W_dec[i] * gain) @ W_U, logit weights
     neuronpedia: str | None = None
     density: float | None = None  # share of store tokens where the latent is active
     contexts: list[dict[str, Any]] = field(default_factory=list)  # {tokens, acts, max}
@@ -35,9 +37,11 @@ class LatentInfo:
 
 
 def logit_directions(site: SaeSite, model: LoadedModel, indices: list[int]) -> torch.Tensor:
-    """``[len(indices), vocab]`` direct logit effect of each latent's decoder row."""
-    w_u = model.unembed().float().cpu()
-    return site.sae.W_dec[indices].detach().float().cpu() @ w_u
+    """``[len(indices), vocab]`` direct logit effect of each latent's decoder row, through the
+    final norm's gain (:meth:`LoadedModel.direction_logits`)."""
+    with torch.inference_mode():
+        rows = site.sae.W_dec[indices].detach().to(model.device, torch.float32)
+        return model.direction_logits(rows).cpu()
 
 
 def promoted_tokens(site: SaeSite, model: LoadedModel, index: int, k: int = 10) -> list[int]:
@@ -46,8 +50,8 @@ def promoted_tokens(site: SaeSite, model: LoadedModel, index: int, k: int = 10) 
 
 
 class PromotedTokens:
-    """The ``k`` most promoted tokens (``W_dec[i] @ W_U``) of latents of one SAE, each latent
-    computed once.
+    """The ``k`` most promoted tokens (``(W_dec[i] * gain) @ W_U``) of latents of one SAE, each
+    latent computed once.
 
     A row of the product spans the whole vocabulary (262k for Gemma), and each product reads all
     of W_U: latents are done in chunks, so a thousand latents cost a few passes over W_U rather
@@ -63,12 +67,12 @@ class PromotedTokens:
         todo = sorted(set(indices) - self._top.keys())
         if not todo:
             return
-        w_u = self.model.unembed().float()
         w_dec = self.site.sae.W_dec.detach()
         for start in range(0, len(todo), self.chunk):
             part = todo[start : start + self.chunk]
             with torch.inference_mode():
-                top = (w_dec[part].to(w_u.device, torch.float32) @ w_u).topk(self.k, dim=-1)
+                rows = w_dec[part].to(self.model.device, torch.float32)
+                top = self.model.direction_logits(rows).topk(self.k, dim=-1)
             ids, vals = top.indices.cpu().tolist(), top.values.cpu().tolist()
             self._top.update(zip(part, zip(ids, vals, strict=True), strict=True))
 

@@ -105,3 +105,25 @@ def _parse_entry(path: Path, g: int, i: int, entry: object) -> Fact:
     if not answer.strip():
         raise CrosslayerError(f"{where}: empty answer for {prompt!r}", "give the gold answer")
     return Fact(group=g, prompt=prompt, answer=answer, relation=relation)
+
+
+def subject(group: list[Fact]) -> str | None:
+    """The longest text every paraphrase of a fact shares (its subject, e.g. "Alan Turing");
+    None for a group of one prompt, where nothing tells the subject from the template."""
+    prompts = [f.prompt.replace(MASK, "\0") for f in group]
+    if len(prompts) < 2:
+        return None
+    short = min(prompts, key=len)
+    for size in range(len(short), 2, -1):
+        for start in range(len(short) - size + 1):
+            part = short[start : start + size]
+            if "\0" not in part and part.strip() and all(part in p for p in prompts):
+                return part.strip()
+    return None
+
+
+def template(fact: Fact, subject_text: str | None) -> str:
+    """The prompt with its subject replaced by ``[X]``: paraphrase templates of PARAREL
+    ("[X] works in the field of [MASK].") are shared across facts, so pairs of prompts can
+    be told apart by template as well as by fact."""
+    return fact.prompt if not subject_text else fact.prompt.replace(subject_text, "[X]")

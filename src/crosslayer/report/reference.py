@@ -63,9 +63,11 @@ CONTRAST_DEFINITIONS: dict[str, str] = {
 }
 
 INTERPRET_DEFINITIONS: dict[str, str] = {
-    "share_promoting": "share of fact groups whose top-k latents rank an answer token among the "
-    "20 tokens their decoder direction promotes most (W_dec[i] @ W_U)",
-    "share_promoting_random_latents": "the same test with random latents: the chance level",
+    "share_promoting": "share of fact groups whose selected latents rank an answer token among "
+    "the 20 tokens their decoder direction promotes most through the final norm "
+    "((W_dec[i] * gain) @ W_U)",
+    "share_promoting_null_permutation": "the same latents scored against other groups' answers",
+    "share_promoting_null_matched": "random latents of matched firing density and decoder norm",
     "model_top10": "share of prompts where the model ranks the answer in its top 10 at the token "
     "before it",
 }
