@@ -29,10 +29,10 @@ from tests.test_determinism import TINY, without_timing
 # Every stage of the tiny study, in the order it runs (the keys of results.json's timings),
 # then the report, which is written after results.json.
 STAGES = (
-    "load", "collect", "transcoder", "transcoder_adam", "transcoder_mlp",
-    "sae_baseline", "sae_residual", "probes_baseline", "probes_residual", "decomposition",
-    "depth_sweep",
-    "report",
+    "load", "collect", "transcoder", "transcoder_adam", "transcoder_mlp", "placebo",
+    "sae_baseline", "sae_residual", "sae_placebo", "score_baseline", "score_residual",
+    "score_placebo", "removals", "probes_baseline", "probes_residual", "decomposition",
+    "depth_sweep", "emergence", "report",
 )  # fmt: skip
 
 

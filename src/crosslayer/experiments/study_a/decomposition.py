@@ -35,7 +35,7 @@ from crosslayer.store import ActivationStore
 MAX_LAG = 4  # context_1 … context_4
 # The sweep's layers get the same predictors; its cost is mostly the context designs (their
 # eigendecompositions and predictions): 0 here keeps mean/linear/token only, ~5x cheaper.
-SWEEP_MAX_LAG = MAX_LAG
+SWEEP_MAX_LAG = 1  # the sweep's other layers: context_1 only (budget: issue 14, item 6)
 LAG_RANK = 128  # previous tokens enter through their top-128 principal components (d > 128)
 SPLICE_CONTEXTS = 8  # contexts spliced per predictor (a full forward pass each)
 SPLICE_BATCH = 2  # contexts per forward pass (logits are [batch, seq, vocab])
