@@ -271,7 +271,7 @@ def test_results_file_plots_and_provenance(study: Any) -> None:
     cfg, _ = study
     out = Path(cfg.out)
     on_disk = json.loads((out / "results.json").read_text())
-    assert on_disk["schema"] == "crosslayer.study_a" and on_disk["schema_version"] == 2
+    assert on_disk["schema"] == "crosslayer.study_a" and on_disk["schema_version"] == 3
     # no absolute paths: the config without `out`, files relative to the run directory
     assert on_disk["config"] == cfg.model_dump(mode="json", exclude={"out"})
     assert "out" not in on_disk and str(out) not in (out / "results.json").read_text()

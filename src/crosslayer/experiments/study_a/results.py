@@ -10,7 +10,8 @@ from rich.table import Table
 from crosslayer.experiments.study_a.run import nan_array
 
 SCHEMA = "crosslayer.study_a"
-SCHEMA_VERSION = 2  # 2: no absolute paths (no `out`, config without it, relative paths)
+SCHEMA_VERSION = 3  # 3: cross-fitted features (+ Parquet tables), decomposition, emergence,
+# dictionaries (placebo, seeds), depth sweep out of fold; 2: no absolute paths
 
 # The study's own figures (Gemma 2 2B, embeddings → hidden_states[20], Gemma Scope layer 20),
 # with the protocol that produced each, so that every table can show them beside ours.
