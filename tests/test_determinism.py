@@ -27,7 +27,7 @@ TINY: dict[str, Any] = {
     "sweep": {"tokens": 1500},
     "transcoder": {"study_recipe": True, "adam_epochs": 2, "mlp_hidden": 16, "mlp_max_epochs": 2},
     "sae_training": {"arch": "topk", "width": 32, "target_l0": 4, "epochs": 1, "batch_size": 256},
-    "crossfit": {"min_pos_fit": 10, "min_pos_score": 5},
+    "crossfit": {"n_folds": 3, "min_pos_fit": 10, "min_pos_score": 5},
     "probes": {"study_features": 3, "study_tokens": 1500},
     "analysis": {"n_bootstrap": 200, "n_extreme": 2, "top_k": 2},
 }

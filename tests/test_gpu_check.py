@@ -55,14 +55,14 @@ def _results(ev: float, sae: float, acc: float, sweep_last: float) -> dict:
         "comparison": {"balanced_accuracy": {"baseline": {"mean": acc},
                                              "residual": {"mean": acc - 0.15},
                                              "diff_mean": 0.15}},
-        "depth_sweep": {"heldout_explained_variance": [0.9, 0.5, sweep_last]},
+        "depth_sweep": {"explained_variance": [0.9, 0.5, sweep_last]},
     }  # fmt: skip
 
 
 def test_figures_are_compared_with_the_fp32_or_bf16_tolerance() -> None:
     gc = _module()
     ref = _results(0.160, 0.70, 0.75, 0.16)
-    assert gc.figure(ref, "depth_sweep.heldout_explained_variance.-1") == 0.16
+    assert gc.figure(ref, "depth_sweep.explained_variance.-1") == 0.16
     assert gc.figure(ref, "saes.pretrained.heldout.explained_variance") is None
     # within: fp32 off by 0.001 in EV (tolerance 0.002), bf16 off by 0.015 (0.02)
     rows, ok = gc.compare(ref, {"cuda-fp32": _results(0.161, 0.71, 0.755, 0.161),

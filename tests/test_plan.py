@@ -32,7 +32,7 @@ TINY: dict[str, Any] = {
     "sweep": {"tokens": 2000},
     "transcoder": {"study_recipe": True, "adam_epochs": 2, "mlp_hidden": 32, "mlp_max_epochs": 2},
     "sae_training": {"arch": "topk", "width": 64, "target_l0": 6, "epochs": 2, "batch_size": 256},
-    "crossfit": {"min_pos_fit": 10, "min_pos_score": 5},
+    "crossfit": {"n_folds": 3, "min_pos_fit": 10, "min_pos_score": 5},
     "probes": {"study_features": 4, "study_tokens": 2000},
     "analysis": {"n_bootstrap": 500, "n_extreme": 2, "top_k": 3},
 }
@@ -199,7 +199,6 @@ def _gemma_plan(tokens: int, **over: Any) -> Any:
             "tokens": tokens,
             "device": "cpu",
             # no caps, so every stage scales with the tokens
-            "probes": {"train_tokens": None},
             "transcoder": {"adam_tokens": None},
             **over,
         },

@@ -41,7 +41,7 @@ MINI: dict[str, Any] = {
     "sweep": {"enabled": False},
     "transcoder": {"study_recipe": False, "mlp": False},
     "sae_training": {"arch": "topk", "width": 32, "target_l0": 4, "epochs": 1, "batch_size": 256},
-    "crossfit": {"min_pos_fit": 10, "min_pos_score": 5},
+    "crossfit": {"n_folds": 3, "min_pos_fit": 10, "min_pos_score": 5},
     "probes": {"study_protocol": False},
     "analysis": {"n_bootstrap": 200, "n_extreme": 2, "top_k": 3, "window": 6},
 }

@@ -76,10 +76,16 @@ def test_load_run_gives_config_results_and_tables(runs: tuple[Path, Path]) -> No
     sweep = raw["depth_sweep"]
     assert run.depth_sweep["hook"].tolist() == sweep["target_hooks"]
     np.testing.assert_array_equal(
-        run.depth_sweep["heldout_explained_variance"], sweep["heldout_explained_variance"]
+        run.depth_sweep["explained_variance"], sweep["explained_variance"]
     )
-    assert (run.depth_sweep["n_train"] == sweep["n_train"]).all()
-    assert run.decomposition is None  # this run has none
+    assert run.depth_sweep["n_tokens"].tolist() == sweep["n_tokens"]
+    assert (run.depth_sweep["source_hook"] == sweep["source_hook"]).all()
+    # the decomposition: one row per (hook, predictor), the numbers of results.json
+    dec = run.decomposition.set_index(["hook", "predictor"])
+    target = raw["hooks"]["target"]
+    want = raw["decomposition"][target]["linear"]
+    assert dec.loc[(target, "linear"), "ev"] == want["ev"]
+    assert dec.loc[(target, "linear"), "ci95_low"] == want["ci95"][0]
     # the headline table: the comparison's numbers
     head = run.headline().set_index("metric")
     c = raw["comparison"]["balanced_accuracy"]
@@ -195,12 +201,13 @@ def test_compare_two_runs_shows_each_runs_numbers(runs: tuple[Path, Path], tmp_p
     assert "<script" not in html and "http://" not in html and "https://" not in html
     head = pd.read_csv(out / "headline.csv")
     comparison = json.loads((runs[0] / "results.json").read_text())["comparison"]
-    metrics = [m for m, v in comparison.items() if isinstance(v, dict)]
+    metrics = [m for m, v in comparison.items() if isinstance(v, dict) and "diff_mean" in v]
     assert head["run"].tolist() == ["s0"] * len(metrics) + ["s1"] * len(metrics)
     assert head["metric"].tolist() == metrics * 2
     pd.testing.assert_frame_equal(pd.read_parquet(out / "headline.parquet"), head,
                                   check_dtype=False)  # fmt: skip
-    assert 'id="emergence"' not in html and 'id="decomposition"' not in html
+    # these runs have both (study A computes them): their sections are on the page
+    assert 'id="emergence"' in html and 'id="decomposition"' in html
 
 
 def test_compare_shows_decomposition_and_emergence_when_present(
@@ -216,7 +223,7 @@ def test_compare_shows_decomposition_and_emergence_when_present(
                     c / "features" / "baseline.parquet")  # fmt: skip
         copies.append(c)
     cmp = compare_runs(copies, tmp_path / "cmp")
-    [em] = cmp.emergence
+    [em] = [e for e in cmp.emergence if e.sae == "baseline"]
     assert [r["median"] for r in em.rows] == [1.0, 2.0]
     html = (tmp_path / "cmp" / "compare.html").read_text()
     assert 'id="emergence"' in html and 'id="decomposition"' in html

@@ -62,7 +62,11 @@ def test_matrix_recomputed_with_sklearn_from_the_run(stage: Any) -> None:
     em = res["emergence"]
     assert em["hooks"] == ["hook_embed", *[f"blocks.{i}.hook_resid_post" for i in range(3)]]
     sweep = parts["sweep"]
-    folds = grouped_folds(sweep.doc_ids, run.cfg.crossfit.n_folds, run.cfg.seed)
+    # the run's folds: made over the main store's documents, each sweep document keeps its fold
+    main = open_store(Path(run.cfg.out) / "store")
+    docs, first = np.unique(main.doc_ids, return_index=True)
+    doc_fold = grouped_folds(main.doc_ids, run.cfg.crossfit.n_folds, run.cfg.seed)[first]
+    folds = np.unique(doc_fold[np.searchsorted(docs, sweep.doc_ids)], return_inverse=True)[1]
     X = sweep.activations(SOURCE).to_numpy(dtype=np.float32)
     Y = sweep.activations(TARGET).to_numpy(dtype=np.float32)
     # the residual SAE reads target - transcoder(source), written out independently

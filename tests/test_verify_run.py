@@ -29,7 +29,7 @@ SMALL: dict[str, Any] = {
     "sweep": {"tokens": 1500},
     "transcoder": {"study_recipe": False, "mlp": False},
     "sae_training": {"arch": "topk", "width": 32, "target_l0": 4, "epochs": 1, "batch_size": 256},
-    "crossfit": {"min_pos_fit": 10, "min_pos_score": 5},
+    "crossfit": {"n_folds": 3, "min_pos_fit": 10, "min_pos_score": 5},
     "probes": {"study_protocol": False},
     "analysis": {"n_bootstrap": 100, "n_extreme": 1, "top_k": 2},
 }
@@ -73,7 +73,8 @@ def test_an_intact_run_verifies_with_every_artefact_ok(
     expected = {
         "config.json", "results.json", "store", "sweep_store", "saes/baseline", "saes/residual",
         "saes/placebo", "study_a.png", "feature_predictability.png", "depth_curve.png",
-        "report.html", "checksums.json", "stages", "transcoder",
+        "report.html", "checksums.json", "stages", "transcoder", "emergence_heatmap.png",
+        "emergence_layers.png", "emergence_vs.png",
     }  # fmt: skip
     if (made / "features").is_dir():  # runs with per-feature Parquet tables (issue 13)
         expected.add("features")

@@ -46,6 +46,7 @@ from crosslayer.experiments.study_a.hooks import check_order, pick_target, sweep
 from crosslayer.model.hooks import parse_hook
 from crosslayer.model.shape import ModelInfo, checked_info, model_info
 from crosslayer.probes import FEATURE_CHUNK as PROBE_FEATURE_CHUNK
+from crosslayer.rundir import DICTIONARIES
 from crosslayer.sae.train import SAETrainConfig
 from crosslayer.store.collect import SHARD_TOKENS as STORE_SHARD_TOKENS
 from crosslayer.store.format import META
@@ -437,7 +438,8 @@ def plan_run(
     st = cfg.sae_training
     alive = ALIVE_FRACTION * st.width
     m = min(alive, cfg.probes.max_features or alive)
-    for name in ("baseline", "residual"):
+    # every dictionary (baseline, residual, placebo) once per seed (experiments/study_a/saes.py)
+    for name in [n if k == 0 else f"{n}_seed{k}" for n in DICTIONARIES for k in range(st.seeds)]:
         flops: float = 6 * 2 * d * st.width * st.epochs * n_train  # fwd + bwd, enc + dec
         warmup = SAE_WARMUP_S if name == "baseline" else 0.0
         stages.append(
@@ -460,7 +462,8 @@ def plan_run(
             + 2 * n * d * st.width  # encode every token with the SAE
         )
         a = cfg.analysis
-        disk = int(175 * m + a.n_extreme * 2 * a.top_k * 300 + 2000 + 1400)  # features + sae json
+        # features json + sae json, and features/<sae>.parquet + .csv (~120 B per feature)
+        disk = int(175 * m + a.n_extreme * 2 * a.top_k * 300 + 2000 + 1400 + 120 * alive)
         stages.append(
             StagePlan(
                 f"probes_{name}",
@@ -484,6 +487,11 @@ def plan_run(
                 ctx.time(flops, "depth_sweep"),
             )
         )
+        if cfg.emergence.enabled:
+            # stages/emergence.json: ~10 numbers per scored feature and layer, 3 plots
+            n_dicts = 3
+            disk = int(100 * n_dicts * m * (targets + 1) + 170_000)
+            stages.append(StagePlan("emergence", "emergence", n_sweep, disk, 0.0, 0.0))
     stages.append(_report_stage(cfg, d, 2 * m, stages))
     memory = _memory(cfg, shape, info, n_train, n_sweep, len(sweep), m)
     return RunPlan(

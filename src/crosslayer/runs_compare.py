@@ -240,15 +240,15 @@ def _sweep(cmp: Comparison) -> None:
     from crosslayer.report.figures import figure_uri, plt
 
     sweeps = [(lab, r.depth_sweep) for lab, r in zip(cmp.labels, cmp.runs, strict=True)]
-    sweeps = [(lab, s) for lab, s in sweeps if s is not None and "heldout_explained_variance" in s]
+    sweeps = [(lab, s) for lab, s in sweeps if s is not None and "explained_variance" in s]
     if not sweeps:
         return
     fig, ax = plt.subplots(figsize=(5, 2.6))
     for label, s in sweeps:
         depth = [float(parse_hook(h).layer or 0) for h in s["hook"]]
-        ax.plot(depth, s["heldout_explained_variance"], marker="o", label=label)
+        ax.plot(depth, s["explained_variance"], marker="o", label=label)
     ax.set_xlabel("block of the target resid_post", fontsize=8)
-    ax.set_ylabel("held-out explained variance", fontsize=8)
+    ax.set_ylabel("out-of-fold explained variance", fontsize=8)
     ax.legend(fontsize=7)
     ax.tick_params(labelsize=7)
     cmp.figures["depth_sweep"] = figure_uri(fig)

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from crosslayer.crossfit import grouped_folds
 from crosslayer.decomposition import (
     DEFINITIONS,
     decompose,
@@ -25,6 +24,7 @@ from crosslayer.decomposition import (
     splice_contexts,
     splice_scores,
 )
+from crosslayer.experiments.study_a.features import store_folds
 from crosslayer.experiments.study_a.hooks import sweep_hooks
 from crosslayer.experiments.study_a.inputs import Hooks
 from crosslayer.experiments.study_a.run import JsonFile, Run
@@ -50,7 +50,7 @@ def _decompose(
     max_lag: int = MAX_LAG,
 ) -> Any:
     cfg = run.cfg
-    folds = grouped_folds(store.doc_ids, cfg.crossfit.n_folds, cfg.seed)
+    folds = store_folds(run, store)  # the run's fold of each document, in either store
     d = store.d(source)
     return decompose(
         store.activations(source),

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import scipy.sparse as sp
 
-from crosslayer.crossfit import grouped_folds
 from crosslayer.emergence import (
     CHANCE,
     CLASSES,
@@ -41,6 +40,7 @@ from crosslayer.emergence import (
 from crosslayer.emergence.plots import Panel, write_emergence_plots
 from crosslayer.emergence.taxonomy import LONG, POSITIONAL, SHORT, TOKEN
 from crosslayer.errors import CrosslayerError
+from crosslayer.experiments.study_a.features import store_folds
 from crosslayer.experiments.study_a.hooks import sweep_hooks
 from crosslayer.experiments.study_a.inputs import Hooks
 from crosslayer.experiments.study_a.run import JsonFile, Run, nan_array
@@ -134,7 +134,7 @@ def measure(
     """Everything measured (the checkpoint): scores per scored feature, counts per feature."""
     cfg, cf = run.cfg.emergence, run.cfg.crossfit
     names = layer_hooks(sweep_store, hooks)
-    folds = grouped_folds(sweep_store.doc_ids, cf.n_folds, run.cfg.seed)
+    folds = store_folds(run, sweep_store)  # the run's fold of each of the sweep's documents
     X = sweep_store.activations(hooks.source).to_numpy(dtype=np.float32)
     Y = sweep_store.activations(hooks.target).to_numpy(dtype=np.float32)
     codes = {}

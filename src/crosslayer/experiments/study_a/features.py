@@ -37,7 +37,7 @@ from crosslayer.experiments.study_a.run import Run, nan_array
 from crosslayer.experiments.study_a.saes import encode_sparse
 from crosslayer.probes import study_protocol_probe
 from crosslayer.runs import write_table
-from crosslayer.store import ActivationStore
+from crosslayer.store import ActivationStore, open_store
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -68,8 +68,41 @@ SUMMARY_METRICS = ("balanced_accuracy", "auroc", "r2", "token_r2")
 
 def run_folds(store: ActivationStore, rows: np.ndarray, run: Run) -> np.ndarray:
     """The run's folds for store rows ``rows``: made once over all store rows, by document."""
-    folds = grouped_folds(store.doc_ids, run.cfg.crossfit.n_folds, run.cfg.seed)
-    return folds[rows]
+    return store_folds(run, store)[rows]
+
+
+def store_folds(run: Run, store: ActivationStore) -> np.ndarray:
+    """Fold of every row of ``store`` (the main store or the sweep store) under the run's one
+    fold rule: ``grouped_folds`` over the main store's documents, so a document is in the same
+    fold in every stage. A store holding some of the documents (the sweep store) keeps their
+    folds, renumbered ``0 … K'-1`` over the folds it has."""
+    K = run.cfg.crossfit.n_folds
+    same = store.path.resolve() == run.dirs.store.resolve()
+    main = store if same else open_store(run.dirs.store)
+    docs, first = np.unique(main.doc_ids, return_index=True)
+    if len(docs) < K:
+        raise CrosslayerError(
+            f"the run's store holds {len(docs)} documents, too few for "
+            f"crossfit.n_folds = {K} folds by document",
+            "raise --tokens (more documents) or lower crossfit.n_folds",
+        )
+    fold_of_doc = grouped_folds(main.doc_ids, K, run.cfg.seed)[first]
+    if same:
+        return grouped_folds(main.doc_ids, K, run.cfg.seed)
+    at = np.searchsorted(docs, store.doc_ids)
+    if (at >= len(docs)).any() or (docs[np.minimum(at, len(docs) - 1)] != store.doc_ids).any():
+        raise CrosslayerError(
+            f"{store.path} holds documents that are not in the run's store",
+            "rerun the collection: both stores are filled from the same documents",
+        )
+    folds = fold_of_doc[at]
+    used, folds = np.unique(folds, return_inverse=True)
+    if len(used) < 2:
+        raise CrosslayerError(
+            f"{store.path} holds documents of only one of the run's folds",
+            "raise sweep.tokens (more documents in the sweep) or lower crossfit.n_folds",
+        )
+    return folds.astype(np.int64)
 
 
 def score_features(
