@@ -125,3 +125,21 @@ def test_compare_report_renders_in_chromium(report: Path, tmp_path: Path) -> Non
     assert console == []
     dark, colours = ink(png)
     assert dark > 0.05 and colours > 50
+
+
+@pytest.mark.parametrize(("section", "tag"), [("decomposition", "div"), ("dashboards", "section")])
+def test_each_new_section_renders_on_its_own(
+    report: Path, tmp_path: Path, section: str, tag: str
+) -> None:
+    """The sections the cross-fitting issues added, each cut out with the report's styles and
+    screenshotted: present, drawn, no console errors."""
+    page = report.read_text()
+    head = page[: page.index("<body>")]
+    start = page.rindex(f"<{tag}", 0, page.index(f'id="{section}"'))
+    end = page.index(f"</{tag}>", start) + len(f"</{tag}>")
+    only = tmp_path / f"{section}.html"
+    only.write_text(head + "<body>" + page[start:end])
+    png = tmp_path / f"{section}.png"
+    assert render(only, png, tmp_path) == []
+    dark, colours = ink(png)
+    assert dark > 0.02 and colours > 20
