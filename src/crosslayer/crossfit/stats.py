@@ -83,19 +83,18 @@ class SparseColumns:
     """A scipy sparse matrix ``[n, m]`` read as dense blocks, the way the estimators read F.
 
     ``F[:, j0:j1]`` and ``F[rows]`` return dense float32 arrays of just that block, so a run's
-    2,048 sparse features never exist as one dense ``[n, m]`` array. ``active=True`` returns
-    0/1 (``> threshold``) instead of the values: the labels of the logistic probes.
+    2,048 sparse features never exist as one dense ``[n, m]`` array (the logistic probes read
+    their 0/1 labels through ``logistic._Active`` on top of it).
     """
 
-    def __init__(self, f: Any, *, active: bool = False, threshold: float = 0.0) -> None:
+    def __init__(self, f: Any) -> None:
         self._f = f.tocsc()
         self._rows: Any = None  # CSR copy, made on the first row read
         self.shape = self._f.shape
-        self.active, self.threshold = active, threshold
 
-    def _dense(self, block: Any) -> np.ndarray:
-        out = np.asarray(block.toarray(), dtype=np.float32)
-        return (out > self.threshold).astype(np.float32) if self.active else out
+    @staticmethod
+    def _dense(block: Any) -> np.ndarray:
+        return np.asarray(block.toarray(), dtype=np.float32)
 
     def __getitem__(self, key: Any) -> np.ndarray:
         if isinstance(key, tuple):

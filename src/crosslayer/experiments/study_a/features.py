@@ -86,9 +86,10 @@ def store_folds(run: Run, store: ActivationStore) -> np.ndarray:
             f"crossfit.n_folds = {K} folds by document",
             "raise --tokens (more documents) or lower crossfit.n_folds",
         )
-    fold_of_doc = grouped_folds(main.doc_ids, K, run.cfg.seed)[first]
+    row_folds = grouped_folds(main.doc_ids, K, run.cfg.seed)
     if same:
-        return grouped_folds(main.doc_ids, K, run.cfg.seed)
+        return row_folds
+    fold_of_doc = row_folds[first]
     at = np.searchsorted(docs, store.doc_ids)
     if (at >= len(docs)).any() or (docs[np.minimum(at, len(docs) - 1)] != store.doc_ids).any():
         raise CrosslayerError(
