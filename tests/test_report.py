@@ -48,11 +48,12 @@ MINI: dict[str, Any] = {
 HOSTILE = "<i>Turing</i> & co"  # must come out escaped
 
 
-def make_run(root: Path, lm: Any) -> Path:
-    """A run directory with study A at its root and study B's experiments in sub-directories."""
+def make_run(root: Path, lm: Any, **overrides: Any) -> Path:
+    """A run directory with study A at its root and study B's experiments in sub-directories
+    (``overrides``: study A's config on top of :data:`MINI`)."""
     out = root / "run"
-    run_study_a(build_config("quick", overrides={**MINI, "out": str(out)}), model=lm,
-                progress=False)  # fmt: skip
+    run_study_a(build_config("quick", overrides={**MINI, **overrides, "out": str(out)}),
+                model=lm, progress=False)  # fmt: skip
     hook = "blocks.1.hook_mlp_out"
     sae = make_sae(hook, d_in=lm.d_model, d_sae=24)
     sae.cfg.metadata.neuronpedia_id = "gemma-2-2b/1-gemmascope-mlp-16k"
@@ -175,6 +176,62 @@ def test_numbers_equal_results_json(run: Path, html: str) -> None:
     it = results(run / "interpret")["layers"]["answer"][0]
     got = row(section(html, "interpret"), 'data-position="answer" data-layer="1"')
     assert num(it["share_promoting"]) in got and num(it["share_promoting_null_matched"]) in got
+
+
+def test_headline_is_the_decomposition_with_the_seed_figure_against_mean_only(
+    run: Path, html: str
+) -> None:
+    """The first table of study A is the decomposition, predictors in order, and its last row
+    puts the seed study's global-mean R² against the mean-only predictor's, recomputed here."""
+    a, r = section(html, "study_a"), results(run)
+    first = re.search(r"<table[^>]*>.*?</table>", a, re.S)
+    assert first and 'class="decomposition headline"' in first.group(0)
+    table = first.group(0)
+    order = re.findall(r'<tr data-predictor="([^"]+)"', table)
+    assert order == ["mean", "linear", "token", "context_1", "context_2", "context_3",
+                     "context_4", "rest"]  # fmt: skip
+    dec = r["decomposition"][r["hooks"]["target"]]
+    for p in order:
+        assert num(dec[p]["ev"]) in row(table, f'data-predictor="{p}"')
+    seed = row(table, 'data-key="seed_vs_mean_only"')
+    assert table.rstrip().endswith("</table>") and table.index(seed) > table.index("rest</code>")
+    # the mean-only predictor's global-mean R², written out from the store
+    store = open_store(run / "store")
+    Y = store.activations(r["hooks"]["target"])
+    Ytr = Y.to_numpy("train").astype(np.float64)
+    Yh = Y.to_numpy("heldout").astype(np.float64)
+    mu = Ytr.mean(0)
+    for y, key in ((Ytr, "train"), (Yh, "heldout")):
+        want = 1 - ((y - mu) ** 2).sum() / ((y - y.mean()) ** 2).sum()
+        got = r["transcoder"]["mean_only"][key]["r2_global_mean"]
+        assert got == pytest.approx(want, abs=1e-9)
+        assert num(got) in seed
+    assert num(r["transcoder"]["ridge"]["train"]["r2_global_mean"]) in seed and "0.5025" in seed
+
+
+def test_variance_split_columns_and_figure(run: Path, html: str) -> None:
+    """``var_linear``/``var_token_extra``/``var_rest`` of the Parquet table equal their
+    definition written out from ``r2`` and ``token_r2``, sum to 1, and the figure is shown."""
+    import pandas as pd
+
+    for name in ("baseline", "residual"):
+        t = pd.read_parquet(run / "features" / f"{name}.parquet")
+        r2, tok = t["r2"].to_numpy(), t["token_r2"].to_numpy()
+        probed = t["probed"].to_numpy(bool)
+        assert probed.sum() >= 2
+        lin = np.minimum(np.maximum(r2, 0), 1)
+        top = np.minimum(np.maximum(np.maximum(tok, r2), 0), 1)
+        for col, want in (("var_linear", lin), ("var_token_extra", top - lin),
+                          ("var_rest", 1 - top)):  # fmt: skip
+            got = t[col].to_numpy()
+            np.testing.assert_allclose(got[probed], want[probed], atol=1e-12, err_msg=col)
+            assert np.isnan(got[~probed]).all()
+        total = t.loc[probed, ["var_linear", "var_token_extra", "var_rest"]].sum(axis=1)
+        np.testing.assert_allclose(total, 1.0, atol=1e-12)
+        assert (t.loc[probed, ["var_linear", "var_token_extra", "var_rest"]] >= 0).all().all()
+    a = section(html, "study_a")
+    fig = re.search(r'<figure data-name="variance_split">.*?</figure>', a, re.S)
+    assert fig and "ceiling of any function of the embedding" in fig.group(0)
 
 
 def test_plots_are_embedded_and_nothing_is_fetched(run: Path, html: str) -> None:

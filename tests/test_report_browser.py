@@ -68,11 +68,16 @@ def ink(png: Path) -> tuple[float, int]:
     return dark, colours
 
 
+# The report test's run plus a small depth sweep, so the emergence section (its heatmap,
+# distributions and taxonomy) is rendered too; the sweep store adds a few seconds.
+SWEEP = {"sweep": {"enabled": True, "tokens": 1500}}
+
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     chromium()  # skip / fail before the run is built
     lm: Any = tiny_model("gemma3", n_layers=3, d_model=32)
-    return write_report(make_run(tmp_path_factory.mktemp("browser"), lm), model=lm)
+    return write_report(make_run(tmp_path_factory.mktemp("browser"), lm, **SWEEP), model=lm)
 
 
 def test_report_renders_in_chromium_without_console_errors(report: Path, tmp_path: Path) -> None:
@@ -127,7 +132,10 @@ def test_compare_report_renders_in_chromium(report: Path, tmp_path: Path) -> Non
     assert dark > 0.05 and colours > 50
 
 
-@pytest.mark.parametrize(("section", "tag"), [("decomposition", "div"), ("dashboards", "section")])
+@pytest.mark.parametrize(
+    ("section", "tag"),
+    [("decomposition", "div"), ("dashboards", "section"), ("emergence", "section")],
+)
 def test_each_new_section_renders_on_its_own(
     report: Path, tmp_path: Path, section: str, tag: str
 ) -> None:
@@ -143,3 +151,31 @@ def test_each_new_section_renders_on_its_own(
     assert render(only, png, tmp_path) == []
     dark, colours = ink(png)
     assert dark > 0.02 and colours > 20
+
+
+def test_emergence_section_shows_its_heatmap_and_taxonomy(report: Path, tmp_path: Path) -> None:
+    """The sweep's emergence section: the heatmap is an embedded, non-empty PNG that draws
+    (cut out alone and screenshotted), and the taxonomy's counts table is there."""
+    import base64
+    import re
+
+    page = report.read_text()
+    start = page.index('<section class="experiment" id="emergence"')
+    sec = page[start : page.index("</section>", start) + len("</section>")]
+    assert '<table class="taxonomy">' in sec and 'data-class="token-determined"' in sec
+    fig = re.search(r'<figure data-name="emergence_heatmap">\s*<img src="data:image/png;'
+                    r'base64,([^"]+)"', sec)  # fmt: skip
+    assert fig, "no embedded emergence heatmap"
+    png_bytes = base64.b64decode(fig.group(1))
+    assert png_bytes[:8] == b"\x89PNG\r\n\x1a\n" and len(png_bytes) > 2000
+    heat = tmp_path / "heatmap.png"
+    heat.write_bytes(png_bytes)
+    dark, colours = ink(heat)  # the image itself is drawn, not blank
+    assert dark > 0.05 and colours > 20
+    head = page[: page.index("<body>")]
+    only = tmp_path / "emergence_only.html"
+    only.write_text(head + "<body><main>" + sec + "</main>")
+    png = tmp_path / "emergence_only.png"
+    assert render(only, png, tmp_path) == []
+    dark, colours = ink(png)
+    assert dark > 0.05 and colours > 50

@@ -290,6 +290,7 @@ def test_results_file_plots_and_provenance(study: Any) -> None:
         "depth_curve.png",
         "feature_predictability.png",
         "study_a.png",
+        "variance_split.png",
     ]
     for name in on_disk["plots"]:
         blob = (out / name).read_bytes()

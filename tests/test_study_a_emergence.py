@@ -41,7 +41,7 @@ def stage(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, dict[str, Any]
     ridge = _ridge_transcoder(run)
     sweep = open_store(out / "sweep_store")
     res = run_emergence(run, sweep, Hooks(SOURCE, TARGET), saes, ridge)
-    return run, res, {"saes": saes, "ridge": ridge, "sweep": sweep}
+    return run, res, {"saes": saes, "ridge": ridge, "sweep": sweep, "lm": lm}
 
 
 def _ridge_transcoder(run: Any) -> AffineTranscoder:
@@ -179,3 +179,50 @@ def test_given_inputs_encode_an_sae_on_them(stage: Any) -> None:
     assert got["saes"]["residual"]["scored"].tolist() == want["scored"]
     np.testing.assert_allclose(_rows(got["saes"]["residual"]["r2"].tolist()), _rows(want["r2"]),
                                atol=1e-5)  # fmt: skip
+
+
+def test_typical_features_of_each_class_side_by_side_link_to_their_dashboards(stage: Any) -> None:
+    """Per class one row, one column per dictionary (placebo included), each example a link to
+    a dashboard on the page; the placebo's dashboard is computed on the placebo's own input
+    (target minus its removal), checked against that input written out here."""
+    import re
+
+    from crosslayer.experiments.study_a.placebo import PlaceboRemoval
+
+    run, _, parts = stage
+    results = json.loads(run.dirs.results.read_text())
+    tax = results["taxonomy"]
+    assert list(tax["saes"]) == ["baseline", "residual", "placebo"]
+    html = render_report(run.out, model=parts["lm"])
+    table = re.search(r'<table class="typical">.*?</table>', html, re.S)
+    assert table, "no side-by-side table of typical features"
+    ids = set(re.findall(r'<article class="dashboard" id="([^"]+)"', html))
+    n_links = 0
+    for c in CLASSES:
+        row = re.search(rf'<tr data-class="{c}">.*?</tr>', table.group(0), re.S)
+        assert row, c
+        cells = re.findall(r'<td data-sae="([^"]+)">(.*?)</td>', row.group(0), re.S)
+        assert [name for name, _ in cells] == list(tax["saes"])
+        for name, cell in cells:
+            want = [f"latent-a-{name}-{f}" for f in tax["saes"][name]["examples"][c]]
+            assert re.findall(r'href="#([^"]+)"', cell) == want, (c, name)
+            assert set(want) <= ids, (c, name)
+            n_links += len(want)
+    assert n_links >= 3
+    # a placebo example's dashboard: its largest activation over the run's store
+    f = next(f for fs in tax["saes"]["placebo"]["examples"].values() for f in fs)
+    board = re.search(rf'<article class="dashboard" id="latent-a-placebo-{f}">.*?</article>',
+                      html, re.S)  # fmt: skip
+    assert board and "typical" in board.group(0)
+    store = open_store(Path(run.cfg.out) / "store")
+    X = store.activations(SOURCE).to_numpy(dtype=np.float64)
+    Y = store.activations(TARGET).to_numpy(dtype=np.float64)
+    R = Y - (X @ parts["ridge"].coef_.T + parts["ridge"].intercept_)
+    removal = PlaceboRemoval.load(run.dirs.placebo)
+    P = Y - ((R @ removal.directions) * removal.weights) @ removal.directions.T
+    with torch.no_grad():
+        acts = load_sae(Path(run.cfg.out) / "saes" / "placebo").encode(
+            torch.from_numpy(P.astype(np.float32))
+        )[:, f]
+    top = float(re.findall(r'<div class="ctx" data-max="([^"]+)"', board.group(0))[0])
+    assert top == pytest.approx(float(acts.max()), abs=2e-4)

@@ -73,6 +73,7 @@ def test_an_intact_run_verifies_with_every_artefact_ok(
     expected = {
         "config.json", "results.json", "store", "sweep_store", "saes/baseline", "saes/residual",
         "saes/placebo", "study_a.png", "feature_predictability.png", "depth_curve.png",
+        "variance_split.png",
         "report.html", "checksums.json", "stages", "transcoder", "emergence_heatmap.png",
         "emergence_layers.png", "emergence_vs.png",
     }  # fmt: skip

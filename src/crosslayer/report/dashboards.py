@@ -6,8 +6,9 @@ activations (SAE-vis's "interval" groups: what the latent does when weakly on, n
 its peak), a histogram of its activations with its density and the quarter edges, the tokens
 its decoder direction promotes and suppresses (through the final norm's gain and the
 unembedding, ``LoadedModel.direction_logits``) and how predictable it is from the early
-layer. Study A's most and least predictable features are recomputed from the run directory
-(store, saved SAEs, transcoder);
+layer. Study A's most and least predictable features, and the most typical features of each
+taxonomy class (``taxonomy.saes.<sae>.examples``, baseline, residual and placebo), are
+recomputed from the run directory (store, saved SAEs, transcoder, placebo removal);
 study B's top latents come from ``interpret``'s ``results.json``
 (:class:`crosslayer.experiments.latents.LatentInfo`).
 """
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from crosslayer.report.figures import activation_histogram
+from crosslayer.rundir import RunDir
 from crosslayer.runs import load_run_sae, load_transcoder, open_run_store
 
 PREDICTABILITY = ("balanced_accuracy", "auroc", "r2", "token_r2", "token_determinedness")
@@ -145,9 +147,37 @@ def extreme_features(results: dict[str, Any]) -> dict[str, list[int]]:
     return out
 
 
+def class_examples(results: dict[str, Any]) -> dict[str, dict[int, str]]:
+    """Per SAE name, its taxonomy examples (feature index -> class), in class order."""
+    out: dict[str, dict[int, str]] = {}
+    for name, t in ((results.get("taxonomy") or {}).get("saes") or {}).items():
+        out[name] = {}
+        for c, feats in t.get("examples", {}).items():
+            for f in feats:
+                out[name].setdefault(int(f), c)
+    return out
+
+
+def wanted_features(
+    run_dir: Path, results: dict[str, Any]
+) -> tuple[dict[str, list[int]], dict[str, dict[int, str]]]:
+    """The features that get a dashboard, per SAE: the extremes, then the class examples
+    (of SAEs whose weights the run directory holds), and each example's class."""
+    wanted = extreme_features(results)
+    examples = class_examples(results)
+    for name, ex in examples.items():
+        if name not in results.get("saes", {}) and not RunDir(run_dir).sae(name).is_dir():
+            continue
+        seen = wanted.setdefault(name, [])
+        seen += [f for f in ex if f not in seen]
+    return wanted, examples
+
+
 def predictability(feats: dict[str, Any], index: int) -> tuple[dict[str, float | None], Any]:
-    """The probe metrics of one feature, and its train density."""
-    table = feats["features"]
+    """The probe metrics of one feature, and its train density (empty: not probed)."""
+    table = feats.get("features", {})
+    if index not in table.get("index", []):
+        return {}, None
     row = table["index"].index(index)
     return {k: table[k][row] for k in PREDICTABILITY if k in table}, table["density"][row]
 
@@ -155,7 +185,7 @@ def predictability(feats: dict[str, Any], index: int) -> tuple[dict[str, float |
 def study_a_dashboards(
     run_dir: Path, results: dict[str, Any], model: Any = None, batch_size: int = 4096
 ) -> list[Dashboard]:
-    """Dashboards of study A's extreme features.
+    """Dashboards of study A's extreme features and of each class's typical features.
 
     With ``model`` (a :class:`~crosslayer.model.LoadedModel`: its tokenizer decodes the store's
     tokens, its unembedding gives promoted tokens) every context token is coloured by the
@@ -163,20 +193,22 @@ def study_a_dashboards(
     Without it, the contexts stored in ``results.json`` are shown with the marked token's
     activation only.
     """
-    wanted = extreme_features(results)
+    wanted, examples = wanted_features(run_dir, results)
     boards = []
     for name, indices in wanted.items():
         if not indices:
             continue
-        feats = results["features"][name]
+        feats = results.get("features", {}).get(name, {})
         acts = None if model is None else _store_activations(run_dir, results, name, indices,
                                                              batch_size)  # fmt: skip
         effects = None if model is None else _logit_effects(run_dir, results, name, indices, model)
         for j, index in enumerate(indices):
             pred, train_density = predictability(feats, index)
+            typical = examples.get(name, {}).get(index)
             board = Dashboard(
                 anchor=study_a_anchor(name, index),
-                title=f"study A · {name} SAE · feature {index}",
+                title=f"study A · {name} SAE · feature {index}"
+                + (f" · typical {typical}" if typical else ""),
                 index=index,
                 density=train_density,
                 predictability=pred,
@@ -211,21 +243,27 @@ def _store_activations(
 ) -> np.ndarray:
     """``[n_store_tokens, len(indices)]`` activations, in store order.
 
-    The residual SAE reads ``target - transcoder(source)``; the transcoder is the ridge map the
-    run saved in ``transcoder/`` (``stages/transcoder.npz`` in older runs).
+    The residual SAE reads ``R = target - transcoder(source)``; the transcoder is the ridge map
+    the run saved in ``transcoder/`` (``stages/transcoder.npz`` in older runs). The placebo SAE
+    reads ``target - M R`` (``stages/placebo.npz``, :mod:`crosslayer.experiments.study_a.placebo`).
     """
+    from crosslayer.experiments.study_a.placebo import PlaceboRemoval
+
     store = open_run_store(run_dir, results)
     sae = load_run_sae(run_dir, results, name)
     source, target = results["hooks"]["source"], results["hooks"]["target"]
-    coef = intercept = None
-    if name == "residual":
+    coef = intercept = placebo = None
+    if name in ("residual", "placebo"):
         tc = load_transcoder(run_dir)
         coef, intercept = tc.coef_, tc.intercept_
+    if name == "placebo":
+        placebo = PlaceboRemoval.load(RunDir(run_dir).placebo)
     parts = []
     for batch in store.iter_batches([source, target], split=None, batch_size=batch_size):
         x = batch[target]
         if coef is not None:
-            x = x - (batch[source] @ coef.T + intercept)
+            r = x - (batch[source] @ coef.T + intercept)
+            x = r if placebo is None else placebo.transform(x, r)
         f = sae.encode(torch.as_tensor(np.asarray(x, np.float32)))
         parts.append(f[:, indices].float().numpy())
     return np.concatenate(parts)

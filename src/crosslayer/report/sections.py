@@ -38,6 +38,12 @@ CAPTIONS: dict[str, str] = {
     "density and against the cross-fitted token-lookup R² (how much of the feature the current "
     "token's identity predicts in unseen documents; about 0 for a feature it does not "
     "determine).",
+    "variance_split": "Each probed feature's out-of-fold variance, one vertical slice per "
+    "feature (sorted): linear in the current token's embedding = clip(ridge R², 0, 1); "
+    "token-determined beyond linear = clip(max(token-lookup R², ridge R²), 0, 1) − linear "
+    "(the cross-fitted lookup E[f | token] is the ceiling of any function of the embedding); "
+    "the rest = 1 − clip(max(…), 0, 1): needs context or is noise. Columns var_linear, "
+    "var_token_extra, var_rest of features/<sae>.parquet; the title names the run's config.",
     "contrast_layers": "Left: per-layer own-question difference cos(q, direct) − cos(q, "
     "evasive) and the match effect (minus the same against other items' questions), 95% CIs, "
     "in the headline space. Middle: paired AUROC (win rate); dashed / dotted: the model's "

@@ -62,8 +62,32 @@ DEFINITIONS = {
     "determine",
     "token_r2_null": "the largest token-lookup R² over permutations of the token ids: what the "
     "lookup scores on a feature it cannot predict",
+    "var_linear": "share of the feature's out-of-fold variance linear in the current token's "
+    "embedding: clip(r2, 0, 1)",
+    "var_token_extra": "share the token's identity determines beyond linear: clip(max(token_r2, "
+    "r2), 0, 1) - var_linear (the lookup is the ceiling of any function of the embedding)",
+    "var_rest": "share neither explains: 1 - clip(max(token_r2, r2), 0, 1); the three sum to 1",
 }
 SUMMARY_METRICS = ("balanced_accuracy", "auroc", "r2", "token_r2")
+
+
+VARIANCE_SPLIT = ("var_linear", "var_token_extra", "var_rest")
+
+
+def variance_split(r2: np.ndarray, token_r2: np.ndarray) -> dict[str, np.ndarray]:
+    """Each feature's out-of-fold variance split into linear-in-embedding, token-determined
+    beyond linear, and the rest (:data:`DEFINITIONS`; NaN where either score is missing).
+
+    ``token_r2`` (the cross-fitted lookup E[f | token]) bounds any function of the current
+    embedding, so the token share is at least the linear one; where the lookup scores below
+    the ridge (shrinkage, unseen tokens) the top is the ridge's and the extra is 0.
+    """
+    r2, token_r2 = np.asarray(r2, np.float64), np.asarray(token_r2, np.float64)
+    linear = np.clip(r2, 0.0, 1.0)
+    top = np.clip(np.fmax(token_r2, r2), 0.0, 1.0)
+    missing = np.isnan(r2) | np.isnan(token_r2)
+    out = {"var_linear": linear, "var_token_extra": top - linear, "var_rest": 1.0 - top}
+    return {k: np.where(missing, np.nan, v) for k, v in out.items()}
 
 
 def run_folds(store: ActivationStore, rows: np.ndarray, run: Run) -> np.ndarray:
@@ -175,6 +199,7 @@ def score_features(
                 tokens, F, folds, n_permutations=cfg.token_permutations, seed=run.cfg.seed
             )
         table["token_r2"][at], table["token_r2_null"][at] = tl.r2, tl.null_level
+    table |= variance_split(table["r2"], table["token_r2"])
     summary = {key: _summary(table[key][table["probed"]]) for key in SUMMARY_METRICS}
     return {
         "n_features": int(f.shape[1]),

@@ -28,7 +28,11 @@ from crosslayer.experiments.study_a.results import SCHEMA, SCHEMA_VERSION, STUDY
 from crosslayer.experiments.study_a.run import JsonFile, open_run
 from crosslayer.experiments.study_a.saes import sae_report
 from crosslayer.experiments.study_a.sweep import run_depth_sweep
-from crosslayer.experiments.study_a.transcoders import fit_transcoders, residuals
+from crosslayer.experiments.study_a.transcoders import (
+    fit_transcoders,
+    mean_only_metrics,
+    residuals,
+)
 from crosslayer.model import LoadedModel, load_model
 from crosslayer.plan import check_run
 from crosslayer.provenance import versions
@@ -146,7 +150,8 @@ def run_study_a(
             "sweep_store": None if sweep_store is None else SWEEP_STORE,
         },
         "study_reference": STUDY_REFERENCE,
-        "transcoder": transcoders.metrics,
+        # the mean-only row sits outside the transcoder checkpoint: cheap, and older runs get it
+        "transcoder": transcoders.metrics | {"mean_only": mean_only_metrics(data)},
         "saes": {
             name: sae_reports[name] | {"path": sae_path(name) if name in TRAINED_SAES else cfg.sae}
             for name in saes

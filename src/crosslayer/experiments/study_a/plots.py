@@ -7,6 +7,9 @@
 * ``depth_curve.png`` — out-of-fold explained variance from the source to every ``resid_post``.
 * ``feature_predictability.png`` — per feature: predictability against density and against
   token-lookup R², for every SAE probed.
+* ``variance_split.png`` — per SAE, every probed feature's out-of-fold variance split into
+  linear-in-embedding, token-determined beyond linear and the rest (``var_*`` columns of
+  ``features/<sae>.parquet``), features sorted, as stacked areas.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from crosslayer import fs
+from crosslayer.experiments.study_a.features import variance_split
 
 COLORS = {"baseline": "tab:blue", "residual": "tab:orange", "pretrained": "tab:green"}
 METRIC_LABELS = {
@@ -193,9 +197,60 @@ def feature_figure(results: dict[str, Any]) -> Figure:
     return fig
 
 
+SPLIT_COLORS = {"var_linear": "tab:blue", "var_token_extra": "tab:green", "var_rest": "0.8"}
+SPLIT_LABELS = {
+    "var_linear": "linear in the embedding (ridge R²)",
+    "var_token_extra": "token-determined beyond linear (lookup R² − ridge R²)",
+    "var_rest": "the rest (1 − lookup R²)",
+}
+
+
+def split_of(feats: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The ``var_*`` columns of one SAE's per-feature JSON (recomputed from ``r2`` and
+    ``token_r2`` for runs from before the columns), probed features only, sorted by linear
+    then token share."""
+    f = feats["features"]
+    if all(k in f for k in SPLIT_COLORS):
+        split = {k: _arr(f[k]) for k in SPLIT_COLORS}
+    else:
+        split = variance_split(_arr(f["r2"]), _arr(f["token_r2"]))
+    ok = np.isfinite(split["var_linear"])
+    order = np.lexsort((-split["var_token_extra"][ok], -split["var_linear"][ok]))
+    return {k: v[ok][order] for k, v in split.items()}
+
+
+def variance_split_figure(results: dict[str, Any]) -> Figure:
+    """Per SAE, every probed feature's variance split, sorted, as stacked areas."""
+    names = [n for n in ("baseline", "residual", "pretrained") if n in results["features"]]
+    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4), sharey=True,
+                             squeeze=False)  # fmt: skip
+    for ax, name in zip(axes[0], names, strict=True):
+        split = split_of(results["features"][name])
+        n = len(split["var_linear"])
+        x = (np.arange(n) + 0.5) / max(n, 1)
+        ax.stackplot(x, *split.values(), colors=list(SPLIT_COLORS.values()),
+                     labels=list(SPLIT_LABELS.values()), step=None)  # fmt: skip
+        means = ", ".join(f"{k[4:]} {np.mean(v):.2f}" for k, v in split.items()) if n else "–"
+        ax.set_title(f"{name} SAE: {n} probed features\nmean {means}", fontsize=9)
+        ax.set_xlabel("features, sorted by linear then token share (fraction)")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+    axes[0, 0].set_ylabel("share of out-of-fold variance")
+    axes[0, 0].legend(fontsize=7, loc="upper right")
+    run = results.get("config_hash", "?")
+    fig.suptitle(f"Per-feature variance split ({results['model'].get('spec', '?')}, "
+                 f"run config {str(run)[:12]})", fontsize=10)  # fmt: skip
+    fig.tight_layout()
+    return fig
+
+
 def write_plots(results: dict[str, Any], out: str | Path) -> list[str]:
     """Draw every figure into ``out`` (each PNG written atomically); return the file names."""
-    figures = {"study_a": study_figure(results), "feature_predictability": feature_figure(results)}
+    figures = {
+        "study_a": study_figure(results),
+        "feature_predictability": feature_figure(results),
+        "variance_split": variance_split_figure(results),
+    }
     if results.get("depth_sweep"):
         figures["depth_curve"] = depth_figure(results)
     names = []
