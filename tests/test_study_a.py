@@ -401,6 +401,23 @@ def test_rerun_resumes_and_another_config_is_refused(study: Any, lm: Any) -> Non
         run_study_a(tiny_config(Path(cfg.out), tokens=5000), model=lm, progress=False)
 
 
+def test_a_corrupted_checkpoint_is_recomputed_with_a_warning(
+    study: Any, lm: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg, res = study
+    stages = Path(cfg.out) / "stages"
+    report, depth = stages / "sae_baseline.json", stages / "depth.json"
+    good, intact = json.loads(report.read_text()), depth.stat().st_mtime_ns
+    report.write_text(json.dumps({**good, "edited": True}))  # a hand-edited checkpoint
+    capsys.readouterr()
+    again = run_study_a(cfg, model=lm, progress=False)
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and str(report) in err
+    assert json.loads(report.read_text()) == good  # recomputed: the same numbers again
+    assert depth.stat().st_mtime_ns == intact  # intact checkpoints load, not recompute
+    assert again["comparison"] == res["comparison"]
+
+
 # --------------------------------------------------------------------------------------------
 # bad input: one clear error each, before any expensive work
 

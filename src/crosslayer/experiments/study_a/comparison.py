@@ -118,6 +118,9 @@ class ScoredFile:
     def done(self) -> bool:
         return self.path.is_file()
 
+    def files(self) -> list[Path]:
+        return [self.path]
+
     def load(self) -> ScoredDictionary:
         with np.load(self.path, allow_pickle=False) as f:
             st = DocStats(f["n"], f["sum_y"], f["sum_y2"], f["sse"])
