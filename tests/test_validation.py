@@ -46,7 +46,9 @@ def test_metrics_and_compare_use_the_helper() -> None:
     y = np.random.default_rng(0).normal(size=(6, 2))
     with pytest.raises(CrosslayerError, match="y has 6 rows but y_hat has 5"):
         regression_report(y, y[:5])
-    with pytest.raises(CrosslayerError, match=r"targets has 2 columns but predictions has shape \(6, 1\)"):
+    with pytest.raises(
+        CrosslayerError, match=r"targets has 2 columns but predictions has shape \(6, 1\)"
+    ):
         RegressionAccumulator("cpu").update(y, y[:, :1])
     with pytest.raises(CrosslayerError, match="targets has 6 rows but predictions has 3"):
         RegressionAccumulator("cpu").update(y, y[:3])

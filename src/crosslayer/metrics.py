@@ -43,7 +43,6 @@ DEFINITIONS: dict[str, str] = {
 }
 
 
-
 def as_tensor(
     a: ArrayLike, device: torch.device, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:

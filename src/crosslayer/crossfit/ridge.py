@@ -147,7 +147,9 @@ class CrossFitRidge(BaseEstimator):
                 a_sel = torch.as_tensor(alphas, device=dev)[best]
                 t = outer[k]
                 q, nu = self._project(t, sy, sxy)
-                coef = t.V @ (q * inverse_or_zero(t.evals[:, None] + a_sel[None, :]))  # standardised X
+                coef = t.V @ (
+                    q * inverse_or_zero(t.evals[:, None] + a_sel[None, :])
+                )  # standardised X
                 self.sse_[j0:j1] += (
                     self._sse(t, coef, nu, nk[k], sx[k], sxx[k], sy[k], syy[k], sxy[k])
                     .cpu()

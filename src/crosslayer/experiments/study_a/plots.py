@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from crosslayer import fs
+from crosslayer.plotting import write_pngs
 
 COLORS = {"baseline": "tab:blue", "residual": "tab:orange", "pretrained": "tab:green"}
 METRIC_LABELS = {
@@ -198,11 +197,4 @@ def write_plots(results: dict[str, Any], out: str | Path) -> list[str]:
     figures = {"study_a": study_figure(results), "feature_predictability": feature_figure(results)}
     if results.get("depth_sweep"):
         figures["depth_curve"] = depth_figure(results)
-    names = []
-    for name, fig in figures.items():
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        fs.atomic_write_bytes(Path(out) / f"{name}.png", buf.getvalue())
-        names.append(f"{name}.png")
-    return names
+    return write_pngs(figures, out)
