@@ -51,11 +51,17 @@ REASONS = ("# local: import cycle with ", "# local: start-up cost")
 
 def _unexplained_local_imports(source: str) -> list[int]:
     """Lines of function-local ``crosslayer`` imports without a reason: on the import's own
-    lines, on the line above it, or above the block of imports it opens the function with."""
+    lines, or as a comment line just above it or above the run of imports it belongs to."""
     lines = source.splitlines()
 
-    def explained(first: int, last: int) -> bool:  # 1-based, inclusive
-        return any(r in lines[i - 1] for i in range(max(first - 1, 1), last + 1) for r in REASONS)
+    def comment_above(line: int) -> bool:  # 1-based: a comment line of its own, with a reason
+        above = lines[line - 2].strip() if line > 1 else ""
+        return above.startswith("#") and any(r in above for r in REASONS)
+
+    def explained(first: int, last: int) -> bool:
+        return comment_above(first) or any(
+            r in ln for ln in lines[first - 1 : last] for r in REASONS
+        )
 
     bad: list[int] = []
 
@@ -70,7 +76,7 @@ def _unexplained_local_imports(source: str) -> list[int]:
                     n == "crosslayer" or n.startswith("crosslayer.") for n in names
                 )
                 end = stmt.end_lineno or stmt.lineno
-                why = explained(stmt.lineno, end) or explained(block_start, block_start)
+                why = explained(stmt.lineno, end) or comment_above(block_start)
                 if ours and not why:
                     bad.append(stmt.lineno)
             else:
@@ -106,7 +112,7 @@ def test_function_local_imports_say_why() -> None:
 
 
 def test_the_local_import_check_can_fail() -> None:
-    source = '''
+    source = """
 def f():
     from crosslayer.store import open_store
     return open_store
@@ -125,5 +131,5 @@ def h():
     from crosslayer import hub  # local: import cycle with crosslayer.hub
     from crosslayer import fs
     return x, hub, fs
-'''
+"""
     assert _unexplained_local_imports(source) == [3, 18]
