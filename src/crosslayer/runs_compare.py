@@ -180,7 +180,6 @@ def compare_runs(
 
 
 def _headline(cmp: Comparison) -> None:
-
     frames = []
     for label, run in zip(cmp.labels, cmp.runs, strict=True):
         df = run.headline()
@@ -235,7 +234,6 @@ def run_spread(metric: str, headline: Any) -> dict[str, Any]:
 
 
 def _sweep(cmp: Comparison) -> None:
-
     sweeps = [(lab, r.depth_sweep) for lab, r in zip(cmp.labels, cmp.runs, strict=True)]
     sweeps = [(lab, s) for lab, s in sweeps if s is not None and "explained_variance" in s]
     if not sweeps:
@@ -252,7 +250,6 @@ def _sweep(cmp: Comparison) -> None:
 
 
 def _decomposition(cmp: Comparison) -> None:
-
     frames = []
     for label, run in zip(cmp.labels, cmp.runs, strict=True):
         if run.decomposition is not None:
@@ -292,7 +289,6 @@ def _scorable(df: Any) -> Any:
 
 
 def _distribution(labels: list[str], sae: str, score: str, tables: list[Any]) -> Distribution:
-
     values = [t[score].to_numpy(float) for t in tables]
     values = [v[np.isfinite(v)] for v in values]
     rows = []

@@ -95,14 +95,12 @@ def collect_command(
 
 
 def _dtype(value: str) -> StoreDtype:
-
     if value in ("float32", "float16"):
         return cast("StoreDtype", value)
     raise CrosslayerError(f"unknown --dtype {value!r}", "use float32 or float16")
 
 
 def _model_dtype(value: str) -> ModelDtype:
-
     if value in get_args(ModelDtype):
         return cast("ModelDtype", value)
     raise CrosslayerError(

@@ -118,7 +118,6 @@ def shape_from_config(config: Any) -> ModelShape:
 
 
 def _config_dir(path: Path) -> ModelShape:
-
     try:
         return shape_from_config(AutoConfig.from_pretrained(path))
     except (OSError, ValueError, AttributeError) as e:

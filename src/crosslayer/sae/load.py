@@ -444,7 +444,6 @@ def check_sae_spec(spec: str) -> None:
 
 
 def _require_hub(release: str, sae_id: str) -> None:
-
     hub.require_hub(
         f"SAE {release}/{sae_id} is not in the local Hugging Face cache",
         "download it on a machine with network (huggingface-cli download) and copy the HF "
@@ -487,7 +486,6 @@ def _from_hf_cache(
 
 
 def _from_hub(release: str, sae_id: str, dev: torch.device) -> SAE[Any]:
-
     _require_hub(release, sae_id)
     # local: start-up cost (sae-lens)
     from sae_lens import SAE

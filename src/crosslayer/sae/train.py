@@ -340,7 +340,6 @@ def _metadata(
     steps: int,
     run_hash: str,
 ) -> dict[str, Any]:
-
     model = model_identity or source.identity.get("model") or {}
     return {
         "hook_name": hook,
