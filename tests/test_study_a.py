@@ -402,6 +402,39 @@ def test_rerun_resumes_and_another_config_is_refused(study: Any, lm: Any) -> Non
         run_study_a(tiny_config(Path(cfg.out), tokens=5000), model=lm, progress=False)
 
 
+def test_the_comparison_scores_on_the_runs_one_fold_rule(study: Any) -> None:
+    """score_dictionaries takes its folds from features.run_folds; over the train and
+    held-out rows (every row of the store) these are the folds it made before by grouping
+    those rows' documents itself (grouped_folds depends on documents and sizes, not order)."""
+    from crosslayer.crossfit import grouped_folds
+    from crosslayer.experiments.study_a.features import run_folds
+    from crosslayer.experiments.study_a.run import open_run
+
+    cfg, _ = study
+    store = open_store(Path(cfg.out) / "store")
+    rows = np.concatenate([np.flatnonzero(store.split == 0), np.flatnonzero(store.split == 1)])
+    assert len(rows) == len(store.doc_ids)
+    before = grouped_folds(store.doc_ids[rows], cfg.crossfit.n_folds, cfg.seed)
+    np.testing.assert_array_equal(run_folds(store, rows, open_run(cfg, False)), before)
+
+
+def test_a_corrupted_checkpoint_is_recomputed_with_a_warning(
+    study: Any, lm: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg, res = study
+    stages = Path(cfg.out) / "stages"
+    report, depth = stages / "sae_baseline.json", stages / "depth.json"
+    good, intact = json.loads(report.read_text()), depth.stat().st_mtime_ns
+    report.write_text(json.dumps({**good, "edited": True}))  # a hand-edited checkpoint
+    capsys.readouterr()
+    again = run_study_a(cfg, model=lm, progress=False)
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and str(report) in err
+    assert json.loads(report.read_text()) == good  # recomputed: the same numbers again
+    assert depth.stat().st_mtime_ns == intact  # intact checkpoints load, not recompute
+    assert again["comparison"] == res["comparison"]
+
+
 # --------------------------------------------------------------------------------------------
 # bad input: one clear error each, before any expensive work
 

@@ -68,9 +68,11 @@ def stage(tmp_path_factory) -> dict[str, Any]:
         residuals(ridge, data.X_heldout, data.Y_heldout),
     )
     store = SimpleNamespace(tokens=tokens, doc_ids=docs)  # what the stage reads of a store
-    D = run_dictionaries(run, Hooks(SOURCE, TARGET), {}, data, R, store, adam=True,
-                         max_features=None)  # fmt: skip
     order = np.concatenate([data.train_idx, data.heldout_idx])
+    # no run store here, so the run's fold rule (features.run_folds) is given its result
+    folds = grouped_folds(docs[order], 4, cfg.seed)
+    D = run_dictionaries(run, Hooks(SOURCE, TARGET), {}, data, R, store, adam=True,
+                         fold_ids=folds, max_features=None)  # fmt: skip
     every = {name: np.concatenate(x) for name, x in D.inputs.items()}
     features = {
         name: {"features": {m: [0.5, 0.6, 0.7] for m in ("balanced_accuracy", "auroc", "r2")},

@@ -15,7 +15,7 @@ import torch
 from crosslayer.crossfit import grouped_folds
 from crosslayer.emergence import CLASSES, UNSCORED, emergence_matrix
 from crosslayer.experiments.study_a import run_study_a
-from crosslayer.experiments.study_a.emergence import measure, run_emergence
+from crosslayer.experiments.study_a.emergence import EmergenceInputs, measure, run_emergence
 from crosslayer.experiments.study_a.inputs import Hooks
 from crosslayer.experiments.study_a.run import open_run
 from crosslayer.model import tiny_model
@@ -40,7 +40,7 @@ def stage(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, dict[str, Any]
     saes = {n: load_sae(out / "saes" / n) for n in ("baseline", "residual")}
     ridge = _ridge_transcoder(run)
     sweep = open_store(out / "sweep_store")
-    res = run_emergence(run, sweep, Hooks(SOURCE, TARGET), saes, ridge)
+    res = run_emergence(run, EmergenceInputs(sweep, Hooks(SOURCE, TARGET), saes, ridge))
     return run, res, {"saes": saes, "ridge": ridge, "sweep": sweep, "lm": lm}
 
 
@@ -139,7 +139,8 @@ def test_per_feature_columns_follow_the_rule_and_the_counts(stage: Any) -> None:
 def test_checkpoint_is_reused_and_plots_written(stage: Any) -> None:
     run, res, parts = stage
     before = run.dirs.emergence.stat().st_mtime_ns
-    again = run_emergence(run, parts["sweep"], Hooks(SOURCE, TARGET), parts["saes"], parts["ridge"])
+    what = EmergenceInputs(parts["sweep"], Hooks(SOURCE, TARGET), parts["saes"], parts["ridge"])
+    again = run_emergence(run, what)
     assert run.dirs.emergence.stat().st_mtime_ns == before
     assert json.dumps(again, sort_keys=True, default=str) == json.dumps(
         res, sort_keys=True, default=str
@@ -173,7 +174,10 @@ def test_given_inputs_encode_an_sae_on_them(stage: Any) -> None:
         return Y - (X.astype(np.float64) @ ridge.coef_.T + ridge.intercept_)
 
     sae = {"residual": parts["saes"]["residual"]}
-    got = measure(run, parts["sweep"], Hooks(SOURCE, TARGET), sae, ridge, (), {"residual": given})
+    got = measure(
+        run,
+        EmergenceInputs(parts["sweep"], Hooks(SOURCE, TARGET), sae, ridge, (), {"residual": given}),
+    )
     want = json.loads(run.dirs.emergence.read_text())["saes"]["residual"]
     assert got["saes"]["residual"]["input"] == "given"
     assert got["saes"]["residual"]["scored"].tolist() == want["scored"]

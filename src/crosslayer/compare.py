@@ -16,7 +16,8 @@ import scipy.sparse
 from scipy import stats
 
 from crosslayer.errors import CrosslayerError
-from crosslayer.metrics import ArrayLike, check_2d, row_chunks
+from crosslayer.metrics import row_chunks
+from crosslayer.validation import ArrayLike, check_array, check_length
 
 
 def _finite_1d(name: str, x: ArrayLike) -> np.ndarray:
@@ -91,12 +92,8 @@ def token_determinedness(
     that are constant over the kept tokens get NaN. Computed in float64 with one sparse
     one-hot product per chunk of rows; ``F`` may be a memmap.
     """
-    n, m = check_2d("F", F)
-    tok = np.asarray(token_ids).reshape(-1)
-    if tok.size != n:
-        raise CrosslayerError(
-            f"{tok.size} token ids for {n} rows of F", "pass one token id per row of F"
-        )
+    n, m = check_array("F", F)
+    tok = check_length("token ids", token_ids, n, like="F")
     groups, inverse, counts = np.unique(tok, return_inverse=True, return_counts=True)
     keep_group = counts >= min_count
     if keep_group.sum() < 2:

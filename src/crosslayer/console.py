@@ -17,3 +17,8 @@ console_err = Console(stderr=True)  # progress, warnings, errors
 def say(stage: str, message: str) -> None:
     """One progress line: ``<stage> message`` in the house style, on stderr."""
     console_err.print(f"[bold cyan]{stage}[/] {message}", highlight=False)
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr, never wrapped (it names files), whatever ``progress`` is."""
+    console_err.print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -106,6 +107,14 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_npz(path: str | os.PathLike[str], **arrays: Any) -> None:
+    """``np.savez(path, **arrays)`` atomically (built in memory, then
+    :func:`atomic_write_bytes`): a killed write leaves no ``.npz`` behind."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

@@ -33,6 +33,7 @@ def offline_var() -> str | None:
 
 def hub_host() -> str:
     """The host of the hub endpoint (``HF_ENDPOINT`` or huggingface.co)."""
+    # local: start-up cost (huggingface_hub)
     from huggingface_hub import constants
 
     return urlparse(constants.ENDPOINT).hostname or "huggingface.co"
@@ -84,6 +85,7 @@ def offline_fix(kind: str, name: str) -> str:
 
 def model_in_cache(repo_id: str) -> bool:
     """True if ``repo_id``'s config.json is in the local hub cache (no network)."""
+    # local: start-up cost (huggingface_hub)
     from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.errors import HFValidationError
 

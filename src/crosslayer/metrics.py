@@ -27,6 +27,9 @@ import torch
 
 from crosslayer.device import resolve_device
 from crosslayer.errors import CrosslayerError
+from crosslayer.validation import ArrayLike as ArrayLike  # re-exported: estimators import it
+from crosslayer.validation import check_array
+from crosslayer.validation import check_pair as check_pair
 
 DEFINITIONS: dict[str, str] = {
     "explained_variance": "1 - sum_ij (y-yhat)^2 / sum_ij (y_ij - mean_j)^2; per-dimension means "
@@ -38,8 +41,6 @@ DEFINITIONS: dict[str, str] = {
     "cosine": "mean over tokens of cos(y_i, yhat_i)",
     "mse": "mean over tokens and dimensions of (y_ij - yhat_ij)^2",
 }
-
-ArrayLike = Any  # numpy array, np.memmap, torch tensor or anything np.asarray accepts
 
 
 def as_tensor(
@@ -58,33 +59,7 @@ def as_tensor(
 
 def check_2d(name: str, a: ArrayLike) -> tuple[int, int]:
     """Validate once at the edge that ``a`` is a 2-D array with rows; returns its shape."""
-    shape = getattr(a, "shape", None)
-    if shape is None or len(shape) != 2:
-        got = "no shape" if shape is None else f"shape {tuple(shape)}"
-        raise CrosslayerError(
-            f"{name} must be a 2-D array [n_tokens, d], got {got}",
-            f"pass {name} as an array of shape [n_tokens, d]",
-        )
-    if shape[0] < 1 or shape[1] < 1:
-        raise CrosslayerError(
-            f"{name} is empty (shape {tuple(shape)})",
-            "pass at least one token with at least one dimension",
-        )
-    return int(shape[0]), int(shape[1])
-
-
-def check_pair(
-    X: ArrayLike, Y: ArrayLike, names: tuple[str, str] = ("X", "Y")
-) -> tuple[int, int, int]:
-    """Validate two row-aligned 2-D arrays; returns ``(n, d_x, d_y)``."""
-    n, dx = check_2d(names[0], X)
-    ny, dy = check_2d(names[1], Y)
-    if n != ny:
-        raise CrosslayerError(
-            f"{names[0]} has {n} rows but {names[1]} has {ny}",
-            "pass arrays with one row per token, in the same order",
-        )
-    return n, dx, dy
+    return check_array(name, a)
 
 
 def row_chunks(n: int, chunk_size: int) -> Iterator[slice]:
@@ -162,11 +137,8 @@ class RegressionAccumulator:
         """Add one batch of targets ``y`` and predictions ``y_hat`` (same shape)."""
         y64 = as_tensor(y, self.device, torch.float64)
         p64 = as_tensor(y_hat, self.device, torch.float64)
-        if y64.ndim != 2 or y64.shape != p64.shape:
-            raise CrosslayerError(
-                f"targets {tuple(y64.shape)} and predictions {tuple(p64.shape)} differ in shape",
-                "pass 2-D arrays of the same shape [n_tokens, d]",
-            )
+        n, d = check_array("targets", y64)
+        check_array("predictions", p64, n_rows=n, n_cols=d, like="targets")
         batch = [y64.sum(0), (y64**2).sum(0), ((y64 - p64) ** 2).sum(0)]
         if self._sums is None:
             self._sums = batch

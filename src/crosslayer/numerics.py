@@ -66,6 +66,7 @@ _SUCCESS = 0
 @cache
 def _mkl() -> ctypes.CDLL | None:
     """torch's own MKL (linked into libtorch_cpu), or None when torch has no MKL."""
+    # local: start-up cost (torch: crosslayer imports numerics first)
     import torch
 
     if not torch.backends.mkl.is_available():
@@ -120,6 +121,7 @@ def state() -> dict[str, str]:
     thread count at run time; ``threads`` is torch's intra-op thread count, which identity
     also depends on.
     """
+    # local: start-up cost (torch)
     import torch
 
     out = {"mkl_cbwr": "no MKL", "mkl_dynamic": "no MKL"}

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from io import StringIO
@@ -40,13 +41,16 @@ from rich.console import Console
 from rich.table import Table
 
 from crosslayer.config import RunConfig
+from crosslayer.corpus import load_corpus
 from crosslayer.device import resolve_device, resolve_dtype
 from crosslayer.errors import CrosslayerError
 from crosslayer.experiments.study_a.hooks import check_order, pick_target, sweep_hooks, sweep_tokens
+from crosslayer.fs import check_dir_path
 from crosslayer.model.hooks import parse_hook
 from crosslayer.model.shape import ModelInfo, checked_info, model_info
 from crosslayer.probes import FEATURE_CHUNK as PROBE_FEATURE_CHUNK
 from crosslayer.rundir import DICTIONARIES
+from crosslayer.sae.load import check_sae_spec
 from crosslayer.sae.train import SAETrainConfig
 from crosslayer.store.collect import SHARD_TOKENS as STORE_SHARD_TOKENS
 from crosslayer.store.format import META
@@ -369,10 +373,6 @@ def check_run(cfg: RunConfig, model: Any = None) -> None:
     :class:`RunConfig`'s own validator has already checked the rules between keys; together
     they make a bad run fail in seconds, leaving nothing behind.
     """
-    from crosslayer.corpus import load_corpus
-    from crosslayer.device import resolve_device
-    from crosslayer.fs import check_dir_path
-    from crosslayer.sae.load import check_sae_spec
 
     resolve_device(cfg.device)
     info = checked_info(cfg.model) if model is None else model_info(cfg.model, model)
@@ -521,7 +521,6 @@ def plan_run(
 
 def model_itemsize(cfg: RunConfig) -> int:
     """Bytes per weight of the model as the run will load it (``model_dtype`` on its device)."""
-    import warnings
 
     with warnings.catch_warnings():  # the run itself warns about emulated bf16, not the plan
         warnings.simplefilter("ignore")

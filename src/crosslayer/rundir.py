@@ -24,6 +24,9 @@ through :class:`RunDir`, so a stage's file cannot move without the other two fol
         removals.json        variance each SAE input removed, linear signal it kept
         emergence.json       every feature's predictability from every layer, its class
         decomposition.json   the layer decomposition of the target and the sweep's layers
+        sha256/<file>        the sha256 of each checkpoint's files (JSON, named after its first
+                             file), written after it: a resumed stage whose files differ is
+                             recomputed (Run.cached)
       features/<sae>.parquet  one row per alive feature: cross-fitted scores (+ a .csv copy)
       results.json         docs/results_schema.md; its paths are relative to RUN
       *.png, report.html   plots and the report, drawn from results.json
@@ -49,6 +52,7 @@ TRAINED_SAES = ("baseline", "residual")  # saes/<name>: the seed-0 dictionaries 
 # pipeline trains it in every run (verify expects each name in TRAINED_SAES to be present).
 DICTIONARIES = ("baseline", "residual", "placebo")
 STAGES = "stages"
+STAGE_SUMS = "sha256"  # stages/sha256/: per-checkpoint sums (Run.cached)
 FEATURES = "features"  # features/<sae>.parquet (+ .csv): one row per alive feature
 
 
@@ -111,6 +115,16 @@ class RunDir:
     def transcoder(self) -> Path:
         """The ridge transcoder as a reusable artefact (``AffineTranscoder.from_pretrained``)."""
         return self.root / TRANSCODER
+
+    def stage_sums(self, checkpoint_file: Path) -> Path:
+        """Where the sha256 of the checkpoint whose first file is ``checkpoint_file`` is kept:
+        ``stages/sha256/`` + its path below ``stages/`` (else below the run, ``/`` as ``__``):
+        ``stages/depth.json`` -> ``stages/sha256/depth.json``, ``saes/baseline/cfg.json`` ->
+        ``stages/sha256/saes__baseline__cfg.json``."""
+        rel = checkpoint_file.relative_to(self.root)
+        if rel.parts[0] == STAGES:
+            rel = rel.relative_to(STAGES)
+        return self.stages / STAGE_SUMS / "__".join(rel.parts)
 
     @property
     def transcoder_weights(self) -> Path:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from crosslayer import fs
 from crosslayer.config import RunConfig
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 def open_run_store(run_dir: Path, results: dict[str, Any]) -> Any:
     """The run's activation store (in the run directory, else where results.json says)."""
+    # local: start-up cost (store, SAE and transcoder readers: load_run needs none of them)
     from crosslayer.store import open_store
 
     local = RunDir(run_dir).store
@@ -39,6 +41,7 @@ def open_run_store(run_dir: Path, results: dict[str, Any]) -> Any:
 
 def load_run_sae(run_dir: Path, results: dict[str, Any], name: str) -> Any:
     """An SAE of the run: ``saes/<name>`` for the trained ones, the ``--sae`` spec otherwise."""
+    # local: start-up cost (sae-lens, 1.5 s)
     from crosslayer.sae import load_sae
 
     local = RunDir(run_dir).sae(name)
@@ -55,6 +58,7 @@ def _in_run(run_dir: Path, path: str) -> str:
 def load_transcoder(run_dir: str | Path, device: str | None = None) -> Any:
     """The run's ridge transcoder: ``transcoder/`` (any run since the artefact existed), else the
     weights-only ``stages/transcoder.npz`` of an older run (it then knows no hooks)."""
+    # local: start-up cost (torch)
     from crosslayer.transcoder import AffineTranscoder
 
     dirs = RunDir(Path(run_dir))
@@ -94,6 +98,7 @@ def feature_table(results: dict[str, Any], sae: str, run_dir: str | Path | None 
     ``features.<sae>.features`` (a dict of equal-length lists; its ``index`` column is named
     ``feature`` here, as in the Parquet table).
     """
+    # local: start-up cost (pandas)
     import pandas as pd
 
     if run_dir is not None and RunDir(Path(run_dir)).feature_table(sae).is_file():
@@ -120,6 +125,7 @@ def depth_sweep_table(results: dict[str, Any]) -> Any:
     Every list of the sweep's length becomes a column; scalars (``source_hook``, ``n_train``,
     ``n_heldout``) are repeated on each row so one row stands alone.
     """
+    # local: start-up cost (pandas)
     import pandas as pd
 
     sweep = results.get("depth_sweep")
@@ -141,6 +147,7 @@ def depth_sweep_table(results: dict[str, Any]) -> Any:
 def decomposition_table(results: dict[str, Any]) -> Any:
     """``results["decomposition"][hook][predictor]`` as rows ``(hook, predictor, ev,
     ev_standardised, ci95_low, ci95_high, ...)``; None when the run has no decomposition."""
+    # local: start-up cost (pandas)
     import pandas as pd
 
     dec = results.get("decomposition")
@@ -210,6 +217,7 @@ class LoadedRun:
     def headline(self) -> Any:
         """One row per metric of the baseline-vs-residual comparison: both means, the
         difference and its 95% bootstrap CI (``results.comparison``)."""
+        # local: start-up cost (pandas)
         import pandas as pd
 
         rows = []
@@ -242,7 +250,6 @@ def load_run(path: str | Path) -> LoadedRun:
 
     Raises :class:`CrosslayerError` when ``path`` holds no finished study A run.
     """
-    from pydantic import ValidationError
 
     path = Path(path)
     dirs = RunDir(path)

@@ -21,9 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+from scipy import stats
 
 from crosslayer import fs
 from crosslayer.errors import CrosslayerError
+from crosslayer.model.hooks import parse_hook
+from crosslayer.provenance import versions
+from crosslayer.report import environment, flatten
+from crosslayer.report.figures import figure_uri, plt
 from crosslayer.runs import LoadedRun, load_run, write_table
 
 REPORT_NAME = "compare.html"
@@ -120,7 +126,6 @@ def shared_saes(runs: Sequence[LoadedRun]) -> list[str]:
 
 def config_differences(runs: Sequence[LoadedRun]) -> list[tuple[str, list[Any]]]:
     """Dotted config keys whose value differs between runs, with each run's value."""
-    from crosslayer.report import flatten
 
     flat = [dict(flatten(r.results.get("config", {}))) for r in runs]
     keys = sorted({k for f in flat for k in f})
@@ -160,8 +165,6 @@ def compare_runs(
     if cmp.headline is not None and len(cmp.headline):
         write_table(cmp.headline, out / "headline.parquet")
     if cmp.spread:
-        import pandas as pd
-
         rows = [{**{k: v for k, v in s.items() if k != "ci95"}, "ci95_low": s["ci95"][0],
                  "ci95_high": s["ci95"][1]} for s in cmp.spread]  # fmt: skip
         write_table(pd.DataFrame(rows), out / "spread.parquet")
@@ -177,10 +180,6 @@ def compare_runs(
 
 
 def _headline(cmp: Comparison) -> None:
-    import pandas as pd
-
-    from crosslayer.report.figures import figure_uri, plt
-
     frames = []
     for label, run in zip(cmp.labels, cmp.runs, strict=True):
         df = run.headline()
@@ -222,7 +221,6 @@ def run_spread(metric: str, headline: Any) -> dict[str, Any]:
     """How much one metric's difference varies between the runs: the runs are the unit (a
     seed-level spread when the runs differ only in seed). Mean, sample SD, min, max of the
     runs' ``diff_mean`` and the 95% t-interval of their mean (n runs, n - 1 d.o.f.)."""
-    from scipy import stats
 
     d = headline.loc[headline["metric"] == metric, "diff_mean"].to_numpy(float)
     d = d[np.isfinite(d)]
@@ -236,9 +234,6 @@ def run_spread(metric: str, headline: Any) -> dict[str, Any]:
 
 
 def _sweep(cmp: Comparison) -> None:
-    from crosslayer.model.hooks import parse_hook
-    from crosslayer.report.figures import figure_uri, plt
-
     sweeps = [(lab, r.depth_sweep) for lab, r in zip(cmp.labels, cmp.runs, strict=True)]
     sweeps = [(lab, s) for lab, s in sweeps if s is not None and "explained_variance" in s]
     if not sweeps:
@@ -255,8 +250,6 @@ def _sweep(cmp: Comparison) -> None:
 
 
 def _decomposition(cmp: Comparison) -> None:
-    import pandas as pd
-
     frames = []
     for label, run in zip(cmp.labels, cmp.runs, strict=True):
         if run.decomposition is not None:
@@ -296,8 +289,6 @@ def _scorable(df: Any) -> Any:
 
 
 def _distribution(labels: list[str], sae: str, score: str, tables: list[Any]) -> Distribution:
-    from crosslayer.report.figures import figure_uri, plt
-
     values = [t[score].to_numpy(float) for t in tables]
     values = [v[np.isfinite(v)] for v in values]
     rows = []
@@ -322,8 +313,6 @@ def _distribution(labels: list[str], sae: str, score: str, tables: list[Any]) ->
 
 def render_comparison(cmp: Comparison) -> str:
     """The compare report as an HTML string."""
-    from crosslayer.provenance import versions
-    from crosslayer.report import environment
 
     return (
         environment()

@@ -86,6 +86,7 @@ class CollectConfig(BaseModel):
 
     def run(self, *, progress: bool = True) -> ActivationStore:
         """Load the corpus and the model, then :func:`crosslayer.store.collect`."""
+        # local: start-up cost (the CLI reads these models without torch)
         from crosslayer.corpus import load_corpus
         from crosslayer.fs import check_dir_path
         from crosslayer.model import load_model

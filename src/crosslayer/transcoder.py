@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from sklearn.base import BaseEstimator, RegressorMixin
 
 from crosslayer import distributed, fs
@@ -256,7 +257,6 @@ class AffineTranscoder(RegressorMixin, BaseEstimator):
         fit, the train means of source and target, saved beside the weights as ``x_mean`` and
         ``y_mean``). ``extra``: more JSON-able fields (a run adds its config hash).
         """
-        from safetensors.torch import save_file
 
         self._check_fitted()
         source_hook = source_hook or getattr(self, "source_hook_", None)
@@ -306,7 +306,6 @@ class AffineTranscoder(RegressorMixin, BaseEstimator):
         The training statistics beyond the means are not kept, so it cannot be refitted
         (``partial_fit`` starts afresh).
         """
-        from safetensors.torch import load_file
 
         path = Path(directory)
         cfg_path, weights = path / TRANSCODER_CONFIG, path / TRANSCODER_WEIGHTS

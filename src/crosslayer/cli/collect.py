@@ -11,6 +11,7 @@ import typer
 
 from crosslayer.cli._options import option_for
 from crosslayer.cli.app import app, console, console_err
+from crosslayer.errors import CrosslayerError
 from crosslayer.stage_configs import CollectConfig as C
 from crosslayer.stage_configs import ModelDtype, StoreDtype
 
@@ -46,6 +47,7 @@ def collect_command(
 
         torchrun --nproc-per-node 8 -m crosslayer collect ...
     """
+    # local: start-up cost (a command imports its library code when it runs)
     from crosslayer import distributed
 
     if not progress:  # also silence transformers' "Loading weights" bar
@@ -93,16 +95,12 @@ def collect_command(
 
 
 def _dtype(value: str) -> StoreDtype:
-    from crosslayer.errors import CrosslayerError
-
     if value in ("float32", "float16"):
         return cast("StoreDtype", value)
     raise CrosslayerError(f"unknown --dtype {value!r}", "use float32 or float16")
 
 
 def _model_dtype(value: str) -> ModelDtype:
-    from crosslayer.errors import CrosslayerError
-
     if value in get_args(ModelDtype):
         return cast("ModelDtype", value)
     raise CrosslayerError(

@@ -25,6 +25,7 @@ def compare_command(
 
     Example: crosslayer compare runs/seed0 runs/seed1 --out runs/compare-seeds
     """
+    # local: start-up cost (a command imports its library code when it runs)
     from crosslayer.runs_compare import REPORT_NAME, compare_runs
 
     with console_err.status(f"comparing {len(runs)} runs"):

@@ -8,6 +8,7 @@ import typer
 
 from crosslayer.cli._options import option_for
 from crosslayer.cli.app import app, console
+from crosslayer.errors import CrosslayerError
 from crosslayer.stage_configs import ContrastConfig as K
 
 
@@ -33,7 +34,7 @@ def contrast_command(
 
     Example: crosslayer contrast --out runs/contrast --layers 0-17
     """
-    from crosslayer.errors import CrosslayerError
+    # local: start-up cost (a command imports its library code when it runs)
     from crosslayer.experiments.contrast import read_items, run_contrast, summary_lines
     from crosslayer.experiments.reps import check_inputs, parse_layers, parse_sae_args
     from crosslayer.experiments.spaces import DEFAULT_SPACES, check_spaces

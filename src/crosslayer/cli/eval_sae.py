@@ -6,6 +6,7 @@ from pathlib import Path
 
 from crosslayer.cli._options import option_for
 from crosslayer.cli.app import app, console
+from crosslayer.errors import CrosslayerError
 from crosslayer.stage_configs import EvalSAEConfig as E
 
 
@@ -24,6 +25,7 @@ def eval_sae_command(
     Example: crosslayer eval-sae --sae runs/demo/sae_baseline --store runs/demo/store
     --model gemma-3-270m
     """
+    # local: start-up cost (a command imports its library code when it runs)
     from crosslayer.fs import atomic_write_json
     from crosslayer.provenance import versions
     from crosslayer.sae import check_against_model, evaluate_sae, load_sae
@@ -35,6 +37,7 @@ def eval_sae_command(
     loaded = load_sae(sae, device=device, hook=hook)  # a bad SAE fails before the model loads
     lm = None
     if model is not None:
+        # local: start-up cost (a command imports its library code when it runs)
         from crosslayer.model import load_model
         from crosslayer.model.shape import checked_info
 
@@ -67,7 +70,7 @@ def eval_sae_command(
 def _check_out_file(out: Path) -> None:
     """``--out`` must be a file path that can be written: not a directory, none of its
     parents a file (checked before the SAE is evaluated)."""
-    from crosslayer.errors import CrosslayerError
+    # local: start-up cost (a command imports its library code when it runs)
     from crosslayer.fs import check_dir_path
 
     if out.is_dir():

@@ -22,6 +22,7 @@ def init_command(
 
     Example: crosslayer init my_run.yaml --profile quick && crosslayer run --config my_run.yaml
     """
+    # local: start-up cost (a command imports its library code when it runs)
     from crosslayer import fs
     from crosslayer.config import PROFILES, example_config
 

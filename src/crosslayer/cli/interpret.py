@@ -8,6 +8,7 @@ import typer
 
 from crosslayer.cli._options import option_for
 from crosslayer.cli.app import app, console
+from crosslayer.errors import CrosslayerError
 from crosslayer.stage_configs import InterpretConfig as Interp
 
 
@@ -41,7 +42,7 @@ def interpret_command(
     Example: crosslayer interpret --out runs/interpret --facts ../shared/data/pararel/data_nm.json
     --relation P101 --sae 12=runs/demo/sae_baseline
     """
-    from crosslayer.errors import CrosslayerError
+    # local: start-up cost (a command imports its library code when it runs)
     from crosslayer.experiments.interpret import run_interpret, summary_lines
     from crosslayer.experiments.pararel import read_facts
     from crosslayer.experiments.reps import check_inputs, parse_layers, parse_sae_args

@@ -33,6 +33,7 @@ def layers_command(
 
     Example: crosslayer layers --out runs/layers --layers 0,6,12,17 --store runs/demo/store
     """
+    # local: start-up cost (a command imports its library code when it runs)
     from crosslayer.experiments.layers import DEFAULT_PROMPTS, run_layers, summary_lines
     from crosslayer.experiments.reps import check_inputs, parse_layers, parse_sae_args
     from crosslayer.experiments.spaces import DEFAULT_SPACES, check_spaces

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from crosslayer.cli.app import app, console, console_err
+from crosslayer.errors import CrosslayerError
 
 
 @app.command("report")
@@ -27,7 +28,7 @@ def report_command(
 
     Example: crosslayer report runs/study_a-quick-1a2b3c4d --no-model
     """
-    from crosslayer.errors import CrosslayerError
+    # local: start-up cost (a command imports its library code when it runs)
     from crosslayer.report import find_sections, write_report
 
     sections = find_sections(run_dir)  # fails early on a directory with no results
@@ -35,6 +36,7 @@ def report_command(
     spec = model or next((s.results.get("model", {}).get("spec") for s in sections
                           if s.kind == "study_a"), None)  # fmt: skip
     if spec and not no_model:
+        # local: start-up cost (a command imports its library code when it runs)
         from crosslayer.model import load_model
 
         with console_err.status(f"loading {spec} for the latent dashboards"):

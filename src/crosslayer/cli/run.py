@@ -10,6 +10,7 @@ import typer
 from crosslayer.cli._options import option_for
 from crosslayer.cli.app import app, console, console_err
 from crosslayer.config import RunConfig as R
+from crosslayer.errors import CrosslayerError
 
 
 def _prune(d: dict[str, Any]) -> dict[str, Any]:
@@ -28,12 +29,12 @@ def _prune(d: dict[str, Any]) -> dict[str, Any]:
 def _print_dry_run(cfg: Any) -> None:
     """The resolved config as YAML, then the plan as YAML comments: the output stays a config
     file (``crosslayer run --dry-run > my.yaml``) and the plan is still read on the terminal."""
+    # local: start-up cost (a command imports its library code when it runs)
     from io import StringIO
 
     import yaml
     from rich.console import Console
 
-    from crosslayer.errors import CrosslayerError
     from crosslayer.experiments.study_a import default_out
     from crosslayer.plan import plan_run
 
@@ -94,6 +95,7 @@ def run_command(
     Example: crosslayer run --profile quick --out runs/quick
     """
 
+    # local: start-up cost (a command imports its library code when it runs)
     from crosslayer.config import build_config, deep_merge, parse_set
 
     flags = _prune(
@@ -120,6 +122,7 @@ def run_command(
 
         hf_logging.disable_progress_bar()
 
+    # local: start-up cost (a command imports its library code when it runs)
     from crosslayer.experiments.study_a import run_study_a, summary_table
 
     results = run_study_a(cfg, progress=progress)

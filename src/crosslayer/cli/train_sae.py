@@ -8,6 +8,7 @@ import typer
 
 from crosslayer.cli._options import option_for
 from crosslayer.cli.app import app, console
+from crosslayer.errors import CrosslayerError
 from crosslayer.stage_configs import SAETrainConfig as T
 
 
@@ -44,8 +45,8 @@ def train_sae_command(
 
         torchrun --nproc-per-node N -m crosslayer train-sae ...
     """
+    # local: start-up cost (a command imports its library code when it runs)
     from crosslayer import distributed
-    from crosslayer.errors import CrosslayerError
     from crosslayer.fs import check_dir_path
     from crosslayer.sae import train_sae
     from crosslayer.sae.train import parse_train_config

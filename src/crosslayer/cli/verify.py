@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from crosslayer.cli.app import app, console
+from crosslayer.errors import DataError
 
 
 @app.command("verify")
@@ -30,7 +31,7 @@ def verify_command(
 
         crosslayer verify runs/study_a-default-1a2b3c4d
     """
-    from crosslayer.errors import DataError
+    # local: start-up cost (a command imports its library code when it runs)
     from crosslayer.verify import verify_path
 
     report = verify_path(path)

@@ -19,6 +19,7 @@ MIN_ARTICLE_CHARS = 1000  # shorter cleaned pages are stubs or disambiguation li
 
 
 def _datapath(name: str) -> str:
+    # local: start-up cost (gensim, only for builtin:wiki)
     from gensim.test.utils import datapath
 
     return str(datapath(name))
@@ -27,6 +28,7 @@ def _datapath(name: str) -> str:
 @functools.lru_cache(maxsize=1)
 def wiki_articles() -> tuple[tuple[str, str], ...]:
     """(title, plain text) of the sample's articles; redirects and stubs skipped. ~4 s once."""
+    # local: start-up cost (gensim)
     from gensim.corpora.wikicorpus import extract_pages
 
     out = []

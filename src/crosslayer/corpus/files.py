@@ -129,6 +129,7 @@ def _read_json(path: Path, text_field: str) -> Iterator[tuple[str, str]]:
 
 
 def _read_parquet(path: Path, text_field: str) -> Iterator[tuple[str, str]]:
+    # local: start-up cost (pyarrow, only for .parquet)
     import pyarrow as pa
     import pyarrow.parquet as pq
 

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from crosslayer import hub
 from crosslayer.corpus.base import TextCorpus
 from crosslayer.errors import CrosslayerError
 
@@ -43,6 +44,7 @@ def _rows(rows: Iterable[dict[str, Any]], text_field: str, where: str) -> Iterat
 
 def load_saved(path: Path, text_field: str, split: str = DEFAULT_SPLIT) -> TextCorpus:
     """A dataset saved with ``save_to_disk`` (a ``DatasetDict`` gives ``split``)."""
+    # local: start-up cost (datasets, only for hf: corpora)
     import datasets
 
     ds = datasets.load_from_disk(str(path))
@@ -83,17 +85,14 @@ def load_hf(spec: str, text_field: str) -> TextCorpus:
         return corpus
 
     if not Path(path).exists():  # a hub dataset: streamed, so it needs the network
-        from crosslayer import hub
-
         hub.require_hub(
             f"dataset {path!r} is not local (hub datasets are streamed from the hub)",
             hub.offline_fix("dataset", path),
         )
 
     def records() -> Iterator[tuple[str, str]]:
+        # local: start-up cost (datasets)
         import datasets
-
-        from crosslayer import hub
 
         try:
             with hub.quiet():

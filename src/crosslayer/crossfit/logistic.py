@@ -35,6 +35,7 @@ from crosslayer.crossfit.ridge import DEFAULT_ALPHAS, CrossFitRidge
 from crosslayer.crossfit.stats import F64, FoldLayout, check_targets, load_sorted
 from crosslayer.device import resolve_device
 from crosslayer.errors import CrosslayerError
+from crosslayer.linalg.ridge import eigh_psd
 from crosslayer.metrics import ArrayLike, check_2d, row_chunks
 
 DEFAULT_CS: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
@@ -80,9 +81,9 @@ class _Basis:
         scale = var.sqrt()
         self.scale = torch.where(scale > 1e-12 * scale.max(), scale, torch.ones_like(scale))
         xs = xc / self.scale
-        evals, V = torch.linalg.eigh((xs * c[:, None]).T @ xs / self.n)
+        evals, V = eigh_psd((xs * c[:, None]).T @ xs / self.n)
         # The floor keeps null directions (constant or collinear inputs) finite.
-        lam = evals.clamp(min=0.0) + 1e-3 * float(evals.clamp(min=0.0).mean())
+        lam = evals + 1e-3 * float(evals.mean())
         self.P = V * lam.rsqrt()  # w = P u on standardised X
         self.penalty = 1.0 / lam  # ||w||² = Σ_k u_k² / lam_k
 

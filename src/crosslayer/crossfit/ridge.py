@@ -6,8 +6,9 @@ summed squared error of leave-one-fold-out fits inside ``T_k`` (each inner fit t
 ``T_k \\ {i}`` and is scored on fold ``i``). It then predicts fold ``k``. R² pools the squared
 errors of all folds: ``1 - Σ_k SSE_k / Σ_i (f_i - f̄)²``.
 
-Everything comes from per-fold sufficient statistics (:mod:`.stats`). Each training set is
-eigendecomposed once, ``Cxx = V Λ Vᵀ`` in float64, and serves every alpha and every feature:
+Everything comes from per-fold sufficient statistics (:mod:`.stats`); the eigen and ridge-path
+primitives are :mod:`crosslayer.linalg`'s, this module keeps the cross-fitting. Each training
+set is eigendecomposed once, ``Cxx = V Λ Vᵀ`` in float64, and serves every alpha and every feature:
 ``w(α) = V diag(1/(λ+α)) Vᵀ Cxf``, and a validation fold's squared error for every alpha
 follows from the validation statistics alone (``c - 2 Σ D a + (D∘Q)ᵀ M (D∘Q)``, no second
 pass over the tokens). The inner training set ``T_k \\ {i}`` is the same for ``(k, i)`` and
@@ -26,14 +27,10 @@ from crosslayer.crossfit.folds import check_folds
 from crosslayer.crossfit.stats import F64, FoldLayout, check_targets, load_sorted, standardisation
 from crosslayer.device import resolve_device
 from crosslayer.errors import CrosslayerError
+from crosslayer.linalg.ridge import eigh_psd, inverse_or_zero, sse_from_stats, sse_path_per_target
 from crosslayer.metrics import ArrayLike, check_2d, row_chunks
 
 DEFAULT_ALPHAS: tuple[float, ...] = tuple(float(a) for a in np.logspace(-6, 2, 17))
-
-
-def _inverse(lam: torch.Tensor) -> torch.Tensor:
-    """``1/lam``, 0 where lam is 0 (alpha 0 on a null direction: the minimum-norm solution)."""
-    return torch.where(lam > 0, 1.0 / lam.clamp(min=1e-300), torch.zeros_like(lam))
 
 
 class _Train:
@@ -43,8 +40,7 @@ class _Train:
         self.folds, self.n = folds, n
         self.mean, self.scale = standardisation(n, sx, sxx.diagonal())
         g = (sxx - n * torch.outer(self.mean, self.mean)) / torch.outer(self.scale, self.scale)
-        evals, self.V = torch.linalg.eigh(g / n)
-        self.evals = evals.clamp(min=0.0)  # round-off makes null directions slightly < 0
+        self.evals, self.V = eigh_psd(g / n)
 
     def centred_val(self, n: float, sx: torch.Tensor, sxx: torch.Tensor) -> torch.Tensor:
         """Validation scatter ``Σ (xs - 0)(xs - 0)ᵀ`` in this set's standardised coordinates."""
@@ -151,7 +147,9 @@ class CrossFitRidge(BaseEstimator):
                 a_sel = torch.as_tensor(alphas, device=dev)[best]
                 t = outer[k]
                 q, nu = self._project(t, sy, sxy)
-                coef = t.V @ (q * _inverse(t.evals[:, None] + a_sel[None, :]))  # standardised X
+                coef = t.V @ (
+                    q * inverse_or_zero(t.evals[:, None] + a_sel[None, :])
+                )  # standardised X
                 self.sse_[j0:j1] += (
                     self._sse(t, coef, nu, nk[k], sx[k], sxx[k], sy[k], syy[k], sxy[k])
                     .cpu()
@@ -246,16 +244,7 @@ class CrossFitRidge(BaseEstimator):
     ) -> torch.Tensor:
         """Validation SSE ``[n_alphas, c]`` of the fits on t for every alpha and feature."""
         h, c = self._val_terms(t, nu, n, sx, sy, syy, sxy)
-        a = q * (t.V.T @ h)  # [d, c]
-        out = torch.empty(len(alphas), q.shape[1], dtype=F64, device=q.device)
-        for ai, alpha in enumerate(alphas):
-            D = _inverse(t.evals + alpha)
-            dq = D[:, None] * q
-            # float64: SSE = c - 2a + quad cancels by ~1/(1-R²) for well-predicted features,
-            # and float32 rounding there was enough to swap neighbouring alphas.
-            quad = (dq * (M @ dq)).sum(0)
-            out[ai] = c - 2 * (D[:, None] * a).sum(0) + quad
-        return out
+        return sse_path_per_target(t.V, t.evals, M, q, h, c, alphas)
 
     def _sse(
         self,
@@ -272,4 +261,4 @@ class CrossFitRidge(BaseEstimator):
         """Test-fold SSE per feature of coefficients ``coef`` (float64, from statistics)."""
         g = t.centred_val(n, sx, sxx)
         h, c = self._val_terms(t, nu, n, sx, sy, syy, sxy)
-        return (c - 2 * (coef * h).sum(0) + (coef * (g @ coef)).sum(0)).clamp(min=0.0)
+        return sse_from_stats(coef, g, h, c).clamp(min=0.0)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from crosslayer.crossfit.stats import F64, standardisation
+from crosslayer.linalg.ridge import eigh_psd
 
 
 @dataclass
@@ -56,8 +57,7 @@ class _Set:
         sx, sxx = x.sx[folds].sum(0), x.sxx[folds].sum(0)
         self.mean, self.scale = standardisation(self.n, sx, sxx.diagonal())
         g = (sxx - self.n * torch.outer(self.mean, self.mean)) / torch.outer(self.scale, self.scale)
-        evals, self.V = torch.linalg.eigh(g / self.n)
-        self.evals = evals.clamp(min=0.0)
+        self.evals, self.V = eigh_psd(g / self.n)
 
     def val_scatter(self, n: float, sx: torch.Tensor, sxx: torch.Tensor) -> torch.Tensor:
         """``Vᵀ G V``: a validation fold's scatter, standardised by this set, in its eigenbasis."""

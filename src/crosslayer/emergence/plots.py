@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from crosslayer import fs
+from crosslayer.plotting import write_pngs
 
 COLORS = {"baseline": "tab:blue", "residual": "tab:orange", "pretrained": "tab:green"}
 
@@ -125,11 +124,4 @@ def write_emergence_plots(panels: Mapping[str, Panel], out: str | Path) -> list[
         "emergence_layers": layers_figure(panels),
         "emergence_vs": versus_figure(panels),
     }
-    names = []
-    for name, fig in figures.items():
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        fs.atomic_write_bytes(Path(out) / f"{name}.png", buf.getvalue())
-        names.append(f"{name}.png")
-    return names
+    return write_pngs(figures, out)

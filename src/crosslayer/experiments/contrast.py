@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from rich.progress import track
 
+from crosslayer.corpus.files import read_text_file
 from crosslayer.errors import CrosslayerError
 from crosslayer.experiments.output import heatmap, write_results
 from crosslayer.experiments.paired import (
@@ -61,6 +62,7 @@ from crosslayer.experiments.spaces import (
 from crosslayer.model import LoadedModel
 from crosslayer.provenance import versions
 from crosslayer.stage_configs import BUILTIN, ContrastConfig
+from crosslayer.store import open_store
 
 _ALIASES = {"direct": ("direct", "answer_narrow"), "evasive": ("evasive", "answer_tricked")}
 
@@ -88,7 +90,6 @@ def read_items(source: str | Path = BUILTIN) -> list[ContrastItem]:
     path = Path(source)
     if not path.is_file():
         raise CrosslayerError(f"items file {path} not found", "pass a .json or .jsonl file")
-    from crosslayer.corpus.files import read_text_file
 
     text = read_text_file(path, "items file")
     if path.suffix == ".jsonl":
@@ -238,8 +239,6 @@ def run_contrast(
     layer_list = check_layers(model, layers)
     sites = sae_sites(model, saes, layers=layer_list, sae_on_residual=sae_on_residual)
     if isinstance(store, str | Path):
-        from crosslayer.store import open_store
-
         store = open_store(store)
     config = ContrastConfig(
         items=source, layers=layer_list, sae_on_residual=sae_on_residual, spaces=tuple(space_list),

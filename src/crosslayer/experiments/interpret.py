@@ -40,6 +40,7 @@ from crosslayer.model.hooks import decoder_layers
 from crosslayer.model.hooks import site as hook_site
 from crosslayer.provenance import versions
 from crosslayer.stage_configs import InterpretConfig
+from crosslayer.store import open_store
 
 
 def answer_position(model: LoadedModel, fact: Fact) -> tuple[list[int], int]:
@@ -134,8 +135,6 @@ def run_interpret(
         raise CrosslayerError("none of the requested layers has an SAE", "give SAEs for them")
     sae_layers = sorted(sites)
     if isinstance(store, str | Path):
-        from crosslayer.store import open_store
-
         store = open_store(store)
     config = InterpretConfig(
         facts=str(facts) if isinstance(facts, str | Path) else "python", relation=relation,

@@ -21,6 +21,7 @@ import torch
 from crosslayer.errors import CrosslayerError
 from crosslayer.experiments.reps import SaeSite
 from crosslayer.model import LoadedModel
+from crosslayer.sae import neuronpedia_url
 
 
 @dataclass
@@ -93,7 +94,6 @@ def neuronpedia_link(sae: Any, index: int) -> str | None:
     """Dashboard link when the SAE is a Gemma Scope release Neuronpedia hosts, else None."""
     if not getattr(sae.cfg.metadata, "neuronpedia_id", None):
         return None
-    from crosslayer.sae import neuronpedia_url
 
     return neuronpedia_url(sae, index)
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from crosslayer.errors import CrosslayerError
+from crosslayer.experiments.depth import depth_sweep
 from crosslayer.experiments.output import heatmap, write_results
 from crosslayer.experiments.reps import (
     SaeSite,
@@ -49,6 +50,7 @@ from crosslayer.experiments.spaces import (
 from crosslayer.model import LoadedModel
 from crosslayer.provenance import versions
 from crosslayer.stage_configs import LayersConfig
+from crosslayer.store import open_store
 
 DEFAULT_PROMPTS = (
     "The capital of France is Paris, and the capital of Italy is Rome.",
@@ -263,8 +265,6 @@ def run_layers(
     layer_list = check_layers(model, layers)
     sites = sae_sites(model, saes, layers=layer_list, sae_on_residual=sae_on_residual)
     if isinstance(store, str | Path):
-        from crosslayer.store import open_store
-
         store = open_store(store)
     config = LayersConfig(
         prompts=list(prompts), layers=layer_list, sae_on_residual=sae_on_residual,
@@ -323,7 +323,6 @@ def _corpus(
     store: Any, layers: list[int], sites: Mapping[int, SaeSite], source: str,
     max_tokens: int | None, sae_max_tokens: int, n_boot: int, seed: int,
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:  # fmt: skip
-    from crosslayer.experiments.depth import depth_sweep
 
     hooks = [resid_hook(x) for x in layers if resid_hook(x) in store.hooks]
     if len(hooks) < 2:

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from crosslayer.corpus.files import read_text_file
 from crosslayer.errors import CrosslayerError
 
 MASK = "[MASK]"
@@ -49,7 +50,6 @@ def read_facts(
     path = Path(path)
     if not path.is_file():
         raise CrosslayerError(f"fact file {path} not found", "pass a PARAREL JSON file")
-    from crosslayer.corpus.files import read_text_file
 
     try:
         raw = json.loads(read_text_file(path, "fact file"))

@@ -18,6 +18,10 @@ import torch
 
 from crosslayer.errors import CrosslayerError
 from crosslayer.model import LoadedModel, parse_hook
+from crosslayer.model.shape import checked_info
+from crosslayer.sae import load_sae
+from crosslayer.sae.load import check_sae_spec
+from crosslayer.store import open_store
 
 SaeSpec = Any  # a sae_lens SAE, or a spec string for crosslayer.sae.load_sae
 
@@ -96,9 +100,6 @@ def check_inputs(
 ) -> None:
     """The model spec, ``--layers``, the ``--sae`` specs and ``--store`` of layers / contrast /
     interpret, checked before the model's weights load (reading only its config)."""
-    from crosslayer.model.shape import checked_info
-    from crosslayer.sae.load import check_sae_spec
-    from crosslayer.store import open_store
 
     n_layers = checked_info(model).shape.n_layers
     check_layers(n_layers, layers)
@@ -168,8 +169,6 @@ def sae_sites(
 
 def _load(spec: SaeSpec, model: LoadedModel) -> Any:
     if isinstance(spec, str | Path):
-        from crosslayer.sae import load_sae
-
         return load_sae(str(spec), model=model)
     return spec
 
@@ -177,7 +176,6 @@ def _load(spec: SaeSpec, model: LoadedModel) -> Any:
 def _from_clone(root: Path, model: LoadedModel, layers: list[int], l0_rule: str) -> dict[int, Any]:
     """One SAE per layer from a Gemma Scope 1 clone (``canonical`` else ``l0_rule``, study B's
     pick), 16k wide where the clone has several widths."""
-    from crosslayer.sae import load_sae
 
     if not root.is_dir():
         raise CrosslayerError(f"SAE directory {root} not found", "pass a Gemma Scope clone")

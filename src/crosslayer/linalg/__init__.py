@@ -8,13 +8,25 @@ Two ideas, one module each:
   ``count`` identical tokens: :meth:`SufficientStats.from_weighted_rows`).
 * :mod:`~crosslayer.linalg.ridge`: :class:`RidgeEigen` decomposes the train covariance once and
   gives ridge coefficients, held-out error and GCV for any alpha and any block of targets;
-  :func:`solve_ridge` picks alpha and reports both splits from statistics alone.
+  :func:`solve_ridge` picks alpha and reports both splits from statistics alone. Its eigen
+  primitives (:func:`eigh_psd`, :func:`inverse_or_zero`, :func:`sse_from_stats`,
+  :func:`sse_path_per_target`) are also what the cross-fitted probes
+  (:mod:`crosslayer.crossfit`) and the layer decomposition build their ridge paths from.
 
 Array checks and the streaming regression metrics live one layer below, in
 :mod:`crosslayer.metrics`; everything here is built on them.
 """
 
-from crosslayer.linalg.ridge import DEFAULT_ALPHAS, RidgeEigen, RidgeSolution, solve_ridge
+from crosslayer.linalg.ridge import (
+    DEFAULT_ALPHAS,
+    RidgeEigen,
+    RidgeSolution,
+    eigh_psd,
+    inverse_or_zero,
+    solve_ridge,
+    sse_from_stats,
+    sse_path_per_target,
+)
 from crosslayer.linalg.stats import SufficientStats, accumulate, load_rows
 
 __all__ = [
@@ -23,6 +35,10 @@ __all__ = [
     "RidgeSolution",
     "SufficientStats",
     "accumulate",
+    "eigh_psd",
+    "inverse_or_zero",
     "load_rows",
     "solve_ridge",
+    "sse_from_stats",
+    "sse_path_per_target",
 ]

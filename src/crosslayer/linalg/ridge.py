@@ -21,6 +21,58 @@ from crosslayer.metrics import RegressionReport, report_from_sums
 DEFAULT_ALPHAS: tuple[float, ...] = tuple(float(a) for a in np.logspace(-8, 2, 21))
 
 
+# The eigen primitives every ridge path here is built from (RidgeEigen below, the
+# cross-fitted probes of crosslayer.crossfit, the layer decomposition).
+
+
+def eigh_psd(cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``cov = V diag(λ) Vᵀ`` of a covariance: ``(λ, V)``, λ clamped at 0 (round-off makes a
+    null direction slightly negative)."""
+    evals, V = torch.linalg.eigh(cov)
+    return evals.clamp(min=0.0), V
+
+
+def inverse_or_zero(lam: torch.Tensor) -> torch.Tensor:
+    """``1/lam``, 0 where lam is 0 (alpha 0 on a null direction: the minimum-norm solution)."""
+    return torch.where(lam > 0, 1.0 / lam.clamp(min=1e-300), torch.zeros_like(lam))
+
+
+def sse_from_stats(
+    coef: torch.Tensor, g: torch.Tensor, h: torch.Tensor, c: torch.Tensor
+) -> torch.Tensor:
+    """Per-target squared error of centred coefficients ``coef [d_in, m]`` from a set's centred
+    statistics: scatter ``g = Σ xxᵀ``, cross ``h = Σ x yᵀ`` and ``c = Σ y²`` per target."""
+    return c - 2 * (coef * h).sum(0) + (coef * (g @ coef)).sum(0)
+
+
+def sse_path_per_target(
+    V: torch.Tensor,
+    evals: torch.Tensor,
+    M: torch.Tensor,
+    q: torch.Tensor,
+    h: torch.Tensor,
+    c: torch.Tensor,
+    penalties: np.ndarray,
+) -> torch.Tensor:
+    """Validation squared error ``[n_penalties, m]`` of ``coef(p) = V diag(1/(λ+p)) q`` for
+    every absolute penalty ``p`` and target, from the validation statistics alone.
+
+    ``M = Vᵀ g V`` is the validation scatter in the eigenbasis, ``h`` and ``c`` its cross
+    term and Σy² (as in :func:`sse_from_stats`): ``SSE = c - 2 Σ D a + (D∘q)ᵀ M (D∘q)``
+    with ``D = 1/(λ+p)`` and ``a = q ∘ (Vᵀ h)``, O(d_in²·m) per penalty after the set-up.
+    """
+    a = q * (V.T @ h)  # [d, m]
+    out = torch.empty(len(penalties), q.shape[1], dtype=q.dtype, device=q.device)
+    for i, p in enumerate(penalties):
+        D = inverse_or_zero(evals + p)
+        dq = D[:, None] * q
+        # float64: SSE = c - 2a + quad cancels by ~1/(1-R²) for well-predicted targets,
+        # and float32 rounding there was enough to swap neighbouring alphas.
+        quad = (dq * (M @ dq)).sum(0)
+        out[i] = c - 2 * (D[:, None] * a).sum(0) + quad
+    return out
+
+
 class RidgeEigen:
     """The train covariance ``Cxx = V Λ Vᵀ``, decomposed once; ridge for any alpha and targets.
 
@@ -39,8 +91,7 @@ class RidgeEigen:
         self.n = train.n
         self.mean_x = train.sum_x / train.n
         g = train.xtx - train.n * torch.outer(self.mean_x, self.mean_x)
-        evals, self.V = torch.linalg.eigh(g / train.n)
-        self.evals = evals.clamp(min=0.0)  # round-off can make a null direction slightly < 0
+        self.evals, self.V = eigh_psd(g / train.n)
         self.scale = float(self.evals.sum()) / self.evals.numel()
         if self.scale <= 0:
             raise CrosslayerError(
@@ -93,7 +144,7 @@ class RidgeEigen:
     ) -> torch.Tensor:
         """Per-output Σ squared error of centred coefficients ``coef`` on ``val``'s statistics."""
         g, h, c = val.centered(self.mean_x, mean_y)
-        return c - 2 * (coef * h).sum(0) + (coef * (g @ coef)).sum(0)
+        return sse_from_stats(coef, g, h, c)
 
 
 @dataclass

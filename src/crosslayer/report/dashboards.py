@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from crosslayer.experiments.study_a.placebo import PlaceboRemoval
 from crosslayer.report.figures import activation_histogram
 from crosslayer.rundir import RunDir
 from crosslayer.runs import load_run_sae, load_transcoder, open_run_store
@@ -247,8 +248,6 @@ def _store_activations(
     the run saved in ``transcoder/`` (``stages/transcoder.npz`` in older runs). The placebo SAE
     reads ``target - M R`` (``stages/placebo.npz``, :mod:`crosslayer.experiments.study_a.placebo`).
     """
-    from crosslayer.experiments.study_a.placebo import PlaceboRemoval
-
     store = open_run_store(run_dir, results)
     sae = load_run_sae(run_dir, results, name)
     source, target = results["hooks"]["source"], results["hooks"]["target"]

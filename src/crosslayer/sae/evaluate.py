@@ -20,6 +20,7 @@ import torch
 
 from crosslayer.errors import CrosslayerError
 from crosslayer.sae.data import as_source
+from crosslayer.sae.load import check_against_model
 
 
 @torch.no_grad()
@@ -130,7 +131,6 @@ def ce_loss_recovered(
     batch: int = 8,
 ) -> dict[str, float]:
     """Clean, SAE-spliced and zero-ablated CE; recovered = (zero - sae) / (zero - clean)."""
-    from crosslayer.sae.load import check_against_model
 
     check_against_model(sae, model) if sae.cfg.metadata.hook_name == hook else None
     input_ids = torch.as_tensor(input_ids)

@@ -171,6 +171,7 @@ def neuronpedia_id_for(repo: str | None, folder: str | None) -> str | None:
     """
     if not repo or not folder:
         return None
+    # local: start-up cost (sae-lens)
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
     for lookup in get_pretrained_saes_directory().values():

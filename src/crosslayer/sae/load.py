@@ -25,7 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.numpy import load_file
 
+from crosslayer import hub
 from crosslayer.device import resolve_device
 from crosslayer.errors import CrosslayerError, DataError
 from crosslayer.sae import gemma_scope as gs
@@ -193,6 +196,7 @@ def _width_dir(path: Path, layer: int | None, width: str | None) -> Path:
 
 def load_sae_lens_dir(path: Path, dev: torch.device) -> SAE[Any]:
     """A folder written by ``SAE.save_model`` / :func:`crosslayer.train_sae`."""
+    # local: start-up cost (sae-lens: plans check specs without it)
     from sae_lens import SAE
 
     if not (path / "sae_weights.safetensors").is_file():
@@ -253,8 +257,6 @@ def load_gemma_scope_2(path: Path, dev: torch.device) -> SAE[Any]:
     ``JumpReLUTranscoder``; an ``affine_skip_connection`` [d_in, d_out] becomes
     ``JumpReLUSkipTranscoder.W_skip`` [d_out, d_in], as in ``gemma_3_sae_huggingface_loader``.
     """
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
 
     try:
         raw = load_file(str(path))
@@ -357,6 +359,7 @@ def _build(
     cfg: dict[str, Any], state: dict[str, torch.Tensor], metadata: dict[str, Any], dev: torch.device
 ) -> SAE[Any]:
     """Instantiate the sae-lens class registered for ``cfg['architecture']`` with ``state``."""
+    # local: start-up cost (sae-lens)
     from sae_lens.registry import get_sae_class
 
     sae_cls, cfg_cls = get_sae_class(cfg["architecture"])
@@ -378,6 +381,7 @@ def _build(
 
 def list_releases() -> list[str]:
     """Every SAELens release name known offline (from sae-lens's ``pretrained_saes.yaml``)."""
+    # local: start-up cost (sae-lens)
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
     return sorted(get_pretrained_saes_directory())
@@ -385,6 +389,7 @@ def list_releases() -> list[str]:
 
 def list_sae_ids(release: str) -> list[str]:
     """The SAE ids of one SAELens release."""
+    # local: start-up cost (sae-lens)
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
     directory = get_pretrained_saes_directory()
@@ -404,6 +409,7 @@ def _unknown(what: str, name: str, known: list[str], how: str) -> CrosslayerErro
 
 def _lookup(spec: str) -> tuple[str, str, Any]:
     """``release/sae_id`` → (release, sae_id, sae-lens's directory entry), or a one-line error."""
+    # local: start-up cost (sae-lens)
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
     directory = get_pretrained_saes_directory()
@@ -427,6 +433,7 @@ def check_sae_spec(spec: str) -> None:
     if Path(spec).expanduser().exists():
         return
     release, sae_id, lookup = _lookup(spec)
+    # local: start-up cost (huggingface_hub)
     from huggingface_hub import try_to_load_from_cache
 
     folder = lookup.saes_map[sae_id]
@@ -437,8 +444,6 @@ def check_sae_spec(spec: str) -> None:
 
 
 def _require_hub(release: str, sae_id: str) -> None:
-    from crosslayer import hub
-
     hub.require_hub(
         f"SAE {release}/{sae_id} is not in the local Hugging Face cache",
         "download it on a machine with network (huggingface-cli download) and copy the HF "
@@ -463,6 +468,7 @@ def _load_release(spec: str, dev: torch.device) -> SAE[Any]:
 def _from_hf_cache(
     repo_id: str, folder: str, conversion: str | None, dev: torch.device
 ) -> SAE[Any] | None:
+    # local: start-up cost (huggingface_hub)
     from huggingface_hub import try_to_load_from_cache
 
     def cached(name: str) -> Path | None:
@@ -480,9 +486,8 @@ def _from_hf_cache(
 
 
 def _from_hub(release: str, sae_id: str, dev: torch.device) -> SAE[Any]:
-    from crosslayer import hub
-
     _require_hub(release, sae_id)
+    # local: start-up cost (sae-lens)
     from sae_lens import SAE
 
     try:

@@ -28,6 +28,7 @@ Rank 0 writes checkpoints and the SAE; every rank returns the SAE it wrote.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,9 @@ from rich.progress import (
     TextColumn,
     TimeRemainingColumn,
 )
+from safetensors.torch import save_file
 
+import crosslayer
 from crosslayer import distributed
 from crosslayer.console import console_err
 from crosslayer.device import resolve_device
@@ -88,6 +91,7 @@ def parse_train_config(cfg: SAETrainConfig | dict[str, Any] | None) -> SAETrainC
 def _training_sae(
     cfg: SAETrainConfig, d_in: int, device: torch.device, metadata: dict[str, Any]
 ) -> Any:
+    # local: start-up cost (sae-lens)
     from sae_lens import (
         JumpReLUTrainingSAE,
         JumpReLUTrainingSAEConfig,
@@ -149,6 +153,7 @@ def train_sae(
     equal to a single process's up to float32 summation order (module docstring); the
     ranks must share the file system of ``out``.
     """
+    # local: start-up cost (sae-lens)
     from sae_lens import SAE
     from sae_lens.config import SAETrainerConfig
     from sae_lens.training.sae_trainer import SAETrainer
@@ -256,7 +261,6 @@ def _save(
     atomically, then remove the checkpoints."""
     with atomic_dir(out) as tmp:
         sae.save_inference_model(tmp)
-        from safetensors.torch import save_file
 
         save_file(
             {"sparsity": trainer.log_feature_sparsity.contiguous()}, tmp / "sparsity.safetensors"
@@ -303,6 +307,7 @@ def _init_from_data(
 def _threshold_lr(trainer: Any, sae: Any, cfg: SAETrainConfig, steps: int, decay: int) -> None:
     """Give the JumpReLU threshold its own Adam learning rate (lr x the scale); the trainer's
     schedule is rebuilt on the new optimizer, and scales both groups alike."""
+    # local: start-up cost (sae-lens)
     from sae_lens.training.optim import get_lr_scheduler
 
     others = [p for name, p in sae.named_parameters() if name != "threshold"]
@@ -335,8 +340,6 @@ def _metadata(
     steps: int,
     run_hash: str,
 ) -> dict[str, Any]:
-    import crosslayer
-
     model = model_identity or source.identity.get("model") or {}
     return {
         "hook_name": hook,
@@ -370,7 +373,6 @@ def _checkpoint(ckpt: Path, run_hash: str, served: int, sae: Any, trainer: Any) 
 
 def _resume(ckpt: Path, run_hash: str, sae: Any, trainer: Any) -> int:
     """Load ``{ckpt}/latest`` if present; return how many batches it had consumed."""
-    import json
 
     latest = ckpt / "latest"
     if not (latest / "position.json").is_file():

@@ -35,6 +35,7 @@ def export_saelens(
 
     The directory is built under a temporary name and renamed into place when complete.
     """
+    # local: start-up cost (datasets and sae-lens, only for export)
     from datasets import Array2D, Dataset, Features, Sequence, Value
     from datasets.utils import disable_progress_bars, enable_progress_bars
     from sae_lens.cache_activations_runner import CacheActivationsRunner

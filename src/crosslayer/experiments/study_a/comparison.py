@@ -32,7 +32,8 @@ import scipy.sparse as sp
 
 from crosslayer import fs
 from crosslayer.compare import compare_distributions
-from crosslayer.crossfit import apply_rule, grouped_folds
+from crosslayer.crossfit import apply_rule
+from crosslayer.experiments.study_a.features import run_folds
 from crosslayer.experiments.study_a.inputs import Data
 from crosslayer.experiments.study_a.matching import match_features, match_summary, matched_change
 from crosslayer.experiments.study_a.placebo import (
@@ -50,6 +51,7 @@ from crosslayer.experiments.study_a.uncertainty import (
     token_lookup_doc_stats,
 )
 from crosslayer.rundir import seed_name
+from crosslayer.store import ActivationStore
 from crosslayer.transcoder import AffineTranscoder
 
 if TYPE_CHECKING:
@@ -118,6 +120,9 @@ class ScoredFile:
     def done(self) -> bool:
         return self.path.is_file()
 
+    def files(self) -> list[Path]:
+        return [self.path]
+
     def load(self) -> ScoredDictionary:
         with np.load(self.path, allow_pickle=False) as f:
             st = DocStats(f["n"], f["sum_y"], f["sum_y2"], f["sse"])
@@ -127,12 +132,9 @@ class ScoredFile:
             )
 
     def save(self, value: ScoredDictionary) -> ScoredDictionary:
-        import io
-
-        buf = io.BytesIO()
         st = value.stats
-        np.savez(
-            buf,
+        fs.atomic_write_npz(
+            self.path,
             features=value.features,
             n=st.n,
             sum_y=st.sum_y,
@@ -143,7 +145,6 @@ class ScoredFile:
             reasons=np.array(list(value.excluded), dtype=str),
             counts=np.array(list(value.excluded.values()), dtype=np.int64),
         )
-        fs.atomic_write_bytes(self.path, buf.getvalue())
         return value
 
 
@@ -215,22 +216,23 @@ def score_dictionaries(
     run: Run,
     dictionaries: dict[str, list[SAE[Any]]],
     inputs: dict[str, np.ndarray],
-    tokens: np.ndarray,
-    doc_ids: np.ndarray,
+    store: ActivationStore,
+    rows: np.ndarray,
     fold_ids: np.ndarray | None = None,
     *,
     max_features: int | None = 512,
 ) -> dict[str, list[ScoredDictionary]]:
     """Score every seed of every dictionary (each cached as ``stages/docstats_<sae>.npz``).
 
-    ``inputs[name]``: what dictionary ``name`` reads on every scored token (train and
-    held-out rows, in the order of ``tokens`` and ``doc_ids``). ``fold_ids``: the run's folds
-    (default: :func:`crosslayer.crossfit.grouped_folds` of ``doc_ids`` with the run's seed).
+    ``inputs[name]``: what dictionary ``name`` reads on every scored token, the store rows
+    ``rows`` (train and held-out) in that order. ``fold_ids``: their folds (default: the
+    run's one fold rule, :func:`~crosslayer.experiments.study_a.features.run_folds`).
     ``max_features``: scorable features scored per SAE, a sample seeded by the run's seed +
     the seed index (:func:`score_dictionary`; None: all of them).
     """
     cf = run.cfg.crossfit
-    folds = grouped_folds(doc_ids, cf.n_folds, run.cfg.seed) if fold_ids is None else fold_ids
+    tokens, doc_ids = store.tokens[rows], store.doc_ids[rows]
+    folds = run_folds(store, rows, run) if fold_ids is None else fold_ids
     out: dict[str, list[ScoredDictionary]] = {}
     for name, saes in dictionaries.items():
         out[name] = []

@@ -62,8 +62,8 @@ def run_dictionaries(
 
     ``adam``: also a dictionary on the residual of the seed study's Adam recipe
     (``residual_adam``; needs ``transcoder.study_recipe``): the same comparison for the
-    study's residual, which explains its small gap. ``fold_ids``: the run's folds over those
-    rows (default: grouped by document with the run's seed); ``max_features``: scorable
+    study's residual, which explains its small gap. ``fold_ids``: the folds of those rows
+    (default: the run's one fold rule, ``features.run_folds``); ``max_features``: scorable
     features scored per SAE (a seeded sample).
     """
     inputs: dict[str, tuple[np.ndarray, np.ndarray]] = {
@@ -93,8 +93,8 @@ def run_dictionaries(
         run,
         saes,
         every,
-        store.tokens[rows],
-        store.doc_ids[rows],
+        store,
+        rows,
         fold_ids,
         max_features=max_features,
     )

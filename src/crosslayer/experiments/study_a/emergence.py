@@ -18,6 +18,7 @@ classes, counts and plots are derived from it on every call (cheap), and
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -81,22 +82,29 @@ TAXONOMY_DEFINITIONS: dict[str, str] = {
 }
 
 
-def run_emergence(
-    run: Run,
-    sweep_store: ActivationStore,
-    hooks: Hooks,
-    saes: Mapping[str, SAE[Any]],
-    transcoder: AffineTranscoder,
-    *,
-    residual_saes: tuple[str, ...] = ("residual",),
-    inputs: Mapping[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] | None = None,
-) -> dict[str, Any]:
-    """The emergence matrix and taxonomy of every SAE, on the sweep store's rows.
+@dataclass(frozen=True)
+class EmergenceInputs:
+    """What the emergence stage measures: the sweep store's rows, the run's hooks, the SAEs
+    and what each one reads.
 
     ``residual_saes``: the SAEs trained on residuals (encoded on target − transcoder(source));
     every other SAE is encoded on the target, unless ``inputs[name]`` is given: a function
     of the sweep store's (source rows, target rows) giving that SAE's input rows (e.g. the
-    placebo's target minus its removal). Returns ``{"emergence": ..., "taxonomy": ...}``
+    placebo's target minus its removal).
+    """
+
+    sweep_store: ActivationStore
+    hooks: Hooks
+    saes: Mapping[str, SAE[Any]]
+    transcoder: AffineTranscoder
+    residual_saes: tuple[str, ...] = ("residual",)
+    inputs: Mapping[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] | None = None
+
+
+def run_emergence(run: Run, what: EmergenceInputs) -> dict[str, Any]:
+    """The emergence matrix and taxonomy of every SAE of ``what``, on the sweep store's rows.
+
+    Returns ``{"emergence": ..., "taxonomy": ...}``
     (the results.json sections), ``"features"``: per SAE the columns ``feature``,
     ``emergence_layer`` (block index, -1 for hook_embed, None: never predictable or not
     scored), ``emergence_hook``, ``class`` and the top-token measures, one entry per feature
@@ -104,8 +112,8 @@ def run_emergence(
     """
     measured = run.cached(
         JsonFile(run.dirs.emergence),
-        lambda: measure(run, sweep_store, hooks, saes, transcoder, residual_saes, inputs),
-        ("emergence", f"emergence: {len(saes)} SAEs' features from every layer"),
+        lambda: measure(run, what),
+        ("emergence", f"emergence: {len(what.saes)} SAEs' features from every layer"),
     )
     return summarise(run, measured)
 
@@ -122,17 +130,10 @@ def layer_hooks(sweep_store: ActivationStore, hooks: Hooks) -> list[str]:
     return names
 
 
-def measure(
-    run: Run,
-    sweep_store: ActivationStore,
-    hooks: Hooks,
-    saes: Mapping[str, SAE[Any]],
-    transcoder: AffineTranscoder,
-    residual_saes: tuple[str, ...] = ("residual",),
-    inputs: Mapping[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] | None = None,
-) -> dict[str, Any]:
+def measure(run: Run, what: EmergenceInputs) -> dict[str, Any]:
     """Everything measured (the checkpoint): scores per scored feature, counts per feature."""
     cfg, cf = run.cfg.emergence, run.cfg.crossfit
+    sweep_store, hooks, saes, inputs = what.sweep_store, what.hooks, what.saes, what.inputs
     names = layer_hooks(sweep_store, hooks)
     folds = store_folds(run, sweep_store)  # the run's fold of each of the sweep's documents
     X = sweep_store.activations(hooks.source).to_numpy(dtype=np.float32)
@@ -142,8 +143,8 @@ def measure(
     for name, sae in saes.items():
         if inputs is not None and name in inputs:
             x, kinds[name] = np.asarray(inputs[name](X, Y), dtype=np.float32), "given"
-        elif name in residual_saes:
-            x, kinds[name] = residuals(transcoder, X, Y), "residual"
+        elif name in what.residual_saes:
+            x, kinds[name] = residuals(what.transcoder, X, Y), "residual"
         else:
             x, kinds[name] = Y, "target"
         codes[name] = encode_sparse(sae, x)

@@ -14,7 +14,7 @@ from crosslayer.config import RunConfig
 from crosslayer.experiments.study_a.comparison import compare_saes
 from crosslayer.experiments.study_a.decomposition import run_decomposition
 from crosslayer.experiments.study_a.dictionaries import run_dictionaries
-from crosslayer.experiments.study_a.emergence import run_emergence
+from crosslayer.experiments.study_a.emergence import EmergenceInputs, run_emergence
 from crosslayer.experiments.study_a.features import add_columns, analyse_sae
 from crosslayer.experiments.study_a.inputs import (
     check_split,
@@ -122,7 +122,8 @@ def run_study_a(
         if placebo is not None:
             ridge = transcoders.ridge
             inputs["placebo"] = lambda X, Y: placebo.transform(Y, residuals(ridge, X, Y))
-        emergence = run_emergence(run, sweep_store, hooks, dicts, transcoders.ridge, inputs=inputs)
+        what = EmergenceInputs(sweep_store, hooks, dicts, transcoders.ridge, inputs=inputs)
+        emergence = run_emergence(run, what)
         for name in features:
             add_columns(run.dirs.feature_table(name), emergence["features"].get(name))
 

@@ -29,7 +29,6 @@ describe any removal (ours, the placebo's, the study's Adam residual) on the sam
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,16 +97,14 @@ class PlaceboRemoval:
 
     def save(self, path: Path) -> None:
         """Write ``path`` (.npz) atomically: a killed write leaves no file behind."""
-        buf = io.BytesIO()
-        np.savez(
-            buf,
+        fs.atomic_write_npz(
+            path,
             directions=self.directions,
             weights=self.weights,
             removed_variance=self.removed_variance,
             total_variance=self.total_variance,
             seed=self.seed,
         )
-        fs.atomic_write_bytes(path, buf.getvalue())
 
     @classmethod
     def load(cls, path: Path) -> PlaceboRemoval:

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +26,8 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from crosslayer import fs
 from crosslayer.experiments.study_a.features import variance_split
+from crosslayer.plotting import write_pngs
 
 COLORS = {"baseline": "tab:blue", "residual": "tab:orange", "pretrained": "tab:green"}
 METRIC_LABELS = {
@@ -253,11 +252,4 @@ def write_plots(results: dict[str, Any], out: str | Path) -> list[str]:
     }
     if results.get("depth_sweep"):
         figures["depth_curve"] = depth_figure(results)
-    names = []
-    for name, fig in figures.items():
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        fs.atomic_write_bytes(Path(out) / f"{name}.png", buf.getvalue())
-        names.append(f"{name}.png")
-    return names
+    return write_pngs(figures, out)

@@ -4,6 +4,11 @@ A stage's output is a *checkpoint* in the run directory (:mod:`crosslayer.rundir
 them). :meth:`Run.cached` is the rule: a finished checkpoint is loaded and the stage does
 no work; otherwise the stage is announced, timed, computed and its checkpoint written
 atomically, so a stage killed half-way leaves nothing behind and a rerun redoes only it.
+After a checkpoint is written the sha256 of its files goes to ``stages/sha256/`` (written
+atomically, after the checkpoint); a finished checkpoint is loaded only if its files still
+have those sums, else (a corrupted or hand-edited file) one warning names the file and the
+stage is recomputed. A checkpoint with no sums yet (a run from before them) is trusted and
+its sums are recorded. Stores are not rehashed: their manifests carry their own shard sums.
 ``checksums.json`` (sha256 of every file) is dropped when a run starts and written when it
 ends (:func:`crosslayer.verify.record_checksums`), so it always describes a finished run.
 """
@@ -34,6 +39,10 @@ class Checkpoint(Protocol[T]):
 
     def done(self) -> bool: ...
 
+    def files(self) -> list[Path]:
+        """The files the checkpoint consists of, the one that names its sums first."""
+        ...
+
     def load(self) -> T: ...
 
     def save(self, value: T) -> T:
@@ -49,6 +58,9 @@ class JsonFile:
 
     def done(self) -> bool:
         return self.path.is_file()
+
+    def files(self) -> list[Path]:
+        return [self.path]
 
     def load(self) -> dict[str, Any]:
         return dict(json.loads(self.path.read_text()))
@@ -68,6 +80,11 @@ class Written(Generic[T]):
 
     def done(self) -> bool:
         return self.marker.is_file()
+
+    def files(self) -> list[Path]:
+        """The marker, then every other file of its directory."""
+        rest = (p for p in sorted(self.marker.parent.rglob("*")) if p.is_file())
+        return [self.marker, *(p for p in rest if p != self.marker)]
 
     def load(self) -> T:
         return self.reload()
@@ -117,12 +134,56 @@ class Run:
         ``compute`` times its own parts (the three transcoders share one checkpoint).
         """
         if checkpoint.done():
-            return checkpoint.load()
+            changed = self._changed(checkpoint)
+            if changed is None:
+                return checkpoint.load()
+            console.warn(
+                f"{changed} differs from the sha256 recorded when its stage wrote it "
+                "(corrupted or edited): recomputing the stage"
+            )
+            self._discard(checkpoint)
         if stage is None:
-            return checkpoint.save(compute())
-        with self.stage(*stage):
-            value = compute()
-        return checkpoint.save(value)
+            value = checkpoint.save(compute())
+        else:
+            with self.stage(*stage):
+                value = compute()
+            value = checkpoint.save(value)
+        self._record(checkpoint)
+        return value
+
+    def _sums(self, checkpoint: Checkpoint[Any]) -> Path:
+        return self.dirs.stage_sums(checkpoint.files()[0])
+
+    def _record(self, checkpoint: Checkpoint[Any]) -> None:
+        files = {p.relative_to(self.out).as_posix(): fs.sha256_file(p) for p in checkpoint.files()}
+        fs.atomic_write_json(self._sums(checkpoint), {"files": files})
+
+    def _changed(self, checkpoint: Checkpoint[Any]) -> Path | None:
+        """The first file of a finished checkpoint that differs from its recorded sum (or is
+        gone); None when all match. No sums yet: trusted, and its sums are recorded now."""
+        sums = self._sums(checkpoint)
+        if not sums.is_file():
+            self._record(checkpoint)
+            return None
+        try:
+            recorded = dict(json.loads(sums.read_text())["files"])
+        except (ValueError, KeyError, TypeError):
+            return sums
+        for rel, digest in recorded.items():
+            path = self.out / rel
+            if not path.is_file() or fs.sha256_file(path) != digest:
+                return path
+        return None
+
+    def _discard(self, checkpoint: Checkpoint[Any]) -> None:
+        """Remove a checkpoint's files (and the directories they empty, e.g. an SAE's)."""
+        for path in checkpoint.files():
+            path.unlink(missing_ok=True)
+            parent = path.parent
+            while parent not in (self.out, self.stages) and not any(parent.iterdir()):
+                parent.rmdir()
+                parent = parent.parent
+        self._sums(checkpoint).unlink(missing_ok=True)
 
 
 def default_out(cfg: RunConfig) -> Path:

@@ -157,6 +157,9 @@ class PlaceboFile:
     def done(self) -> bool:
         return self.path.is_file()
 
+    def files(self) -> list[Path]:
+        return [self.path]
+
     def load(self) -> PlaceboRemoval:
         return PlaceboRemoval.load(self.path)
 

@@ -56,6 +56,13 @@ class TranscoderFiles:
             and self.metrics.is_file()
         )
 
+    def files(self) -> list[Path]:
+        return [
+            self.metrics,
+            self.artefact / TRANSCODER_CONFIG,
+            self.artefact / TRANSCODER_WEIGHTS,
+        ]
+
     def load(self) -> Transcoders:
         ridge = AffineTranscoder.from_pretrained(self.artefact, device=self.device)
         return Transcoders(ridge, json.loads(self.metrics.read_text()))
