@@ -4,7 +4,10 @@
   scikit-learn ``Ridge`` fits on ``StandardScaler``-ed designs (one alpha per layer and fold
   minimising the inner folds' summed squared error), on the full ``lagged`` design;
 * ``token`` equals a numpy loop of the shrunk residual lookup with its inner CV;
-* the document-bootstrap CIs equal the same resamples applied to the reference predictions;
+* the document-bootstrap CIs equal a float64 loop over the same resamples (the drawn
+  documents' rows stacked, scored with the estimate's formula, the out-of-fold predictions
+  and the full-sample mean kept); with few documents every CI contains its estimate and
+  the resamples of the ``mean`` predictor average to its analytic out-of-fold EV;
 * on a layer built as linear + f(token) + a previous-token term + noise with known variance
   shares, every estimate recovers its share within 0.02 and its CI covers it.
 """
@@ -15,11 +18,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from sklearn.linear_model import Ridge
 from sklearn.preprocessing import StandardScaler
 
 from crosslayer.crossfit import grouped_folds, lagged
 from crosslayer.decomposition import bootstrap_weights, decompose
+from crosslayer.decomposition.scores import LayerScores
 from crosslayer.errors import CrosslayerError
 
 # float32 products and predictions: figures agree with the float64 references to ~1e-5
@@ -120,6 +125,26 @@ def _ev_std(Y: np.ndarray, P: np.ndarray) -> float:
     return float(np.mean(1 - ((Y - P) ** 2).sum(0) / ((Y - Y.mean(0)) ** 2).sum(0)))
 
 
+def _slow_bootstrap(
+    Y: np.ndarray, P: np.ndarray, docs: np.ndarray, B: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """EV and standardised EV of every resample, float64, one loop step per resample: the
+    drawn documents' rows stacked (a document drawn twice counts twice), scored with the
+    estimate's formula; the out-of-fold predictions P and the full-sample mean are kept.
+    The draws are ``default_rng(seed).integers(0, D, (B, D))``, as decompose draws them."""
+    D = int(docs.max()) + 1
+    draws = np.random.default_rng(seed).integers(0, D, size=(B, D))
+    of_doc = [np.flatnonzero(docs == g) for g in range(D)]
+    centre = Y.mean(0)
+    ev, std = np.empty(B), np.empty(B)
+    for b in range(B):
+        rows = np.concatenate([of_doc[g] for g in draws[b]])
+        sse = ((Y[rows] - P[rows]) ** 2).sum(0)
+        sst = ((Y[rows] - centre) ** 2).sum(0)
+        ev[b], std[b] = 1 - sse.sum() / sst.sum(), np.mean(1 - sse / sst)
+    return ev, std
+
+
 @pytest.fixture(scope="module")
 def data() -> dict[str, Any]:
     return _data()
@@ -168,18 +193,78 @@ def test_top_dimension_and_bootstrap_ci_equal_reference(data: Any, result: Any) 
     assert got["top_dim"] == 0 and got["top_dim_share"] == pytest.approx(var[0] / var.sum())
     ref, _ = _ref_ridge(D["X"], Y, D["folds"])
     assert got["linear"]["ev_without_top_dim"] == pytest.approx(_ev(Y[:, 1:], ref[:, 1:]), abs=1e-6)
-    # the same resamples of documents, applied to the reference predictions
-    W = bootstrap_weights(60, 300, 3)
-    sse = np.stack([((Y - ref)[D["docs"] == g] ** 2).sum(0) for g in range(60)])
-    n = np.bincount(D["docs"]).astype(float)
-    sy = np.stack([Y[D["docs"] == g].sum(0) for g in range(60)])
-    syy = np.stack([(Y[D["docs"] == g] ** 2).sum(0) for g in range(60)])
-    sst = W @ syy - (W @ sy) ** 2 / (W @ n)[:, None]
-    ev_b = 1 - (W @ sse).sum(1) / sst.sum(1)
-    assert got["linear"]["ci95"] == pytest.approx(np.percentile(ev_b, [2.5, 97.5]), abs=1e-6)
+    # the same resamples of documents, applied to the reference predictions row by row
+    mean = np.empty_like(Y)
+    for k in range(4):
+        mean[D["folds"] == k] = Y[D["folds"] != k].mean(0)
+    for name, P in (("linear", ref), ("mean", mean)):
+        ev_b, std_b = _slow_bootstrap(Y, P, D["docs"], 300, 3)
+        assert got[name]["ci95"] == pytest.approx(np.percentile(ev_b, [2.5, 97.5]), abs=1e-6)
+        ci = np.percentile(std_b, [2.5, 97.5])
+        assert got[name]["ev_standardised_ci95"] == pytest.approx(ci, abs=1e-6)
     best = max(["linear", "token", "context_1", "context_2"], key=lambda p: got[p]["ev"])
     assert got["rest"]["best"] == best
     assert got["rest"]["ev"] == pytest.approx(1 - got[best]["ev"])
+
+
+def _few_documents(seed: int) -> dict[str, Any]:
+    """16 documents with strong document offsets: the resample's mean moves a lot, which is
+    where a bootstrap that re-centres SST on it fell below its own estimate."""
+    rng = np.random.default_rng(seed)
+    n_docs, doc_len, V, d, m = 16, 40, 30, 4, 6
+    docs = np.repeat(np.arange(n_docs), doc_len)
+    tok = rng.integers(0, V, len(docs))
+    X = rng.normal(size=(V, d))[tok]
+    Y = (
+        X @ rng.normal(size=(d, m))
+        + rng.normal(size=(n_docs, m))[docs] * 1.5
+        + rng.normal(size=(len(docs), m))
+    )
+    return dict(X=X, Y=Y, tok=tok, ctx=docs, docs=docs, folds=grouped_folds(docs, 4, seed))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_every_ci_contains_its_estimate_with_few_documents(seed: int) -> None:
+    D = _few_documents(seed)
+    got = decompose(
+        D["X"], {"y": D["Y"]}, D["tok"], D["ctx"], D["docs"], D["folds"], max_lag=1,
+        alphas=ALPHAS, strengths=STRENGTHS, n_bootstrap=1000, seed=seed,
+    ).layers["y"]  # fmt: skip
+    for name in ("mean", "linear", "token", "context_1", "rest"):
+        for key, ci in (("ev", "ci95"), ("ev_standardised", "ev_standardised_ci95")):
+            lo, hi = got[name][ci]
+            assert lo <= got[name][key] <= hi, (name, key, lo, got[name][key], hi)
+            # and well inside it: the resamples are centred on the estimate (re-centring SST
+            # on each resample's mean put the mean predictor's estimate 0.36-0.47 widths
+            # above the midpoint, at the CI's upper edge; here at most ~0.11)
+            assert abs((lo + hi) / 2 - got[name][key]) < 0.2 * (hi - lo), (name, key)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_bootstrap_of_the_out_of_fold_mean_is_centred_on_its_analytic_ev(seed: int) -> None:
+    """The mean predictor's out-of-fold EV is ``-Σ_k n_k ‖ȳ_k - ȳ‖² ((N / (N - n_k))² - 1) /
+    SST`` (its fold-k prediction, the other folds' mean, misses ȳ_k by ``N / (N - n_k)`` times
+    ȳ_k - ȳ): its resamples average to it within 0.3 of their SD (re-centring SST on each
+    resample's mean put them more than one SD below it), and equal the slow loop."""
+    D = _few_documents(seed)
+    Y, docs, folds = D["Y"], D["docs"], D["folds"]
+    N, P, gap = len(Y), np.empty_like(Y), 0.0
+    for k in range(4):
+        n_k = (folds == k).sum()
+        P[folds == k] = Y[folds != k].mean(0)
+        gap += n_k * ((Y[folds == k].mean(0) - Y.mean(0)) ** 2).sum() * ((N / (N - n_k)) ** 2 - 1)
+    analytic = -gap / ((Y - Y.mean(0)) ** 2).sum()
+    scores = LayerScores(torch.as_tensor(docs), 16)
+    scores.set_target(np.arange(len(Y)), Y)
+    scores.add("mean", np.arange(len(Y)), Y - P)
+    est, est_std = scores.draws(np.ones(16))["mean"]
+    assert est[0] == pytest.approx(analytic, abs=1e-10)
+    ev_b, std_b = scores.draws(bootstrap_weights(16, 4000, seed))["mean"]
+    assert abs(ev_b.mean() - est[0]) < 0.3 * ev_b.std()
+    assert abs(std_b.mean() - est_std[0]) < 0.3 * std_b.std()
+    ref_ev, ref_std = _slow_bootstrap(Y, P, docs, 4000, seed)
+    np.testing.assert_allclose(ev_b, ref_ev, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(std_b, ref_std, rtol=0, atol=1e-10)
 
 
 def _known(seed: int = 0) -> tuple[dict[str, Any], dict[str, float]]:

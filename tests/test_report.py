@@ -193,6 +193,12 @@ def test_headline_is_the_decomposition_with_the_seed_figure_against_mean_only(
     dec = r["decomposition"][r["hooks"]["target"]]
     for p in order:
         assert num(dec[p]["ev"]) in row(table, f'data-predictor="{p}"')
+        # each document-bootstrap CI is centred on its estimate; resamples whose SST was
+        # re-centred on their own mean put it at the upper edge (mean: EV -0.0204 in
+        # [-0.0507, -0.0192]), 0.4-0.5 widths above the midpoint
+        for key, ci in (("ev", "ci95"), ("ev_standardised", "ev_standardised_ci95")):
+            lo, hi = dec[p][ci]
+            assert abs((lo + hi) / 2 - dec[p][key]) < 0.2 * (hi - lo), (p, key, lo, hi)
     seed = row(table, 'data-key="seed_vs_mean_only"')
     assert table.rstrip().endswith("</table>") and table.index(seed) > table.index("rest</code>")
     # the mean-only predictor's global-mean R², written out from the store

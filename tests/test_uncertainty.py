@@ -12,10 +12,12 @@ from crosslayer.experiments.study_a.uncertainty import (
     DocStats,
     bootstrap_weights,
     compare_dictionaries,
+    dictionary_score,
     doc_stats,
     format_p,
     seed_interval,
     token_lookup_doc_stats,
+    token_lookup_oof,
 )
 
 
@@ -49,11 +51,55 @@ def test_weighted_r2_equals_r2_of_replicated_documents() -> None:
         [np.flatnonzero(docs == d) for d in range(6) for _ in range(int(w[0, d]))]
     )
     f, fh = F[rows], F_hat[rows]
-    ref = 1 - ((f - fh) ** 2).sum(0) / ((f - f.mean(0)) ** 2).sum(0)
+    # SST about the full-sample mean, kept like the predictions (not the resample's own)
+    ref = 1 - ((f - fh) ** 2).sum(0) / ((f - F.mean(0)) ** 2).sum(0)
     np.testing.assert_allclose(st.r2(w)[0], ref, rtol=1e-10)
     np.testing.assert_allclose(
         st.r2(), 1 - ((F - F_hat) ** 2).sum(0) / ((F - F.mean(0)) ** 2).sum(0), rtol=1e-10
     )
+
+
+def _few_documents(seed: int, n_docs: int = 16) -> tuple[DocStats, np.ndarray, np.ndarray]:
+    """Token-determined features plus strong per-document offsets (which no token lookup
+    predicts), scored by the cross-fitted lookup; also returns F and its predictions."""
+    tokens, F, docs = token_data(n_docs=n_docs, per_doc=40, strength=0.7, seed=seed)
+    F = F + np.random.default_rng(seed + 100).normal(size=(n_docs, F.shape[1]))[docs] * 1.5
+    folds = grouped_folds(docs, 4, seed=seed)
+    strength = token_lookup_r2(tokens, F, folds, n_permutations=0).strength
+    F_hat = token_lookup_oof(tokens, F, folds, strength)
+    return doc_stats(F, F_hat, docs, n_docs), F, F_hat
+
+
+def test_bootstrap_draws_equal_a_slow_loop_over_resampled_rows() -> None:
+    st, F, F_hat = _few_documents(0)
+    docs = np.repeat(np.arange(16), 40)
+    W = bootstrap_weights(16, 200, seed=5)
+    got = st.r2(W)
+    centre = F.mean(0)
+    for b in range(len(W)):
+        rows = np.concatenate(
+            [np.flatnonzero(docs == d) for d in range(16) for _ in range(int(W[b, d]))]
+        )
+        sse = ((F[rows] - F_hat[rows]) ** 2).sum(0)
+        ref = 1 - sse / ((F[rows] - centre) ** 2).sum(0)
+        np.testing.assert_allclose(got[b], ref, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(dictionary_score(st, W), got.mean(1), atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_bootstrap_is_centred_on_the_estimate_with_few_documents(seed: int) -> None:
+    """With 16 documents the resample mean moves a lot: the resampled scores average to the
+    estimate within 0.3 of their SD (re-centring SST on each resample's mean put them about
+    one SD below it), and the difference's CI holds the difference well inside it."""
+    st, _, _ = _few_documents(seed)
+    est = float(dictionary_score(st))
+    boot = dictionary_score(st, bootstrap_weights(16, 4000, seed))
+    assert abs(boot.mean() - est) < 0.3 * boot.std()
+    other, _, _ = _few_documents(seed + 10)
+    out = compare_dictionaries([st], [other], n_boot=2000, seed=seed)
+    lo, hi = out["document_bootstrap"]["ci95"]
+    assert lo <= out["difference"] <= hi
+    assert abs((lo + hi) / 2 - out["difference"]) < 0.2 * (hi - lo)
 
 
 def test_document_bootstrap_matches_the_spread_over_new_documents() -> None:

@@ -103,7 +103,9 @@ class TranscoderConfig(_Section):
     )
     mlp: bool = Field(
         default=True,
-        description="also fit a one-hidden-layer MLP: how much more a nonlinear map explains",
+        description="also fit a one-hidden-layer MLP: how much more a nonlinear map explains "
+        "(one more predictor, not a ceiling: with the embeddings as source the token lookup "
+        "E[target | token] bounds every function of them)",
     )
     mlp_hidden: int = Field(default=512, ge=1, description="hidden units of the MLP transcoder")
     mlp_max_epochs: int = Field(

@@ -8,7 +8,9 @@ DEFINITIONS: dict[str, str] = {
     "ev_standardised": "the same with every dimension scaled to unit variance: the mean over "
     "dimensions of 1 - SSE_j / SST_j",
     "ci95": "2.5 and 97.5 percentiles of ev over document-bootstrap resamples (documents drawn "
-    "with replacement; the fits are not refitted)",
+    "with replacement): the estimate's formula with each document counted as often as drawn, "
+    "1 - sum_d w_d SSE_d / sum_d w_d SST_d; the fits, their out-of-fold predictions and the "
+    "full-sample mean_j that SST is centred on are kept, not recomputed per resample",
     "ev_standardised_ci95": "the same for ev_standardised",
     "ev_without_top_dim": "ev without the dimension of largest variance",
     "top_dim_share": "share of the layer's total variance in its largest dimension (top_dim)",

@@ -6,6 +6,14 @@ replacement: the unit that varies) then costs one ``[B, D] @ [D, m]`` product pe
 All resamples are shared by the predictors of a layer, so ``rest = 1 - best`` gets its CI
 from the same resamples.
 
+A resample's EV is the estimate's functional with document ``d`` counted ``w_d`` times:
+``1 - Σ_d w_d SSE_d / Σ_d w_d SST_d``, where ``SST_d = Σ_{i∈d} (y_i - ȳ)²`` is about the
+*full-sample* mean ȳ, fixed like the out-of-fold predictions (with ``w = 1`` it is the
+estimate). Re-centring on each resample's own mean would shrink ``SST`` by the resample
+mean's spread while the predictions (the ``mean`` predictor's training means included) stay
+those of the original folds: a downward bias of the bootstrap against the estimate, large
+enough with few documents that the percentile CI of ``mean`` excluded its own estimate.
+
 * ``ev``: ``1 - Σ_ij (y - ŷ)² / Σ_ij (y_ij - ȳ_j)²`` (variance-weighted, SAELens's EV);
 * ``ev_standardised``: the same with every dimension scaled to unit variance, i.e. the mean
   over dimensions of ``1 - SSE_j / SST_j`` (a few huge dimensions cannot dominate it);
@@ -70,28 +78,40 @@ class LayerScores:
         e = torch.as_tensor(err).double()
         self.sse[name].index_add_(0, self.doc[torch.as_tensor(rows)], e.square())
 
+    def draws(self, weights: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per predictor, ``ev`` and ``ev_standardised`` of every resample ``[B]``: the
+        estimate's functional with document ``d`` counted ``weights[b, d]`` times (all ones:
+        the estimate itself)."""
+        W = torch.as_tensor(np.atleast_2d(weights), dtype=F64)
+        sst_doc = self._sst_doc()
+        live = self._live(sst_doc.sum(0))
+        sst_b = W @ sst_doc
+        out = {}
+        for name, sse_doc in self.sse.items():
+            sse_b = W @ sse_doc
+            out[name] = (
+                self._ev(sse_b, sst_b, live).numpy(),
+                self._std(sse_b, sst_b, live).numpy(),
+            )
+        return out
+
     def summarise(self, weights: np.ndarray, rest_of: list[str]) -> dict[str, Any]:
         """EVs, CIs and top-dimension figures; ``rest = 1 - max`` over ``rest_of``."""
-        W = torch.as_tensor(weights, dtype=F64)
-        one = torch.ones(1, self.n_docs, dtype=F64)
         out: dict[str, Any] = {}
-        sst = self._sst(one, self.n_doc, self.sy, self.syy)[0]
-        sst_b = self._sst(W, self.n_doc, self.sy, self.syy)
-        live = sst > 1e-12 * float(sst.max().clamp(min=1e-300))
+        sst = self._sst_doc().sum(0)
+        live = self._live(sst)
         top = int(sst.argmax())
         keep = live.clone()
         keep[top] = False
-        boots: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        boots = self.draws(weights)
         for name, sse_doc in self.sse.items():
-            sse, sse_b = sse_doc.sum(0), W @ sse_doc
-            ev, ev_b = self._ev(sse, sst, live), self._ev(sse_b, sst_b, live)
-            std, std_b = self._std(sse, sst, live), self._std(sse_b, sst_b, live)
-            boots[name] = (ev_b.numpy(), std_b.numpy())
+            sse = sse_doc.sum(0)
+            ev_b, std_b = boots[name]
             out[name] = {
-                "ev": float(ev),
-                "ev_standardised": float(std),
-                "ci95": _ci(ev_b.numpy()),
-                "ev_standardised_ci95": _ci(std_b.numpy()),
+                "ev": float(self._ev(sse, sst, live)),
+                "ev_standardised": float(self._std(sse, sst, live)),
+                "ci95": _ci(ev_b),
+                "ev_standardised_ci95": _ci(std_b),
                 "ev_without_top_dim": float(self._ev(sse, sst, keep)),
             }
         best = [n for n in rest_of if n in out]
@@ -111,10 +131,17 @@ class LayerScores:
         out["n_documents"] = int((self.n_doc > 0).sum())
         return out
 
+    def _sst_doc(self) -> torch.Tensor:
+        """``[D, m]`` per-document ``Σ (y - ȳ)²`` about the full-sample mean ȳ (module
+        docstring: the bootstrap keeps this centre, as it keeps the predictions)."""
+        mu = self.sy.sum(0) / self.n_doc.sum().clamp(min=1.0)
+        return self.syy - 2 * mu * self.sy + self.n_doc[:, None] * mu.square()
+
     @staticmethod
-    def _sst(W: torch.Tensor, n: torch.Tensor, sy: torch.Tensor, syy: torch.Tensor) -> torch.Tensor:
-        nb = (W @ n).clamp(min=1.0)
-        return (W @ syy) - (W @ sy).square() / nb[:, None]
+    def _live(sst: torch.Tensor) -> torch.Tensor:
+        """Dimensions with variance (a constant one would divide by zero in the standardised
+        form); the same set in the estimate and every resample."""
+        return sst > 1e-12 * float(sst.max().clamp(min=1e-300))
 
     @staticmethod
     def _ev(sse: torch.Tensor, sst: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,8 @@ is the one rule by which a rerun reuses them):
 1. ``inputs``: load the model and, if given, the pretrained SAE; resolve and check the hooks
    (``hooks``); plan and check both splits of the corpus
 2. ``inputs``: collect one store (source + target) and one smaller depth-sweep store
-3. ``transcoders``: ridge (ours), Adam (the study's), MLP (nonlinear ceiling)
+3. ``transcoders``: ridge (ours), Adam (the study's), MLP (one more predictor, not a
+   ceiling: a function of the current embedding, it stays below E[late | token])
 4. ``transcoders``: residuals = target - ridge transcoder(source), for every token
 5. ``saes``: train the baseline SAE (target) and the residual SAE (residuals), identically
 6. ``features``: probe every alive feature of each SAE from the source; the study's protocol

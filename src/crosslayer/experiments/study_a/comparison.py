@@ -79,7 +79,9 @@ DEFINITIONS = {
     "seed_level": "paired t-interval over seeds (seed k trains every dictionary with the same "
     "initialisation and batch order); not estimable with one seed",
     "document_bootstrap": "percentile bootstrap over documents of the same out-of-fold "
-    "predictions, one resample for every dictionary and seed (paired)",
+    "predictions, one resample for every dictionary and seed (paired); each feature's R² in a "
+    "resample is 1 - sum_d w_d SSE_d / sum_d w_d SST_d (w_d: times document d was drawn), SST "
+    "about the feature's full-sample mean, as in the estimate",
     "matched": "one-to-one decoder-cosine matches (Hungarian) between seed 0 of two "
     "dictionaries; change = score(b) - score(a) over pairs with cosine > 0.7",
     "seed_stability": "decoder-cosine matches of seed 0 with seed k of the same dictionary",

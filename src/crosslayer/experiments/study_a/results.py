@@ -63,7 +63,9 @@ def summary_table(results: dict[str, Any]) -> Any:
         )
     if "mlp" in tc:
         table.add_row(
-            "MLP transcoder R², held-out", _fmt(tc["mlp"]["heldout"]["explained_variance"]), "–"
+            "MLP transcoder EV, held-out (below E[late | token], not a ceiling)",
+            _fmt(tc["mlp"]["heldout"]["explained_variance"]),
+            "–",
         )
     cmp = results["comparison"]
     metric = cmp["headline_metric"]

@@ -10,8 +10,9 @@ over a dictionary's scorable features, gets two intervals:
   trains both dictionaries with the same initialisation and batch order), ``t_{S-1}``
   quantiles; with one seed it is "not estimable";
 * **document level**: a percentile bootstrap over documents (``n_boot`` resamples, seeded).
-  The out-of-fold predictions are fixed and the documents they score are resampled: each
-  feature's R² is recomputed from per-document sums (:class:`DocStats`), the same resample
+  The out-of-fold predictions and the full-sample mean that ``SST`` is centred on are fixed
+  and the documents they score are resampled: each feature's R² is recomputed from
+  per-document sums (:class:`DocStats`, the estimate's functional), the same resample
   for every dictionary and seed (they are scored on the same tokens), so it is paired.
 
 p-values are printed at the resolution that backs them (:func:`format_p`): a bootstrap
@@ -41,8 +42,12 @@ class DocStats:
     """Per-document sums behind each feature's pooled out-of-fold R².
 
     For documents ``D`` and features ``m``: tokens ``n [D]``, ``sum_y``, ``sum_y2`` and the
-    out-of-fold squared error ``sse`` ``[D, m]``. ``R² = 1 - Σ sse / (Σ y² - (Σ y)² / Σ n)``
-    over any (weighted) set of documents.
+    out-of-fold squared error ``sse`` ``[D, m]``. ``R² = 1 - Σ_d w_d sse_d / Σ_d w_d sst_d``
+    for document weights ``w`` (1: the estimate; counts: a bootstrap resample), with
+    ``sst_d = Σ_{i∈d} (y_i - ȳ)²`` about the *full-sample* mean ȳ. The centre stays fixed
+    like the out-of-fold predictions: re-centring on a resample's own mean would shrink its
+    ``sst`` by that mean's spread while ``sse`` does not shrink, biasing every resample's R²
+    below the estimate (a percentile CI could then exclude its own estimate).
     """
 
     n: np.ndarray
@@ -57,9 +62,9 @@ class DocStats:
     def r2(self, weights: np.ndarray | None = None) -> np.ndarray:
         """R² per feature ``[m]``, or ``[B, m]`` for document weights ``[B, D]`` (counts)."""
         w = np.ones((1, len(self.n))) if weights is None else np.atleast_2d(weights)
-        n = w @ self.n
-        sy, sy2, sse = w @ self.sum_y, w @ self.sum_y2, w @ self.sse
-        sst = sy2 - sy**2 / n[:, None]
+        mu = self.sum_y.sum(0) / max(float(self.n.sum()), 1.0)
+        sst_doc = self.sum_y2 - 2 * mu * self.sum_y + self.n[:, None] * mu**2
+        sy2, sse, sst = w @ self.sum_y2, w @ self.sse, w @ sst_doc
         with np.errstate(divide="ignore", invalid="ignore"):
             r2 = np.where(sst > 1e-12 * np.maximum(sy2, 1e-300), 1.0 - sse / sst, np.nan)
         return r2[0] if weights is None else r2
