@@ -365,3 +365,33 @@ def test_preconditioning_changes_the_iterations_not_the_solution():
     assert pre.converged_.all() and plain.converged_.all()
     np.testing.assert_allclose(pre.coef_, plain.coef_, atol=1e-4)
     assert pre.n_iter_.sum() < plain.n_iter_.sum()
+
+
+def test_warm_starts_across_folds_change_the_iterations_not_the_solution():
+    """Each fold starts from the feature's previous fold's fit, carried into its basis."""
+    x, f, docs = _data(1500, 8, 16, 40, seed=9)
+    x = x * np.logspace(-1, 1, 8) + 3.0  # a mean and unequal scales: the bases differ per fold
+    folds = grouped_folds(docs, 4, seed=0)
+    kw = {"C_rule": "ridge", "tol": 1e-7, "max_iter": 3000, "dtype": "float64"}
+    cold = CrossFitLogistic(warm_start=False, **kw).fit(x, f, folds)
+    warm = CrossFitLogistic(warm_start=True, **kw).fit(x, f, folds)
+    assert cold.converged_.all() and warm.converged_.all()
+    np.testing.assert_allclose(warm.coef_, cold.coef_, atol=1e-4)
+    np.testing.assert_allclose(warm.intercept_, cold.intercept_, atol=1e-4)
+    np.testing.assert_allclose(warm.balanced_accuracy_, cold.balanced_accuracy_, atol=1e-9)
+    # the first fold has nothing to start from; later folds need fewer iterations
+    np.testing.assert_array_equal(warm.n_iter_[0], cold.n_iter_[0])
+    assert warm.n_iter_[1:].sum() < cold.n_iter_[1:].sum()
+
+
+def test_given_label_alphas_give_the_rule_s_own_fit():
+    """study A passes the alphas of its one ridge pass over features and labels."""
+    x, f, docs = _data(900, 5, 6, 30, seed=7)
+    folds = grouped_folds(docs, 3, seed=0)
+    own = CrossFitLogistic(C_rule="ridge").fit(x, f, folds)
+    alpha = CrossFitRidge().fit(x, (f > 0).astype(np.float32), folds).alpha_
+    given = CrossFitLogistic(C_rule="ridge").fit(x, f, folds, label_alpha=alpha)
+    np.testing.assert_array_equal(given.C_, own.C_)
+    np.testing.assert_array_equal(given.balanced_accuracy_, own.balanced_accuracy_)
+    with pytest.raises(CrosslayerError, match="label_alpha has shape"):
+        CrossFitLogistic(C_rule="ridge").fit(x, f, folds, label_alpha=alpha[:, :2])

@@ -175,10 +175,17 @@ def score_features(
     timings: dict[str, float] = {}
     if probed.size:
         at = np.array([col[int(j)] for j in probed])
-        F = SparseColumns(f[:, probed])
+        fp = f[:, probed]
+        F = SparseColumns(fp)
+        k = probed.size
         with _timed(run, timings, "ridge", f"{name}: ridge probes, {probed.size:,} features"):
-            ridge = CrossFitRidge(device=run.cfg.device).fit(X, F, folds)
-        table["r2"][at], table["alpha"][at] = ridge.r2_, np.median(ridge.alpha_, 0)
+            # One pass for the features and their 0/1 labels: the labels' alphas set the
+            # logistic C (C_rule "ridge"), and both share each fold's eigendecomposition.
+            labels = (fp > 0).astype(np.float32)
+            targets = SparseColumns(sp.hstack([fp, labels]) if cfg.C_rule == "ridge" else fp)
+            ridge = CrossFitRidge(device=run.cfg.device).fit(X, targets, folds)
+        table["r2"][at], table["alpha"][at] = ridge.r2_[:k], np.median(ridge.alpha_[:, :k], 0)
+        label_alpha = ridge.alpha_[:, k:] if cfg.C_rule == "ridge" else None
         with _timed(run, timings, "logistic", f"{name}: logistic probes, {probed.size:,} features"):
             logit = CrossFitLogistic(
                 Cs=tuple(cfg.Cs),
@@ -186,7 +193,7 @@ def score_features(
                 tol=cfg.tol,
                 max_iter=cfg.max_iter,
                 device=run.cfg.device,
-            ).fit(X, F, folds)
+            ).fit(X, F, folds, label_alpha=label_alpha)
         table["balanced_accuracy"][at] = logit.balanced_accuracy_
         table["auroc"][at] = logit.auroc_
         table["C"][at] = np.median(logit.C_, 0)
