@@ -83,11 +83,13 @@ SHARD_TOKENS = STORE_SHARD_TOKENS  # study A collects with the store's default
 NPY_HEADER = 128  # bytes of a .npy format-1.0 header for these shapes
 SHUFFLE_BUFFER: int = SAETrainConfig.model_fields["shuffle_buffer"].default
 FEATURE_CHUNK = PROBE_FEATURE_CHUNK  # study A probes with FeatureProbes' default
-# Cross-fitted logistic probes (crosslayer.crossfit): typical L-BFGS iterations per fit with
-# the Jacobi preconditioner, and the share of token rows left after merging identical rows
-# of hook_embed (benchmarks/results/crossfit.md).
-LOGISTIC_ITERATIONS = 40
-MERGED_ROWS = 1.0
+# Cross-fitted logistic probes (crosslayer.crossfit): mean L-BFGS iterations per fit with the
+# Jacobi preconditioner at probes.tol 1e-4 (12.9 over 300 real features x 5 folds of the
+# default run), and the share of a training set's token rows left once identical rows are
+# merged, for hook_embed as the source (10,925 distinct of 63,933 tokens in the default run's
+# store; benchmarks/results/crossfit_real.md). Other sources have no repeated rows.
+LOGISTIC_ITERATIONS = 13
+MERGED_SHARE_EMBED = 0.17
 
 
 # --------------------------------------------------------------------------------------------
@@ -454,10 +456,11 @@ def plan_run(
         )
     n_fit = n_train + n_heldout  # cross-fitted: every token is fitted on and scored
     K = cfg.crossfit.n_folds
+    merged = MERGED_SHARE_EMBED if cfg.source == "hook_embed" else 1.0
     for name in ("baseline", "residual"):
         flops = (
             # L-BFGS on K training sets: X w and X' r per iteration (identical rows merged)
-            4 * LOGISTIC_ITERATIONS * K * n_fit * d * m * (K - 1) / K / MERGED_ROWS
+            4 * LOGISTIC_ITERATIONS * K * n_fit * d * m * (K - 1) / K * merged
             + 2 * n_fit * d * (d + 2 * m)  # ridge probes and the C rule: X'X, X'F per fold
             + 2 * n * d * st.width  # encode every token with the SAE
         )
@@ -582,8 +585,16 @@ def _report_stage(cfg: RunConfig, d: int, m_total: float, stages: list[StagePlan
     """results.json, plots, report.html, config.json, checksums.json (sizes fitted to runs)."""
     stage_json = sum(s.disk_bytes for s in stages if s.name.startswith("probes_")) + 30 * d * 3
     results = 1.15 * stage_json + 15_000
-    plots = 200_000 + 80 * m_total
-    report = 4 / 3 * plots + 100_000 + 2 * cfg.analysis.n_extreme * 2 * 8_000
+    emergence = cfg.sweep.enabled and cfg.emergence.enabled
+    # study A's four figures and the variance split; the emergence heatmap, layers and
+    # scatter figures (~165 kB on the tiny run) when the sweep feeds the emergence stage
+    plots = 265_000 + 80 * m_total + (165_000 if emergence else 0)
+    # dashboards: the most and least predictable features of both SAEs, and with emergence
+    # the typical features of each of its 4 classes for baseline, residual and placebo
+    dashboards = 2 * cfg.analysis.n_extreme * 2 + (
+        cfg.emergence.n_examples * 4 * 3 if emergence else 0
+    )
+    report = 4 / 3 * plots + 100_000 + dashboards * 8_000
     disk = int(results + plots + report + 4_000)
     seconds = REPORT_S + REPORT_S_PER_FEATURE * m_total
     return StagePlan("report", "results, plots, report", 0, disk, 0.0, seconds)
