@@ -7,7 +7,9 @@ scorable feature is cross-fitted from every layer (:func:`crosslayer.emergence.e
 on the run's folds, ``grouped_folds(store.doc_ids, crossfit.n_folds, seed)`` over all rows.
 The SAEs share one matrix call, so each layer's eigendecompositions serve every SAE's
 features. Then each scored feature's class (:mod:`crosslayer.emergence.taxonomy`) and every
-feature's top-token measures.
+feature's top-token measures, for seed 0 and every further seed of each SAE
+(``EmergenceInputs.seed_saes``: the taxonomy only, not the matrix), so that the class shares
+get a seed-level CI.
 
 The checkpoint (``stages/emergence.json``) keeps the measured scores; emergence layers,
 classes, counts and plots are derived from it on every call (cheap), and
