@@ -12,22 +12,38 @@ import numpy as np
 import pytest
 import torch
 
-from crosslayer.crossfit import grouped_folds
-from crosslayer.emergence import CLASSES, UNSCORED, emergence_matrix
+from crosslayer.crossfit import count_positives, grouped_folds
+from crosslayer.emergence import (
+    CLASSES,
+    UNSCORED,
+    class_counts,
+    classify,
+    emergence_matrix,
+    taxonomy_scores,
+)
 from crosslayer.experiments.study_a import run_study_a
-from crosslayer.experiments.study_a.emergence import EmergenceInputs, measure, run_emergence
+from crosslayer.experiments.study_a.emergence import (
+    EmergenceInputs,
+    measure,
+    run_emergence,
+    summarise,
+)
 from crosslayer.experiments.study_a.inputs import Hooks
-from crosslayer.experiments.study_a.run import open_run
+from crosslayer.experiments.study_a.run import Run, open_run
 from crosslayer.model import tiny_model
 from crosslayer.report import render_report
 from crosslayer.sae import load_sae
 from crosslayer.store import open_store
 from crosslayer.transcoder import AffineTranscoder
 from tests.test_emergence import _sklearn_crossfit
-from tests.test_study_a import SOURCE, TARGET, tiny_config
+from tests.test_study_a import SOURCE, TARGET, TINY, tiny_config
 
-# the tiny run without the stages the emergence stage does not read
-LEAN = {"transcoder": {"study_recipe": False, "mlp": False}, "probes": {"study_protocol": False}}
+# the tiny run without the stages the emergence stage does not read; two seeds per SAE
+LEAN = {
+    "transcoder": {"study_recipe": False, "mlp": False},
+    "probes": {"study_protocol": False},
+    "sae_training": {**TINY["sae_training"], "seeds": 2},
+}
 
 
 @pytest.fixture(scope="module")
@@ -62,11 +78,7 @@ def test_matrix_recomputed_with_sklearn_from_the_run(stage: Any) -> None:
     em = res["emergence"]
     assert em["hooks"] == ["hook_embed", *[f"blocks.{i}.hook_resid_post" for i in range(3)]]
     sweep = parts["sweep"]
-    # the run's folds: made over the main store's documents, each sweep document keeps its fold
-    main = open_store(Path(run.cfg.out) / "store")
-    docs, first = np.unique(main.doc_ids, return_index=True)
-    doc_fold = grouped_folds(main.doc_ids, run.cfg.crossfit.n_folds, run.cfg.seed)[first]
-    folds = np.unique(doc_fold[np.searchsorted(docs, sweep.doc_ids)], return_inverse=True)[1]
+    folds = _sweep_folds(run, sweep)
     X = sweep.activations(SOURCE).to_numpy(dtype=np.float32)
     Y = sweep.activations(TARGET).to_numpy(dtype=np.float32)
     # the residual SAE reads target - transcoder(source), written out independently
@@ -102,6 +114,92 @@ def test_matrix_recomputed_with_sklearn_from_the_run(stage: Any) -> None:
     assert measured["auroc"][0][li] == pytest.approx(auc, abs=1e-4)
 
 
+def _sweep_folds(run: Any, sweep: Any) -> np.ndarray:
+    """The run's folds: made over the main store's documents, each sweep document keeps its
+    fold."""
+    main = open_store(Path(run.cfg.out) / "store")
+    docs, first = np.unique(main.doc_ids, return_index=True)
+    doc_fold = grouped_folds(main.doc_ids, run.cfg.crossfit.n_folds, run.cfg.seed)[first]
+    folds = np.unique(doc_fold[np.searchsorted(docs, sweep.doc_ids)], return_inverse=True)[1]
+    return np.asarray(folds)
+
+
+def test_taxonomy_of_every_seed_with_a_seed_level_ci(stage: Any, tmp_path: Path) -> None:
+    """Two seeds per SAE: seed 1's scores recomputed here from its own codes (its SAE loaded
+    from the run, encoded on the input written out here, the minimum-positives rule and the
+    taxonomy called directly); its classes at thresholds that split this tiny run's features
+    (at its defaults every feature of the random model is long-context); the CI over the
+    per-seed shares."""
+    run, res, parts = stage
+    cfg, cf = run.cfg.emergence, run.cfg.crossfit
+    sweep, ridge = parts["sweep"], parts["ridge"]
+    assert res["taxonomy"]["seeds"] == [run.cfg.seed, run.cfg.seed + 1]
+    assert "one seed" not in res["taxonomy"]["note"]
+    folds = _sweep_folds(run, sweep)
+    X = sweep.activations(SOURCE).to_numpy(dtype=np.float32)
+    Y = sweep.activations(TARGET).to_numpy(dtype=np.float32)
+    R = Y - (X.astype(np.float64) @ ridge.coef_.T + ridge.intercept_)
+    measured = json.loads(run.dirs.emergence.read_text())
+    direct = {}
+    for name, x in (("baseline", Y), ("residual", R)):
+        sae = load_sae(Path(run.cfg.out) / "saes" / f"{name}_seed1")
+        with torch.no_grad():
+            F = sae.encode(torch.from_numpy(x.astype(np.float32))).numpy()
+        rule = count_positives(F, folds, min_fit=cf.min_pos_fit, min_score=cf.min_pos_score)
+        scored = np.flatnonzero(rule.status == "ok")
+        assert scored.size >= 2
+        direct[name] = taxonomy_scores(
+            F[:, scored],
+            folds,
+            tokens=sweep.tokens,
+            positions=sweep.positions,
+            embed=X,
+            context_ids=sweep.context_ids,
+            k=cfg.context_k,
+            dims=cfg.context_dims,
+            alphas=tuple(res["emergence"]["alphas"]),
+            n_permutations=cfg.n_permutations,
+            seed=run.cfg.seed,
+        )
+        (seed1,) = measured["saes"][name]["seeds"]
+        assert seed1["seed"] == 1 and seed1["scored"] == scored.tolist()
+        for key in ("token_r2", "position_r2", "context_r2"):
+            np.testing.assert_allclose(_rows([seed1[key]]), _rows([getattr(direct[name], key)]),
+                                       atol=1e-5)  # fmt: skip
+    # thresholds at the medians of seed 1's scores: several classes are non-empty
+    both = {k: np.concatenate([getattr(d, k) for d in direct.values()])
+            for k in ("token_r2", "position_r2", "context_r2")}  # fmt: skip
+    low = {f"{k}_min": float(np.nanmedian(v)) for k, v in both.items()}
+    low_cfg = run.cfg.model_copy(update={"emergence": cfg.model_copy(update=low)})
+    tax = summarise(Run(low_cfg, tmp_path, progress=False), measured)["taxonomy"]
+    n_classes = 0
+    for name, scores in direct.items():
+        t = tax["saes"][name]
+        assert t["seeds"] == [run.cfg.seed, run.cfg.seed + 1]
+        assert [p["seed"] for p in t["per_seed"]] == t["seeds"]
+        assert t["per_seed"][0]["counts"] == t["counts"]  # seed 0: the matrix's features
+        cls = classify(
+            scores,
+            token_min=low["token_r2_min"],
+            position_min=low["position_r2_min"],
+            context_min=low["context_r2_min"],
+        )
+        want = class_counts(cls)
+        n_classes += sum(v > 0 for v in want.values())
+        assert t["per_seed"][1]["counts"] == want
+        assert t["per_seed"][1]["n_scored"] == len(cls)
+        for c in CLASSES:
+            shares = [p["counts"][c] / p["n_scored"] for p in t["per_seed"]]
+            a = t["across_seeds"][c]
+            assert a["n_seeds"] == 2
+            assert a["mean_share"] == pytest.approx(np.mean(shares))
+            half = 12.7062047 * np.std(shares, ddof=1) / np.sqrt(2)  # t_{0.975, 1}
+            assert a["share_ci95"] == pytest.approx(
+                [np.mean(shares) - half, np.mean(shares) + half]
+            )
+    assert n_classes >= 4  # at least two classes per SAE on average: the counts can differ
+
+
 def _rows(values: list[list[float | None]]) -> np.ndarray:
     return np.array([[np.nan if v is None else v for v in r] for r in values], dtype=np.float64)
 
@@ -133,7 +231,7 @@ def test_per_feature_columns_follow_the_rule_and_the_counts(stage: Any) -> None:
         n_emerged = sum(v is not None for v in cols["emergence_hook"])
         assert n_emerged + em["saes"][name]["n_never_predictable"] == len(scored)
         assert sum(em["saes"][name]["emergence_layer_counts"].values()) == n_emerged
-        assert tax["saes"][name]["across_seeds"]["long-context"]["share_ci95"] is None
+        assert len(tax["saes"][name]["across_seeds"]["long-context"]["share_ci95"]) == 2
 
 
 def test_checkpoint_is_reused_and_plots_written(stage: Any) -> None:
@@ -162,6 +260,11 @@ def test_report_section_renders_the_counts(stage: Any) -> None:
         for c in CLASSES:
             cell = f'data-class="{c}">{t["counts"][c]:,} ('
             assert cell in html, (name, c)
+            # two seeds: the mean share over seeds and its seed-level CI below the counts
+            a = t["across_seeds"][c]
+            lo, hi = (f"{100 * v:.1f}%" for v in a["share_ci95"])
+            ci = f"2 seeds: {100 * a['mean_share']:.1f}% [{lo}, {hi}]</span></td>"
+            assert ci in html.split(cell, 1)[1].split("</td>", 1)[0] + "</td>", (name, c)
 
 
 def test_given_inputs_encode_an_sae_on_them(stage: Any) -> None:

@@ -7,7 +7,9 @@ scorable feature is cross-fitted from every layer (:func:`crosslayer.emergence.e
 on the run's folds, ``grouped_folds(store.doc_ids, crossfit.n_folds, seed)`` over all rows.
 The SAEs share one matrix call, so each layer's eigendecompositions serve every SAE's
 features. Then each scored feature's class (:mod:`crosslayer.emergence.taxonomy`) and every
-feature's top-token measures.
+feature's top-token measures, for seed 0 and every further seed of each SAE
+(``EmergenceInputs.seed_saes``: the taxonomy only, not the matrix), so that the class shares
+get a seed-level CI.
 
 The checkpoint (``stages/emergence.json``) keeps the measured scores; emergence layers,
 classes, counts and plots are derived from it on every call (cheap), and
@@ -17,8 +19,9 @@ classes, counts and plots are derived from it on every call (cheap), and
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -38,6 +41,7 @@ from crosslayer.emergence import (
     taxonomy_scores,
     top_token_stats,
 )
+from crosslayer.emergence.columns import as_blocks, positives
 from crosslayer.emergence.plots import Panel, write_emergence_plots
 from crosslayer.emergence.taxonomy import LONG, POSITIONAL, SHORT, TOKEN
 from crosslayer.errors import CrosslayerError
@@ -91,6 +95,10 @@ class EmergenceInputs:
     every other SAE is encoded on the target, unless ``inputs[name]`` is given: a function
     of the sweep store's (source rows, target rows) giving that SAE's input rows (e.g. the
     placebo's target minus its removal).
+
+    ``seed_saes``: per name, that dictionary's seeds >= 1 (``sae_training.seeds`` − 1 SAEs),
+    each encoded on the same input as seed 0: only their taxonomy is measured (the matrix
+    stays on seed 0, its cost), so the class shares get a seed-level CI.
     """
 
     sweep_store: ActivationStore
@@ -99,6 +107,7 @@ class EmergenceInputs:
     transcoder: AffineTranscoder
     residual_saes: tuple[str, ...] = ("residual",)
     inputs: Mapping[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] | None = None
+    seed_saes: Mapping[str, Sequence[SAE[Any]]] | None = None
 
 
 def run_emergence(run: Run, what: EmergenceInputs) -> dict[str, Any]:
@@ -139,6 +148,7 @@ def measure(run: Run, what: EmergenceInputs) -> dict[str, Any]:
     X = sweep_store.activations(hooks.source).to_numpy(dtype=np.float32)
     Y = sweep_store.activations(hooks.target).to_numpy(dtype=np.float32)
     codes = {}
+    seed_codes: dict[tuple[str, int], sp.csc_matrix] = {}  # (name, seed index >= 1) -> codes
     kinds: dict[str, str] = {}
     for name, sae in saes.items():
         if inputs is not None and name in inputs:
@@ -148,6 +158,8 @@ def measure(run: Run, what: EmergenceInputs) -> dict[str, Any]:
         else:
             x, kinds[name] = Y, "target"
         codes[name] = encode_sparse(sae, x)
+        for k, other in enumerate((what.seed_saes or {}).get(name, ()), start=1):
+            seed_codes[(name, k)] = encode_sparse(other, x)
     del Y
     F = sp.hstack(list(codes.values()), format="csc")
     alphas = tuple(cfg.alphas) if cfg.alphas else EMERGENCE_ALPHAS
@@ -165,9 +177,9 @@ def measure(run: Run, what: EmergenceInputs) -> dict[str, Any]:
     scored = np.flatnonzero(mat.scorable)
     run.say(f"emergence: taxonomy of {scored.size:,} scored features")
     embed = layers.get("hook_embed", X)
-    tax = taxonomy_scores(
-        F[:, scored],
-        folds,
+    taxonomy = partial(
+        taxonomy_scores,
+        fold_ids=folds,
         tokens=sweep_store.tokens,
         positions=sweep_store.positions,
         embed=embed,
@@ -179,6 +191,7 @@ def measure(run: Run, what: EmergenceInputs) -> dict[str, Any]:
         seed=run.cfg.seed,
         device=run.cfg.device,
     )
+    tax = taxonomy(F[:, scored])
     top = top_token_stats(F, sweep_store.tokens, cfg.top_n)
     out: dict[str, Any] = {
         "hooks": names,
@@ -212,6 +225,53 @@ def measure(run: Run, what: EmergenceInputs) -> dict[str, Any]:
             "top_token_share": top.top_token_share[cols],
             "top_token": top.top_token[cols],
             "n_top": top.n_top[cols],
+            "seeds": [],
+        }
+    for (name, k), m in _seed_taxonomy(
+        run, seed_codes, folds, sweep_store.tokens, taxonomy
+    ).items():
+        out["saes"][name]["seeds"].append({"seed": k, **m})
+    return out
+
+
+def _seed_taxonomy(
+    run: Run,
+    codes: Mapping[tuple[str, int], sp.csc_matrix],
+    folds: np.ndarray,
+    tokens: np.ndarray,
+    taxonomy: Callable[[sp.csc_matrix], TaxonomyScores],
+) -> dict[tuple[str, int], dict[str, Any]]:
+    """Taxonomy scores and top-token measures of the extra seeds' features, per (name, k).
+
+    Scored: the same minimum-positives rule as the matrix; every seed's scored features in
+    one :func:`taxonomy_scores` call (one context design and one eigendecomposition per
+    fold serve them all; each feature's scores depend on its column alone).
+    """
+    if not codes:
+        return {}
+    cf, top_n = run.cfg.crossfit, run.cfg.emergence.top_n
+    F = sp.hstack(list(codes.values()), format="csc")
+    rule = positives(as_blocks(F), folds, min_fit=cf.min_pos_fit, min_score=cf.min_pos_score)
+    scored = np.flatnonzero(np.asarray(rule.status) == "ok")
+    run.say(f"emergence: taxonomy of {scored.size:,} scored features of {len(codes)} more seeds")
+    tax = taxonomy(F[:, scored])
+    top = top_token_stats(F, tokens, top_n)
+    out: dict[tuple[str, int], dict[str, Any]] = {}
+    start = 0
+    for key, f in codes.items():
+        cols = np.arange(start, start + f.shape[1])
+        start += f.shape[1]
+        mine = np.isin(scored, cols)
+        out[key] = {
+            "n_features": int(f.shape[1]),
+            "scored": scored[mine] - cols[0],
+            "token_r2": tax.token_r2[mine],
+            "token_null": tax.token_null[mine],
+            "position_r2": tax.position_r2[mine],
+            "position_null": tax.position_null[mine],
+            "context_r2": tax.context_r2[mine],
+            "token_entropy": top.token_entropy[cols],
+            "top_token_share": top.top_token_share[cols],
         }
     return out
 
@@ -261,9 +321,15 @@ def summarise(run: Run, measured: dict[str, Any]) -> dict[str, Any]:
         "context_dims": cfg.context_dims,
         "top_n": cfg.top_n,
         "seeds": [run.cfg.seed],
-        "note": f"one seed ({run.cfg.seed}): shares have no seed-level CI; run more seeds",
+        "note": "",
         "saes": {},
     }
+    classify_ = partial(
+        classify,
+        token_min=cfg.token_r2_min,
+        position_min=cfg.position_r2_min,
+        context_min=cfg.context_r2_min,
+    )
     features: dict[str, dict[str, Any]] = {}
     panels: dict[str, Panel] = {}
     for name, m in measured["saes"].items():
@@ -272,14 +338,8 @@ def summarise(run: Run, measured: dict[str, Any]) -> dict[str, Any]:
         r2, auroc = _matrix(m["r2"], L), _matrix(m["auroc"], L)
         score = r2 if cfg.metric == "r2" else auroc
         em = emergence_layers(score, cfg.frac, CHANCE[cfg.metric])
-        tax = TaxonomyScores(*(nan_array(m[k]) for k in (
-            "token_r2", "token_null", "position_r2", "position_null", "context_r2")))  # fmt: skip
-        cls = classify(
-            tax,
-            token_min=cfg.token_r2_min,
-            position_min=cfg.position_r2_min,
-            context_min=cfg.context_r2_min,
-        )
+        tax = _scores(m)
+        cls = classify_(tax)
         n_pos = np.asarray(m["n_pos"], dtype=np.float64)
         density = n_pos / measured["n_tokens"]
         entropy, share = nan_array(m["token_entropy"]), nan_array(m["top_token_share"])
@@ -330,11 +390,24 @@ def summarise(run: Run, measured: dict[str, Any]) -> dict[str, Any]:
                 "token_entropy": _describe(entropy[scored][sel]),
                 "top_token_share": _describe(share[scored][sel]),
             }
+        per_seed = [_seed_entry(run.cfg.seed, scored.size, counts, entropy[scored], share[scored])]
+        for extra in m.get("seeds") or []:  # checkpoints from before the seeds: seed 0 only
+            e_scored = np.asarray(extra["scored"], dtype=np.int64)
+            e_cls = classify_(_scores(extra))
+            e_entropy, e_share = (
+                nan_array(extra["token_entropy"]),
+                nan_array(extra["top_token_share"]),
+            )
+            per_seed.append(_seed_entry(run.cfg.seed + int(extra["seed"]), e_scored.size,
+                                        class_counts(e_cls), e_entropy[e_scored],
+                                        e_share[e_scored]))  # fmt: skip
         taxonomy["saes"][name] = {
             "n_scored": int(scored.size),
             "counts": counts,
             "shares": {c: counts[c] / max(1, scored.size) for c in CLASSES},
-            "across_seeds": across_seeds([counts]),
+            "seeds": [p["seed"] for p in per_seed],
+            "per_seed": per_seed,
+            "across_seeds": across_seeds([p["counts"] for p in per_seed]),
             "by_class": by_class,
             "examples": _examples(cls, tax, em.index, em.best, scored, cfg.n_examples),
             "interpretability": {
@@ -344,8 +417,43 @@ def summarise(run: Run, measured: dict[str, Any]) -> dict[str, Any]:
         }
         panels[name] = Panel(hooks, score - CHANCE[cfg.metric], em.index, tax.token_r2,
                              density[scored], cfg.metric, cfg.frac)  # fmt: skip
+    n_seeds = {name: len(t["seeds"]) for name, t in taxonomy["saes"].items()}
+    taxonomy["seeds"] = sorted({sd for t in taxonomy["saes"].values() for sd in t["seeds"]})
+    if not n_seeds or max(n_seeds.values()) < 2:
+        taxonomy["note"] = (
+            f"one seed ({run.cfg.seed}): shares have no seed-level CI; run more seeds"
+        )
+    else:
+        single = [name for name, k in n_seeds.items() if k < 2]
+        taxonomy["note"] = (
+            "classes per seed of each SAE (seed 0's in counts, shares, examples and the "
+            "per-feature columns); across_seeds: mean share and t 95% CI over seeds"
+            + (f"; one seed only, no CI: {', '.join(single)}" if single else "")
+        )
     emergence["plots"] = write_emergence_plots(panels, run.out)
     return {"emergence": emergence, "taxonomy": taxonomy, "features": features}
+
+
+def _scores(m: Mapping[str, Any]) -> TaxonomyScores:
+    """The taxonomy scores of a checkpoint entry (one SAE, or one of its seeds)."""
+    keys = ("token_r2", "token_null", "position_r2", "position_null", "context_r2")
+    return TaxonomyScores(*(nan_array(m[k]) for k in keys))
+
+
+def _seed_entry(
+    seed: int, n_scored: int, counts: dict[str, int], entropy: np.ndarray, share: np.ndarray
+) -> dict[str, Any]:
+    """One seed's class counts and shares (of its scored features) and top-token measures."""
+    return {
+        "seed": int(seed),
+        "n_scored": int(n_scored),
+        "counts": counts,
+        "shares": {c: counts[c] / max(1, n_scored) for c in CLASSES},
+        "interpretability": {
+            "token_entropy": _describe(entropy),
+            "top_token_share": _describe(share),
+        },
+    }
 
 
 def _examples(

@@ -122,7 +122,11 @@ def run_study_a(
         if placebo is not None:
             ridge = transcoders.ridge
             inputs["placebo"] = lambda X, Y: placebo.transform(Y, residuals(ridge, X, Y))
-        what = EmergenceInputs(sweep_store, hooks, dicts, transcoders.ridge, inputs=inputs)
+        # the taxonomy (not the matrix) of every further seed: its shares get a seed-level CI
+        more = {n: dictionaries.saes[n][1:] for n in dicts if n in dictionaries.saes}
+        what = EmergenceInputs(
+            sweep_store, hooks, dicts, transcoders.ridge, inputs=inputs, seed_saes=more
+        )
         emergence = run_emergence(run, what)
         for name in features:
             add_columns(run.dirs.feature_table(name), emergence["features"].get(name))
