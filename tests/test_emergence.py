@@ -229,8 +229,16 @@ def test_class_shares_across_seeds() -> None:
     res = across_seeds(seeds)
     shares = np.array([0.2, 0.3, 0.5])
     half = stats.t.ppf(0.975, 2) * shares.std(ddof=1) / np.sqrt(3)
-    assert res[TOKEN]["share_ci95"] == pytest.approx([shares.mean() - half, shares.mean() + half])
+    assert res[TOKEN]["share_ci95"] == pytest.approx([0.0, shares.mean() + half])  # cut at 0
+    assert shares.mean() - half < 0
     assert set(res) == set(CLASSES)
+    # a nearly empty class: the t interval would reach below 0; a share's CI stays in [0, 1]
+    rare = across_seeds([{TOKEN: t, LONG: 100 - t} for t in (0, 0, 1)])
+    assert rare[TOKEN]["share_ci95"][0] == 0.0
+    assert rare[TOKEN]["share_ci95"][1] == pytest.approx(
+        0.01 / 3 + stats.t.ppf(0.975, 2) * np.std([0, 0, 0.01], ddof=1) / np.sqrt(3)
+    )
+    assert rare[LONG]["share_ci95"][1] == 1.0
 
 
 def test_bad_inputs_are_one_line_errors() -> None:

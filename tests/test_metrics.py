@@ -92,3 +92,13 @@ def test_constant_dimension_gives_nan_not_a_crash():
 def test_bad_input_is_one_clear_error(y, y_hat, match):
     with pytest.raises(CrosslayerError, match=match):
         regression_report(y, y_hat)
+
+
+def test_p_values_are_printed_with_sensible_precision() -> None:
+    from crosslayer.metrics import format_p
+
+    assert format_p(0.0) == "< 1e-300"  # underflowed: below double precision, not zero
+    assert format_p(0.0, relation=True) == "< 1e-300"
+    assert format_p(8.8e-271) == "8.8e-271"
+    assert format_p(0.0312) == "0.0312" and format_p(0.0312, relation=True) == "= 0.0312"
+    assert format_p(float("nan")) == "–" and format_p(None) == "–"

@@ -190,3 +190,15 @@ def r2_global_mean(y: ArrayLike, y_hat: ArrayLike) -> float:
 def r2_per_dim(y: ArrayLike, y_hat: ArrayLike) -> np.ndarray:
     """R² of each output dimension, shape ``[d]``."""
     return regression_report(y, y_hat).r2_per_dim
+
+
+def format_p(p: float | None, relation: bool = False) -> str:
+    """A p-value as text: three significant digits, scientific below 1e-3, and ``< 1e-300``
+    where the test's p underflowed to 0 (it is then not 0, only below double precision).
+    ``relation``: prefixed by ``= `` or ``< `` (for "p = 0.03", "p < 1e-300")."""
+    if p is None or not np.isfinite(p):
+        return "–"
+    if p <= 0.0:
+        return "< 1e-300"
+    text = f"{p:.1e}" if p < 1e-3 else f"{p:.3g}"
+    return f"= {text}" if relation else text

@@ -140,8 +140,8 @@ def across_seeds(counts: Sequence[dict[str, int]]) -> dict[str, dict[str, object
     """Share of each class over seeds: mean and a t 95% CI (needs >= 2 seeds).
 
     The unit that varies between runs is the seed (split, SAEs, folds), so the interval is
-    over seeds: ``mean ± t_{0.975, S-1} · sd / √S`` of the per-seed shares. With one seed
-    the CI is None and ``note`` says so.
+    over seeds: ``mean ± t_{0.975, S-1} · sd / √S`` of the per-seed shares, cut to [0, 1].
+    With one seed the CI is None and ``note`` says so.
     """
     S = len(counts)
     out: dict[str, dict[str, object]] = {}
@@ -152,7 +152,10 @@ def across_seeds(counts: Sequence[dict[str, int]]) -> dict[str, dict[str, object
         entry: dict[str, object] = {"n_seeds": S, "mean_share": float(shares.mean()) if S else None}
         if S >= 2:
             half = stats.t.ppf(0.975, S - 1) * shares.std(ddof=1) / np.sqrt(S)
-            entry["share_ci95"] = [float(shares.mean() - half), float(shares.mean() + half)]
+            # a share lies in [0, 1]: the t interval is cut there (with 3 seeds it reaches
+            # below 0 for a class that is nearly empty)
+            lo, hi = max(0.0, shares.mean() - half), min(1.0, shares.mean() + half)
+            entry["share_ci95"] = [float(lo), float(hi)]
         else:
             entry["share_ci95"] = None
             entry["note"] = "one seed: no seed-level CI (run more seeds for one)"

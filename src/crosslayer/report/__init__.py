@@ -17,6 +17,7 @@ from typing import Any
 import jinja2
 
 from crosslayer import fs
+from crosslayer.metrics import format_p
 from crosslayer.provenance import versions
 from crosslayer.report.dashboards import (
     Dashboard,
@@ -43,8 +44,13 @@ def num(value: Any, digits: int = 4) -> str:
 
 
 def pval(value: Any) -> str:
-    """A p-value: three significant digits."""
-    return "–" if value is None or not math.isfinite(value) else f"{value:.3g}"
+    """A p-value (:func:`crosslayer.metrics.format_p`)."""
+    return format_p(value)
+
+
+def prel(value: Any) -> str:
+    """A p-value with its relation: ``= 0.03`` or ``< 1e-300``."""
+    return format_p(value, relation=True)
 
 
 def pct(value: Any, digits: int = 1) -> str:
@@ -70,7 +76,7 @@ def environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(num=num, pval=pval, pct=pct, flatten=flatten)
+    env.filters.update(num=num, pval=pval, prel=prel, pct=pct, flatten=flatten)
     env.globals.update(study_a_anchor=study_a_anchor, study_b_anchor=study_b_anchor)
     return env
 

@@ -8,6 +8,7 @@ import numpy as np
 from rich.table import Table
 
 from crosslayer.experiments.study_a.run import nan_array
+from crosslayer.metrics import format_p
 
 SCHEMA = "crosslayer.study_a"
 SCHEMA_VERSION = 3  # 3: cross-fitted features (+ Parquet tables), decomposition, emergence,
@@ -83,7 +84,8 @@ def summary_table(results: dict[str, Any]) -> Any:
         lo, hi = c["diff_mean_ci95"]
         table.add_row(
             "baseline − residual [95% CI], Mann-Whitney p",
-            f"{c['diff_mean']:+.3f} [{lo:+.3f}, {hi:+.3f}], p={c['mannwhitney_p']:.2g}",
+            f"{c['diff_mean']:+.3f} [{lo:+.3f}, {hi:+.3f}], "
+            f"p {format_p(c['mannwhitney_p'], relation=True)}",
             f"{ref['baseline_accuracy'] - ref['residual_accuracy']:+.4f}, no test",
         )
     s = cmp.get("study_protocol_accuracy", {})
