@@ -33,6 +33,7 @@ from crosslayer.emergence import (
     EMERGENCE_ALPHAS,
     UNSCORED,
     TaxonomyScores,
+    TopTokenStats,
     across_seeds,
     class_counts,
     classify,
@@ -216,13 +217,7 @@ def measure(run: Run, what: EmergenceInputs) -> dict[str, Any]:
             "r2": mat.r2[idx],
             "auroc": mat.auroc[idx],
             "alpha": mat.alpha[idx],
-            "token_r2": tax.token_r2[mine],
-            "token_null": tax.token_null[mine],
-            "position_r2": tax.position_r2[mine],
-            "position_null": tax.position_null[mine],
-            "context_r2": tax.context_r2[mine],
-            "token_entropy": top.token_entropy[cols],
-            "top_token_share": top.top_token_share[cols],
+            **_columns(tax, top, mine, cols),
             "top_token": top.top_token[cols],
             "n_top": top.n_top[cols],
             "seeds": [],
@@ -265,15 +260,25 @@ def _seed_taxonomy(
         out[key] = {
             "n_features": int(f.shape[1]),
             "scored": scored[mine] - cols[0],
-            "token_r2": tax.token_r2[mine],
-            "token_null": tax.token_null[mine],
-            "position_r2": tax.position_r2[mine],
-            "position_null": tax.position_null[mine],
-            "context_r2": tax.context_r2[mine],
-            "token_entropy": top.token_entropy[cols],
-            "top_token_share": top.top_token_share[cols],
+            **_columns(tax, top, mine, cols),
         }
     return out
+
+
+def _columns(
+    tax: TaxonomyScores, top: TopTokenStats, mine: np.ndarray, cols: np.ndarray
+) -> dict[str, np.ndarray]:
+    """One dictionary's taxonomy scores (its scored features: ``mine`` of the scored columns)
+    and top-token measures (all its columns ``cols``)."""
+    return {
+        "token_r2": tax.token_r2[mine],
+        "token_null": tax.token_null[mine],
+        "position_r2": tax.position_r2[mine],
+        "position_null": tax.position_null[mine],
+        "context_r2": tax.context_r2[mine],
+        "token_entropy": top.token_entropy[cols],
+        "top_token_share": top.top_token_share[cols],
+    }
 
 
 def _matrix(rows: Any, n_layers: int) -> np.ndarray:
