@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from crosslayer import fs
 from crosslayer.experiments.study_a.inputs import Data
 from crosslayer.experiments.study_a.run import Run, sample_rows
+from crosslayer.metrics import r2_global_mean
 from crosslayer.model.hooks import hook_depth
 from crosslayer.store import open_store
 from crosslayer.transcoder import (
@@ -159,30 +161,20 @@ def _metrics(model: AffineTranscoder | MLPTranscoder, data: Data) -> dict[str, A
     }
 
 
-def r2_global_mean_of_means(Y: np.ndarray, means: np.ndarray) -> float:
-    """The seed study's R² (one global mean in the denominator) of predicting every token
-    by the per-dimension ``means``: what that metric gives a predictor that knows nothing of
-    the token. Float64 sums, chunked over tokens."""
-    res = s = ss = 0.0
-    n = 0
-    for i in range(0, len(Y), 65536):
-        y = np.asarray(Y[i : i + 65536], dtype=np.float64)
-        res += float(((y - means) ** 2).sum())
-        s, ss, n = s + float(y.sum()), ss + float((y**2).sum()), n + y.size
-    total = ss - s * s / n
-    return 1.0 - res / total
-
-
 def mean_only_metrics(data: Data) -> dict[str, Any]:
     """``transcoder.mean_only``: the per-dimension train means as the prediction, scored with
     the seed study's global-mean R² on train and held-out. Much of that R² is the spread of
     the dimensions' means (outlier dimensions), which this predictor already captures."""
-    means = np.asarray(data.Y_train, dtype=np.float64).mean(0)
+    means = torch.from_numpy(np.asarray(data.Y_train, dtype=np.float64).mean(0))
+
+    def score(Y: np.ndarray) -> float:  # every token predicted by the same means
+        return r2_global_mean(Y, means.expand(len(Y), -1))
+
     return {
         "definition": "predict every token by the per-dimension train means; R² = 1 - "
-        "Σ_ij (y_ij - mean_j)² / Σ_ij (y_ij - m), m one scalar mean over all entries",
-        "train": {"r2_global_mean": r2_global_mean_of_means(data.Y_train, means)},
-        "heldout": {"r2_global_mean": r2_global_mean_of_means(data.Y_heldout, means)},
+        "Σ_ij (y_ij - mean_j)² / Σ_ij (y_ij - m)², m one scalar mean over all entries",
+        "train": {"r2_global_mean": score(data.Y_train)},
+        "heldout": {"r2_global_mean": score(data.Y_heldout)},
     }
 
 
