@@ -192,6 +192,17 @@ def r2_per_dim(y: ArrayLike, y_hat: ArrayLike) -> np.ndarray:
     return regression_report(y, y_hat).r2_per_dim
 
 
+def sst_about_pooled_mean(n: Any, sum_y: Any, sum_y2: Any) -> Any:
+    """Per group (e.g. document) ``Σ_{i∈g} (y_i - ȳ)²`` about the mean ȳ of all groups pooled,
+    from ``n [G]``, ``sum_y``, ``sum_y2`` ``[G, m]`` (numpy arrays or torch tensors).
+
+    A document bootstrap weights these rows by how often each document was drawn and keeps
+    ȳ fixed, as it keeps the out-of-fold predictions: then a resample's R² is the estimate's
+    own formula (re-centring on each resample's mean would bias it below the estimate)."""
+    mu = sum_y.sum(0) / max(float(n.sum()), 1.0)
+    return sum_y2 - 2 * mu * sum_y + n[:, None] * mu**2
+
+
 def format_p(p: float | None, relation: bool = False) -> str:
     """A p-value as text: three significant digits, scientific below 1e-3, and ``< 1e-300``
     where the test's p underflowed to 0 (it is then not 0, only below double precision).

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from crosslayer.crossfit.stats import F64
+from crosslayer.metrics import sst_about_pooled_mean
 
 
 def bootstrap_weights(n_docs: int, n_bootstrap: int, seed: int) -> np.ndarray:
@@ -134,8 +135,7 @@ class LayerScores:
     def _sst_doc(self) -> torch.Tensor:
         """``[D, m]`` per-document ``Σ (y - ȳ)²`` about the full-sample mean ȳ (module
         docstring: the bootstrap keeps this centre, as it keeps the predictions)."""
-        mu = self.sy.sum(0) / self.n_doc.sum().clamp(min=1.0)
-        return self.syy - 2 * mu * self.sy + self.n_doc[:, None] * mu.square()
+        return sst_about_pooled_mean(self.n_doc, self.sy, self.syy)
 
     @staticmethod
     def _live(sst: torch.Tensor) -> torch.Tensor:

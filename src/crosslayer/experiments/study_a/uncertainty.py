@@ -32,6 +32,7 @@ from scipy import stats
 from crosslayer.crossfit import token_lookup_r2
 from crosslayer.crossfit.folds import check_folds
 from crosslayer.errors import CrosslayerError
+from crosslayer.metrics import sst_about_pooled_mean
 
 P_FLOOR = 1e-3
 """The smallest p-value quoted for a parametric test on a handful of seeds."""
@@ -62,8 +63,7 @@ class DocStats:
     def r2(self, weights: np.ndarray | None = None) -> np.ndarray:
         """R² per feature ``[m]``, or ``[B, m]`` for document weights ``[B, D]`` (counts)."""
         w = np.ones((1, len(self.n))) if weights is None else np.atleast_2d(weights)
-        mu = self.sum_y.sum(0) / max(float(self.n.sum()), 1.0)
-        sst_doc = self.sum_y2 - 2 * mu * self.sum_y + self.n[:, None] * mu**2
+        sst_doc = sst_about_pooled_mean(self.n, self.sum_y, self.sum_y2)
         sy2, sse, sst = w @ self.sum_y2, w @ self.sse, w @ sst_doc
         with np.errstate(divide="ignore", invalid="ignore"):
             r2 = np.where(sst > 1e-12 * np.maximum(sy2, 1e-300), 1.0 - sse / sst, np.nan)
