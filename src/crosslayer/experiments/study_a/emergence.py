@@ -406,10 +406,11 @@ def summarise(run: Run, measured: dict[str, Any]) -> dict[str, Any]:
             per_seed.append(_seed_entry(run.cfg.seed + int(extra["seed"]), e_scored.size,
                                         class_counts(e_cls), e_entropy[e_scored],
                                         e_share[e_scored]))  # fmt: skip
+        seed0 = per_seed[0]  # the headline counts are seed 0's, its per-seed entry
         taxonomy["saes"][name] = {
-            "n_scored": int(scored.size),
-            "counts": counts,
-            "shares": {c: counts[c] / max(1, scored.size) for c in CLASSES},
+            "n_scored": seed0["n_scored"],
+            "counts": seed0["counts"],
+            "shares": seed0["shares"],
             "seeds": [p["seed"] for p in per_seed],
             "per_seed": per_seed,
             "across_seeds": across_seeds([p["counts"] for p in per_seed]),

@@ -181,8 +181,10 @@ def score_features(
         with _timed(run, timings, "ridge", f"{name}: ridge probes, {probed.size:,} features"):
             # One pass for the features and their 0/1 labels: the labels' alphas set the
             # logistic C (C_rule "ridge"), and both share each fold's eigendecomposition.
-            labels = (fp > 0).astype(np.float32)
-            targets = SparseColumns(sp.hstack([fp, labels]) if cfg.C_rule == "ridge" else fp)
+            if cfg.C_rule == "ridge":
+                targets = SparseColumns(sp.hstack([fp, (fp > 0).astype(np.float32)]))
+            else:
+                targets = F
             ridge = CrossFitRidge(device=run.cfg.device).fit(X, targets, folds)
         table["r2"][at], table["alpha"][at] = ridge.r2_[:k], np.median(ridge.alpha_[:, :k], 0)
         label_alpha = ridge.alpha_[:, k:] if cfg.C_rule == "ridge" else None
