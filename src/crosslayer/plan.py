@@ -375,7 +375,6 @@ def check_run(cfg: RunConfig, model: Any = None) -> None:
     :class:`RunConfig`'s own validator has already checked the rules between keys; together
     they make a bad run fail in seconds, leaving nothing behind.
     """
-
     resolve_device(cfg.device)
     info = checked_info(cfg.model) if model is None else model_info(cfg.model, model)
     n_layers = info.shape.n_layers
@@ -524,7 +523,6 @@ def plan_run(
 
 def model_itemsize(cfg: RunConfig) -> int:
     """Bytes per weight of the model as the run will load it (``model_dtype`` on its device)."""
-
     with warnings.catch_warnings():  # the run itself warns about emulated bf16, not the plan
         warnings.simplefilter("ignore")
         dtype = resolve_dtype(cfg.model_dtype, resolve_device(cfg.device))

@@ -250,7 +250,6 @@ def load_run(path: str | Path) -> LoadedRun:
 
     Raises :class:`CrosslayerError` when ``path`` holds no finished study A run.
     """
-
     path = Path(path)
     dirs = RunDir(path)
     if not dirs.results.is_file():

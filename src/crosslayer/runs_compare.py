@@ -126,7 +126,6 @@ def shared_saes(runs: Sequence[LoadedRun]) -> list[str]:
 
 def config_differences(runs: Sequence[LoadedRun]) -> list[tuple[str, list[Any]]]:
     """Dotted config keys whose value differs between runs, with each run's value."""
-
     flat = [dict(flatten(r.results.get("config", {}))) for r in runs]
     keys = sorted({k for f in flat for k in f})
     rows = [(k, [f.get(k) for f in flat]) for k in keys]
@@ -221,7 +220,6 @@ def run_spread(metric: str, headline: Any) -> dict[str, Any]:
     """How much one metric's difference varies between the runs: the runs are the unit (a
     seed-level spread when the runs differ only in seed). Mean, sample SD, min, max of the
     runs' ``diff_mean`` and the 95% t-interval of their mean (n runs, n - 1 d.o.f.)."""
-
     d = headline.loc[headline["metric"] == metric, "diff_mean"].to_numpy(float)
     d = d[np.isfinite(d)]
     n = int(d.size)
@@ -313,7 +311,6 @@ def _distribution(labels: list[str], sae: str, score: str, tables: list[Any]) ->
 
 def render_comparison(cmp: Comparison) -> str:
     """The compare report as an HTML string."""
-
     return (
         environment()
         .get_template("compare.html.j2")

@@ -257,7 +257,6 @@ class AffineTranscoder(RegressorMixin, BaseEstimator):
         fit, the train means of source and target, saved beside the weights as ``x_mean`` and
         ``y_mean``). ``extra``: more JSON-able fields (a run adds its config hash).
         """
-
         self._check_fitted()
         source_hook = source_hook or getattr(self, "source_hook_", None)
         target_hook = target_hook or getattr(self, "target_hook_", None)
@@ -306,7 +305,6 @@ class AffineTranscoder(RegressorMixin, BaseEstimator):
         The training statistics beyond the means are not kept, so it cannot be refitted
         (``partial_fit`` starts afresh).
         """
-
         path = Path(directory)
         cfg_path, weights = path / TRANSCODER_CONFIG, path / TRANSCODER_WEIGHTS
         if not cfg_path.is_file() or not weights.is_file():

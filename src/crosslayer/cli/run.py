@@ -94,7 +94,6 @@ def run_command(
 
     Example: crosslayer run --profile quick --out runs/quick
     """
-
     # local: start-up cost (a command imports its library code when it runs)
     from crosslayer.config import build_config, deep_merge, parse_set
 

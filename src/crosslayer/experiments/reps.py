@@ -100,7 +100,6 @@ def check_inputs(
 ) -> None:
     """The model spec, ``--layers``, the ``--sae`` specs and ``--store`` of layers / contrast /
     interpret, checked before the model's weights load (reading only its config)."""
-
     n_layers = checked_info(model).shape.n_layers
     check_layers(n_layers, layers)
     if isinstance(saes, (str, Path)):
@@ -176,7 +175,6 @@ def _load(spec: SaeSpec, model: LoadedModel) -> Any:
 def _from_clone(root: Path, model: LoadedModel, layers: list[int], l0_rule: str) -> dict[int, Any]:
     """One SAE per layer from a Gemma Scope 1 clone (``canonical`` else ``l0_rule``, study B's
     pick), 16k wide where the clone has several widths."""
-
     if not root.is_dir():
         raise CrosslayerError(f"SAE directory {root} not found", "pass a Gemma Scope clone")
     out = {}

@@ -128,7 +128,6 @@ def _config_dir(path: Path) -> ModelShape:
 
 def _gguf_cache(gguf: Path) -> Path | None:
     """The dequantised cache directory of ``gguf`` if it is complete, else None."""
-
     cached = gguf_cache_dir(gguf)
     return cached if (cached / "crosslayer_source.json").is_file() else None
 
@@ -195,7 +194,6 @@ def checked_info(spec: str) -> ModelInfo:
     """:func:`model_info` after the loader's own checks of ``spec`` (path, file type, hub
     cache or network), so that a bad ``--model`` gives the same line before the weights load
     as :func:`~crosslayer.model.load_model` would."""
-
     if spec not in ALIASES:  # an alias is shipped: nothing to check
         _resolve(spec)
     return model_info(spec)

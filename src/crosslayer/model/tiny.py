@@ -43,7 +43,6 @@ def tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
 
     Deterministic: the same vocabulary on every machine.
     """
-
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

@@ -131,7 +131,6 @@ def ce_loss_recovered(
     batch: int = 8,
 ) -> dict[str, float]:
     """Clean, SAE-spliced and zero-ablated CE; recovered = (zero - sae) / (zero - clean)."""
-
     check_against_model(sae, model) if sae.cfg.metadata.hook_name == hook else None
     input_ids = torch.as_tensor(input_ids)
     mask = torch.ones_like(input_ids) if attention_mask is None else torch.as_tensor(attention_mask)

@@ -257,7 +257,6 @@ def load_gemma_scope_2(path: Path, dev: torch.device) -> SAE[Any]:
     ``JumpReLUTranscoder``; an ``affine_skip_connection`` [d_in, d_out] becomes
     ``JumpReLUSkipTranscoder.W_skip`` [d_out, d_in], as in ``gemma_3_sae_huggingface_loader``.
     """
-
     try:
         raw = load_file(str(path))
     except (OSError, SafetensorError) as e:

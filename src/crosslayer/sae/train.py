@@ -373,7 +373,6 @@ def _checkpoint(ckpt: Path, run_hash: str, served: int, sae: Any, trainer: Any) 
 
 def _resume(ckpt: Path, run_hash: str, sae: Any, trainer: Any) -> int:
     """Load ``{ckpt}/latest`` if present; return how many batches it had consumed."""
-
     latest = ckpt / "latest"
     if not (latest / "position.json").is_file():
         return 0
