@@ -3,7 +3,7 @@
 One :class:`RunConfig` describes a whole run. It is built in three layers, each overriding
 the one before:
 
-1. a named **profile** (``"default"``: the embedded default run, ~5 min on 2 CPU cores;
+1. a named **profile** (``"default"``: the embedded default run, ~20 min on 2 CPU cores;
    ``"quick"``: a small run, < 3 min);
 2. a YAML or TOML **config file** (``--config FILE``), which may itself name a ``profile``;
 3. **command-line flags** (``--model``, ``--tokens``, ``--width`` ... and ``--set key=value``
@@ -339,7 +339,7 @@ class RunConfig(BaseModel):
 
     profile: ProfileName = Field(
         default="default",
-        description="profile these settings started from: default (~5 min on 2 CPU cores) or "
+        description="profile these settings started from: default (~20 min on 2 CPU cores) or "
         "quick (~2 min)",
     )
     model: str = Field(
