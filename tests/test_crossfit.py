@@ -97,6 +97,32 @@ def test_ridge_alpha_and_out_of_fold_predictions_equal_a_sklearn_nested_cv():
     assert r.r2_[4] > 0.99 and len(np.unique(r.alpha_)) > 1  # alpha differs across features
 
 
+def test_float32_alpha_path_scores_as_the_float64_path():
+    """The float32 inner-CV path (the emergence matrix's) changes no score beyond round-off:
+    an alpha can differ only where the float64 path's errors at the two alphas tie to
+    ~1e-5 of the feature's variance, and the out-of-fold R² agree."""
+    x, f, docs = _data(2000, 24, 40, 60, seed=5)
+    x[:, 0] *= 300.0  # an outlier dimension, as in Gemma's residual stream
+    f[:, 0] = x[:, 1] * 2 + 0.05 * f[:, 0]  # well predicted: the path cancels by ~1/(1-R²)
+    folds = grouped_folds(docs, 5, seed=0)
+    alphas = tuple(float(a) for a in np.logspace(-6, 2, 9))
+    r64 = CrossFitRidge(alphas=alphas, feature_chunk=16).fit(x, f, folds)
+    r32 = CrossFitRidge(alphas=alphas, feature_chunk=16, path_dtype="float32").fit(x, f, folds)
+    sst = r64.sst_[None, None, :]
+    np.testing.assert_allclose(r32.cv_sse_ / sst, r64.cv_sse_ / sst, atol=1e-5)
+    differ = r32.alpha_ != r64.alpha_
+    assert differ.mean() < 0.05
+    for k, j in zip(*np.nonzero(differ), strict=True):
+        a32 = np.searchsorted(r64.alphas_, r32.alpha_[k, j])
+        a64 = np.searchsorted(r64.alphas_, r64.alpha_[k, j])
+        gap = r64.cv_sse_[k, a32, j] - r64.cv_sse_[k, a64, j]
+        assert 0 <= gap <= 1e-5 * r64.sst_[j]
+    np.testing.assert_allclose(r32.r2_, r64.r2_, atol=1e-4)
+    assert r64.r2_[0] > 0.99
+    with pytest.raises(CrosslayerError, match="path_dtype"):
+        CrossFitRidge(path_dtype="float16").fit(x, f, folds)
+
+
 # ---------------------------------------------------------------------------- logistic
 
 

@@ -218,6 +218,14 @@ class CrossFitLogistic(BaseEstimator):
         # of the outer fit (a third fewer rows than the folds' own for token embeddings).
         unions = [self._union([rows[i] for i in range(K) if i != k]) for k in range(K)]
         bases = [_Basis([u]) for u in unions]
+        # The inner CV's training sets T_k \ {i}: the same set for (k, i) and (i, k).
+        self._inner_rows: dict[tuple[int, int], _FoldRows] = {}
+        if self.C_rule == "cv" and len(Cs) > 1:
+            self._inner_rows = {
+                (a, b): self._union([rows[i] for i in range(K) if i not in (a, b)])
+                for a in range(K)
+                for b in range(a + 1, K)
+            }
         self._allocate(K, m, d, len(Cs))
         self.n_not_converged_ = 0
         for j0 in range(0, m, self.feature_chunk):
@@ -225,6 +233,7 @@ class CrossFitLogistic(BaseEstimator):
             lab = (lay.targets(F, j0, j1, dev) > self.threshold).to(dt)
             pos = [rows[k].sum(lab[lay.rows(k)]) for k in range(K)]  # active tokens per row
             self._fit_chunk(x, lay, rows, unions, bases, pos, lab, Cs, j0, j1, dt)
+        self._inner_rows = {}  # rows, not a learned attribute
         self.x_mean_ = np.stack([b.mean.cpu().numpy() for b in bases])
         self.x_scale_ = np.stack([b.scale.cpu().numpy() for b in bases])
         self.fold_ids_, self.Cs_ = folds, Cs
@@ -293,7 +302,7 @@ class CrossFitLogistic(BaseEstimator):
                 u0 = self._start(basis, beta, b0, seen, ok, dt)
             elif len(Cs) > 1:
                 xw = {i: basis.whiten(rows[i].x, dt) for i in train}
-                c_sel, u0 = self._inner_cv(xw, weights, penalty, pos, train, ok, Cs, k, j0)
+                c_sel, u0 = self._inner_cv(basis, xw, weights, penalty, train, ok, Cs, k, j0)
             else:
                 c_sel = torch.full((ok.numel(),), Cs[0], dtype=dt, device=dev)
                 u0 = self._start(basis, beta, b0, seen, ok, dt)
@@ -384,10 +393,10 @@ class CrossFitLogistic(BaseEstimator):
 
     def _inner_cv(
         self,
+        basis: _Basis,
         xw: dict[int, torch.Tensor],
         weights: dict[int, tuple[torch.Tensor, torch.Tensor]],
         penalty: torch.Tensor,
-        pos: list[torch.Tensor],
         train: list[int],
         ok: torch.Tensor,
         Cs: np.ndarray,
@@ -395,6 +404,10 @@ class CrossFitLogistic(BaseEstimator):
         j0: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Leave one training fold out for every C (ascending, warm-started along the path).
+
+        Each inner fit runs on its training set's distinct rows (``_inner_rows``: a token
+        seen in several of its folds is one row), as the outer fit does; ``xw`` holds each
+        training fold's own rows for the validation losses.
 
         Returns the chosen C per feature and a warm start for the outer fit (the last inner
         fold's solution at that C)."""
@@ -405,12 +418,20 @@ class CrossFitLogistic(BaseEstimator):
         tol = self.tol if self.inner_tol is None else self.inner_tol
         for i in train:
             inner = [t for t in train if t != i]
+            rows = self._inner_rows[(min(k, i), max(k, i))]
+            fit_x = {-1: basis.whiten(rows.x, dt)}
+            fit_w = {
+                -1: (
+                    rows.sum(torch.cat([weights[t][0] for t in inner])),
+                    rows.sum(torch.cat([weights[t][1] for t in inner])),
+                )
+            }
             # Warm starts: along the path from the previous C, and the first C of each inner
             # fold from the previous fold's (the training sets overlap in all but one fold).
             u = last[0].clone()
             for a, C in enumerate(Cs):
                 cc = torch.full((c,), C, dtype=dt, device=u.device)
-                res = self._solve(xw, weights, inner, penalty, cc, u, tol)
+                res = self._solve(fit_x, fit_w, [-1], penalty, cc, u, tol)
                 u = res.u
                 last[a] = u
                 loss[a] += self._balanced_log_loss(xw[i], weights[i], u)

@@ -58,6 +58,11 @@ class CrossFitRidge(BaseEstimator):
     feature_chunk: features per block of matrix products (memory only; results do not depend
         on it).
     chunk_size: rows per block when reading X.
+    path_dtype: ``"float64"`` (exact to round-off: the per-feature probes, whose alphas are
+        compared with scikit-learn's) or ``"float32"`` for the inner-CV alpha path, ~90% of
+        the products and 2-3x faster on CPU; it can swap two alphas whose inner-CV errors
+        differ by ~1e-6 of the feature's variance (so the fits score alike). The chosen
+        fits, their coefficients and the out-of-fold R² stay in float64 either way.
 
     Learned (``K`` folds, ``m`` features, ``d`` inputs): ``alpha_ [K, m]`` chosen per fold,
     ``cv_sse_ [K, n_alphas, m]`` the inner-CV squared error behind each choice, ``coef_ [K, d,
@@ -71,21 +76,31 @@ class CrossFitRidge(BaseEstimator):
         alphas: tuple[float, ...] = DEFAULT_ALPHAS,
         feature_chunk: int = 512,
         chunk_size: int = 8192,
+        path_dtype: str = "float64",
         device: str | None = None,
     ) -> None:
         self.alphas = alphas
         self.feature_chunk = feature_chunk
         self.chunk_size = chunk_size
+        self.path_dtype = path_dtype
         self.device = device
 
     def fit(self, X: ArrayLike, F: ArrayLike, fold_ids: ArrayLike) -> CrossFitRidge:
         """Fit every feature's probes; ``fold_ids [n]`` from :func:`grouped_folds`."""
         alphas = np.sort(np.asarray(self.alphas, dtype=np.float64))
-        if alphas.size < 1 or (alphas < 0).any() or self.feature_chunk < 1:
+        if (
+            alphas.size < 1
+            or (alphas < 0).any()
+            or self.feature_chunk < 1
+            or self.path_dtype not in ("float64", "float32")
+        ):
             raise CrosslayerError(
-                f"bad ridge settings alphas={self.alphas}, feature_chunk={self.feature_chunk}",
-                "use a non-empty grid of alphas >= 0 and feature_chunk >= 1",
+                f"bad ridge settings alphas={self.alphas}, feature_chunk={self.feature_chunk}, "
+                f"path_dtype={self.path_dtype!r}",
+                "use a non-empty grid of alphas >= 0, feature_chunk >= 1 and path_dtype "
+                "'float64' or 'float32'",
             )
+        work = torch.float32 if self.path_dtype == "float32" else F64
         dev = resolve_device(self.device)
         n, d = check_2d("X", X)
         m = check_targets(F, n)
@@ -114,7 +129,7 @@ class CrossFitRidge(BaseEstimator):
                 if i != k:
                     t = pairs[(min(k, i), max(k, i))]
                     g = t.centred_val(nk[i], sx[i], sxx[i])
-                    inner[(k, i)] = (t, t.V.T @ g @ t.V)
+                    inner[(k, i)] = (t, (t.V.T @ g @ t.V).to(work))
         A = len(alphas)
         self.alpha_ = np.empty((K, m))
         self.cv_sse_ = np.empty((K, A, m))
@@ -134,7 +149,7 @@ class CrossFitRidge(BaseEstimator):
             syy = torch.stack([f[lay.rows(k)].double().square().sum(0) for k in range(K)])
             sxy = torch.stack([self._cross(x[lay.rows(k)], f[lay.rows(k)]) for k in range(K)])
             sum_f[j0:j1], sum_f2[j0:j1] = sy.sum(0).cpu().numpy(), syy.sum(0).cpu().numpy()
-            cache = {key: self._project(t, sy, sxy) for key, t in pairs.items()}
+            cache = {key: self._project(t, sy, sxy, work) for key, t in pairs.items()}
             for k in range(K):
                 path = torch.zeros(A, j1 - j0, dtype=F64, device=dev)
                 for i in range(K):
@@ -207,12 +222,13 @@ class CrossFitRidge(BaseEstimator):
 
     @staticmethod
     def _project(
-        t: _Train, sy: torch.Tensor, sxy: torch.Tensor
+        t: _Train, sy: torch.Tensor, sxy: torch.Tensor, dtype: torch.dtype = F64
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``Q = Vᵀ Cxf`` (standardised, centred) and the targets' means on training set t."""
+        """``Q = Vᵀ Cxf`` (standardised, centred; the product in ``dtype``) and the targets'
+        means on training set t."""
         nu = sy[t.folds].sum(0) / t.n
         h = sxy[t.folds].sum(0) - t.n * torch.outer(t.mean, nu)
-        return t.V.T @ (h / t.scale[:, None] / t.n), nu
+        return t.V.to(dtype).T @ (h / t.scale[:, None] / t.n).to(dtype), nu
 
     @staticmethod
     def _val_terms(

@@ -104,7 +104,11 @@ def emergence_matrix(
             if progress is not None:
                 progress(f"emergence: {idx.size:,} features from {hook} ({li + 1}/{L})")
             X = layers[hook]
-            ridge = CrossFitRidge(alphas, feature_chunk=feature_chunk, device=device)
+            # the alpha path in float32: the matrix keeps each chosen fit's score, not the
+            # choice, and the path is most of its cost (benchmarks/results/emergence.md)
+            ridge = CrossFitRidge(
+                alphas, feature_chunk=feature_chunk, path_dtype="float32", device=device
+            )
             ridge.fit(X, sub, folds)
             r2[idx, li] = ridge.r2_
             alpha[idx, li] = np.median(ridge.alpha_, axis=0)
