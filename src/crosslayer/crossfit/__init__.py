@@ -13,8 +13,9 @@ Definitions: ``docs/metrics.md``, section "Cross-fitted per-feature scores".
 from crosslayer.crossfit.context import lag_valid, lagged
 from crosslayer.crossfit.folds import check_folds, grouped_folds
 from crosslayer.crossfit.lbfgs import LBFGSResult, batched_lbfgs
-from crosslayer.crossfit.logistic import DEFAULT_CS, CrossFitLogistic, auroc
+from crosslayer.crossfit.logistic import DEFAULT_CS, CrossFitLogistic
 from crosslayer.crossfit.positives import REASONS, PositiveCounts, apply_rule, count_positives
+from crosslayer.crossfit.ranks import auroc, auroc_of
 from crosslayer.crossfit.ridge import DEFAULT_ALPHAS, CrossFitRidge
 from crosslayer.crossfit.token_lookup import DEFAULT_STRENGTHS, TokenLookupResult, token_lookup_r2
 
@@ -30,6 +31,7 @@ __all__ = [
     "TokenLookupResult",
     "apply_rule",
     "auroc",
+    "auroc_of",
     "batched_lbfgs",
     "check_folds",
     "count_positives",

@@ -12,12 +12,12 @@
 Definitions: ``docs/metrics.md``, section "Emergence".
 """
 
+from crosslayer.crossfit import auroc_of
 from crosslayer.emergence.interpret import TopTokenStats, top_token_stats
 from crosslayer.emergence.layer import CHANCE, EmergenceLayers, emergence_layers
 from crosslayer.emergence.matrix import (
     EMERGENCE_ALPHAS,
     EmergenceMatrix,
-    auroc_of,
     emergence_matrix,
     oof_auroc,
 )
