@@ -43,6 +43,8 @@ LEAN = {
     "transcoder": {"study_recipe": False, "mlp": False},
     "probes": {"study_protocol": False},
     "sae_training": {**TINY["sae_training"], "seeds": 2},
+    # seed 1's matrix on a sample of 3 of its scored features (a real subset on this run)
+    "emergence": {"seed_features": 3},
 }
 
 
@@ -200,6 +202,57 @@ def test_taxonomy_of_every_seed_with_a_seed_level_ci(stage: Any, tmp_path: Path)
     assert n_classes >= 4  # at least two classes per SAE on average: the counts can differ
 
 
+def test_sampled_matrix_of_a_further_seed(stage: Any) -> None:
+    """Seed 1's sampled features: drawn by the run's seed in the stage's order (baseline,
+    residual, placebo), their matrix rows equal to :func:`emergence_matrix` run here on those
+    columns of seed 1's codes alone, and its median emergence layer counted here from them."""
+    run, res, parts = stage
+    cf, n = run.cfg.crossfit, run.cfg.emergence.seed_features
+    assert n == 3
+    sweep, ridge, em = parts["sweep"], parts["ridge"], res["emergence"]
+    folds = _sweep_folds(run, sweep)
+    X = sweep.activations(SOURCE).to_numpy(dtype=np.float32)
+    Y = sweep.activations(TARGET).to_numpy(dtype=np.float32)
+    R = Y - (X.astype(np.float64) @ ridge.coef_.T + ridge.intercept_)
+    layers = {h: sweep.activations(h).to_numpy(dtype=np.float32) for h in em["hooks"]}
+    measured = json.loads(run.dirs.emergence.read_text())
+    rng = np.random.default_rng(run.cfg.seed)
+    for name, x in (("baseline", Y), ("residual", R)):
+        (seed1,) = measured["saes"][name]["seeds"]
+        scored = np.asarray(seed1["scored"])
+        assert scored.size > n  # a sample, not all of them
+        want = np.sort(rng.choice(scored, n, replace=False))
+        assert seed1["sampled"] == want.tolist()
+        sae = load_sae(Path(run.cfg.out) / "saes" / f"{name}_seed1")
+        with torch.no_grad():
+            F = sae.encode(torch.from_numpy(x.astype(np.float32))).numpy()
+        ref = emergence_matrix(
+            layers,
+            F[:, want],
+            folds,
+            alphas=tuple(em["alphas"]),
+            min_pos_fit=cf.min_pos_fit,
+            min_pos_score=cf.min_pos_score,
+        )
+        assert ref.scorable.all()
+        np.testing.assert_allclose(_rows(seed1["r2"]), ref.r2, atol=1e-6)
+        np.testing.assert_allclose(_rows(seed1["auroc"]), ref.auroc, atol=1e-5)
+        # seed 1's summary: emergence layer of each sampled feature by hand, then the median
+        frac, cols = run.cfg.emergence.frac, []
+        for row in ref.r2:
+            best = np.nanmax(row)
+            if best > 0:
+                cols.append(min(i for i, v in enumerate(row) if v >= frac * best))
+        s1 = em["saes"][name]["per_seed"][1]
+        assert s1["seed"] == run.cfg.seed + 1 and s1["n_features"] == n
+        assert s1["share_never_predictable"] == pytest.approx((n - len(cols)) / n)
+        layer = em["layers"][int(np.floor(np.median(cols)))] if cols else None
+        assert s1["median_emergence_layer"] == layer
+        a = em["saes"][name]["across_seeds"]["median_emergence_layer"]
+        per_seed = [p["median_emergence_layer"] for p in em["saes"][name]["per_seed"]]
+        assert a["mean"] == pytest.approx(np.mean([v for v in per_seed if v is not None]))
+
+
 def _rows(values: list[list[float | None]]) -> np.ndarray:
     return np.array([[np.nan if v is None else v for v in r] for r in values], dtype=np.float64)
 
@@ -265,6 +318,21 @@ def test_report_section_renders_the_counts(stage: Any) -> None:
             lo, hi = (f"{100 * v:.1f}%" for v in a["share_ci95"])
             ci = f"2 seeds: {100 * a['mean_share']:.1f}% [{lo}, {hi}]</span></td>"
             assert ci in html.split(cell, 1)[1].split("</td>", 1)[0] + "</td>", (name, c)
+    # the seed-level CIs: per dictionary its mean median token entropy [CI over seeds], and
+    # each difference, paired by seed
+    table = html.split('<table class="seed-ci">', 1)[1].split("</table>", 1)[0]
+    for name, t in res["taxonomy"]["saes"].items():
+        a = t["interpretability_across_seeds"]["token_entropy"]
+        lo, hi = a["ci95"]
+        cell = f'data-q="token_entropy">{a["mean_of_medians"]:.2f} [{lo:.2f}, {hi:.2f}]</td>'
+        row = table.split(f'<tr data-sae="{name}">', 1)[1].split("</tr>", 1)[0]
+        assert cell in row, name
+    diffs = html.split('<table class="seed-diff">', 1)[1].split("</table>", 1)[0]
+    for pair, d in res["taxonomy"]["differences"].items():
+        row = diffs.split(f'<tr data-diff="{pair}">', 1)[1].split("</tr>", 1)[0]
+        s = d["share"]["long-context"]
+        lo, hi = (f"{100 * v:.1f}%" for v in s["ci95"])
+        assert f'data-class="long-context">{100 * s["mean"]:.1f}% [{lo}, {hi}]</td>' in row
 
 
 def test_given_inputs_encode_an_sae_on_them(stage: Any) -> None:

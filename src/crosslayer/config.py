@@ -326,6 +326,13 @@ class EmergenceConfig(_Section):
     n_examples: int = Field(
         default=3, ge=0, description="most typical features listed per class and SAE"
     )
+    seed_features: int = Field(
+        default=256,
+        ge=0,
+        description="per further seed (>= 1) of each dictionary, the emergence matrix of a "
+        "random sample (seeded by the run's seed) of at most this many of its scored "
+        "features, so the median emergence layer gets a seed-level CI; 0: seed 0 only",
+    )
 
 
 def _doc(model: type[BaseModel]) -> str:

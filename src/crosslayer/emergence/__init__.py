@@ -7,6 +7,7 @@
 * :func:`taxonomy_scores`, :func:`classify`: token-determined, positional, short-context,
   long-context, from cross-fitted token / position lookups and a k-token context ridge.
 * :func:`top_token_stats`: token entropy and top-token share of the top activations.
+* :func:`seed_ci`, :func:`paired_difference`: t 95% CIs over seeds, and paired by seed.
 * :mod:`.plots`: heatmap, emergence-layer distribution, emergence vs token-determinedness.
 
 Definitions: ``docs/metrics.md``, section "Emergence".
@@ -21,6 +22,7 @@ from crosslayer.emergence.matrix import (
     emergence_matrix,
     oof_auroc,
 )
+from crosslayer.emergence.seeds import paired_difference, seed_ci
 from crosslayer.emergence.taxonomy import (
     CLASSES,
     UNSCORED,
@@ -50,7 +52,9 @@ __all__ = [
     "emergence_layers",
     "emergence_matrix",
     "oof_auroc",
+    "paired_difference",
     "principal_components",
+    "seed_ci",
     "taxonomy_scores",
     "top_token_stats",
 ]

@@ -26,11 +26,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 from crosslayer.crossfit import CrossFitRidge, check_folds, lagged, token_lookup_r2
 from crosslayer.emergence.columns import as_blocks
 from crosslayer.emergence.matrix import EMERGENCE_ALPHAS, _float32
+from crosslayer.emergence.seeds import seed_ci
 from crosslayer.errors import CrosslayerError
 from crosslayer.metrics import ArrayLike
 
@@ -140,24 +140,20 @@ def across_seeds(counts: Sequence[dict[str, int]]) -> dict[str, dict[str, object
     """Share of each class over seeds: mean and a t 95% CI (needs >= 2 seeds).
 
     The unit that varies between runs is the seed (split, SAEs, folds), so the interval is
-    over seeds: ``mean ± t_{0.975, S-1} · sd / √S`` of the per-seed shares, cut to [0, 1].
+    over seeds: ``mean ± t_{0.975, S-1} · sd / √S`` of the per-seed shares, cut to [0, 1]
+    (:func:`crosslayer.emergence.seeds.seed_ci`).
     With one seed the CI is None and ``note`` says so.
     """
     S = len(counts)
     out: dict[str, dict[str, object]] = {}
     for name in CLASSES:
-        shares = np.array(
-            [c.get(name, 0) / max(1, sum(c.get(k, 0) for k in CLASSES)) for c in counts]
-        )
-        entry: dict[str, object] = {"n_seeds": S, "mean_share": float(shares.mean()) if S else None}
-        if S >= 2:
-            half = stats.t.ppf(0.975, S - 1) * shares.std(ddof=1) / np.sqrt(S)
-            # a share lies in [0, 1]: the t interval is cut there (with 3 seeds it reaches
-            # below 0 for a class that is nearly empty)
-            lo, hi = max(0.0, shares.mean() - half), min(1.0, shares.mean() + half)
-            entry["share_ci95"] = [float(lo), float(hi)]
-        else:
-            entry["share_ci95"] = None
-            entry["note"] = "one seed: no seed-level CI (run more seeds for one)"
+        shares = [c.get(name, 0) / max(1, sum(c.get(k, 0) for k in CLASSES)) for c in counts]
+        # a share lies in [0, 1]: the t interval is cut there (with 3 seeds it reaches below
+        # 0 for a class that is nearly empty)
+        ci = seed_ci(shares, bounds=(0.0, 1.0))
+        entry: dict[str, object] = {"n_seeds": S, "mean_share": ci["mean"],
+                                    "share_ci95": ci["ci95"]}  # fmt: skip
+        if "note" in ci:
+            entry["note"] = ci["note"]
         out[name] = entry
     return out

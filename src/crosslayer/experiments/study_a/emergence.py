@@ -8,8 +8,11 @@ on the run's folds, ``grouped_folds(store.doc_ids, crossfit.n_folds, seed)`` ove
 The SAEs share one matrix call, so each layer's eigendecompositions serve every SAE's
 features. Then each scored feature's class (:mod:`crosslayer.emergence.taxonomy`) and every
 feature's top-token measures, for seed 0 and every further seed of each SAE
-(``EmergenceInputs.seed_saes``: the taxonomy only, not the matrix), so that the class shares
-get a seed-level CI.
+(``EmergenceInputs.seed_saes``), and the matrix of a random sample of at most
+``emergence.seed_features`` scored features of every further seed (all of them in one more
+matrix call), so that the class shares, the median top-token measures and the median
+emergence layer get seed-level CIs (:mod:`crosslayer.emergence.seeds`), and so do the
+differences between dictionaries, paired by seed.
 
 The checkpoint (``stages/emergence.json``) keeps the measured scores; emergence layers,
 classes, counts and plots are derived from it on every call (cheap), and
@@ -32,6 +35,8 @@ from crosslayer.emergence import (
     CLASSES,
     EMERGENCE_ALPHAS,
     UNSCORED,
+    EmergenceLayers,
+    EmergenceMatrix,
     TaxonomyScores,
     TopTokenStats,
     across_seeds,
@@ -39,6 +44,8 @@ from crosslayer.emergence import (
     classify,
     emergence_layers,
     emergence_matrix,
+    paired_difference,
+    seed_ci,
     taxonomy_scores,
     top_token_stats,
 )
@@ -68,6 +75,14 @@ EMERGENCE_DEFINITIONS: dict[str, str] = {
     "feature's best score at or before the target; scores are R² (or AUROC − 0.5)",
     "never predictable": "a scored feature whose best score over the layers is <= 0: it has "
     "no emergence layer and is counted, not averaged in",
+    "across seeds": "per seed of each dictionary, the median emergence layer (block index: "
+    "the floor of the median layer column over its features that emerged) and the share "
+    "never predictable, on its matrix features: seed 0's are all its scored features, a "
+    "further seed's a random sample (numpy default_rng(seed)) of at most "
+    "emergence.seed_features of its scored features, fitted with the same layers, folds, "
+    "alphas and minimum-positives rule; mean over seeds and t 95% CI over seeds (cut to the "
+    "range: layers from embed to the target, shares to [0, 1]); differences between "
+    "dictionaries paired by seed: taxonomy.differences",
     "scored": "passes the minimum-positives rule (crossfit.min_pos_fit active and inactive "
     "tokens in every training set, crossfit.min_pos_score in all); the others are counted "
     "per reason",
@@ -84,7 +99,24 @@ TAXONOMY_DEFINITIONS: dict[str, str] = {
     "token entropy": "entropy (bits) of the token distribution over the feature's "
     "emergence.top_n largest activations; top-token share: the share of those on its most "
     "common token",
+    "seed-level CI": "over the S seeds of a dictionary, each seed's value once: mean ± "
+    "t_{0.975, S-1} · sd / √S (sd with ddof 1), cut to the quantity's range (shares [0, 1], "
+    "entropy [0, log2 top_n], layers embed … target; a difference to ± that range's width); "
+    "null with a note when fewer than 2 seeds have a value",
+    "interpretability across seeds": "per seed, the median over its scored features of the "
+    "token entropy (top-token share); mean_of_medians over seeds and its seed-level CI",
+    "differences": "a − b for the dictionaries a, b (residual − baseline, placebo − baseline, "
+    "residual − placebo), per seed k (seed k of a against seed k of b: the same training "
+    "seed) of the per-seed value (median token entropy, median top-token share, class share, "
+    "median emergence layer, share never predictable); mean and seed-level CI over the "
+    "seeds where both have a value",
 }
+# the differences between dictionaries, a − b, when both were measured
+PAIRS: tuple[tuple[str, str], ...] = (
+    ("residual", "baseline"),
+    ("placebo", "baseline"),
+    ("residual", "placebo"),
+)
 
 
 @dataclass(frozen=True)
@@ -98,8 +130,10 @@ class EmergenceInputs:
     placebo's target minus its removal).
 
     ``seed_saes``: per name, that dictionary's seeds >= 1 (``sae_training.seeds`` − 1 SAEs),
-    each encoded on the same input as seed 0: only their taxonomy is measured (the matrix
-    stays on seed 0, its cost), so the class shares get a seed-level CI.
+    each encoded on the same input as seed 0: their taxonomy is measured, and the matrix of
+    a random sample of at most ``emergence.seed_features`` of their scored features (the
+    full matrix stays on seed 0, its cost), so the shares, the median top-token measures
+    and the median emergence layer get a seed-level CI.
     """
 
     sweep_store: ActivationStore
@@ -165,16 +199,17 @@ def measure(run: Run, what: EmergenceInputs) -> dict[str, Any]:
     F = sp.hstack(list(codes.values()), format="csc")
     alphas = tuple(cfg.alphas) if cfg.alphas else EMERGENCE_ALPHAS
     layers = {h: sweep_store.activations(h) for h in names}
-    mat = emergence_matrix(
+    matrix = partial(
+        emergence_matrix,
         layers,
-        F,
-        folds,
+        fold_ids=folds,
         alphas=alphas,
         min_pos_fit=cf.min_pos_fit,
         min_pos_score=cf.min_pos_score,
         device=run.cfg.device,
         progress=run.say,
     )
+    mat = matrix(F)
     scored = np.flatnonzero(mat.scorable)
     run.say(f"emergence: taxonomy of {scored.size:,} scored features")
     embed = layers.get("hook_embed", X)
@@ -223,7 +258,7 @@ def measure(run: Run, what: EmergenceInputs) -> dict[str, Any]:
             "seeds": [],
         }
     for (name, k), m in _seed_taxonomy(
-        run, seed_codes, folds, sweep_store.tokens, taxonomy
+        run, seed_codes, folds, sweep_store.tokens, taxonomy, matrix, len(names)
     ).items():
         out["saes"][name]["seeds"].append({"seed": k, **m})
     return out
@@ -235,12 +270,19 @@ def _seed_taxonomy(
     folds: np.ndarray,
     tokens: np.ndarray,
     taxonomy: Callable[[sp.csc_matrix], TaxonomyScores],
+    matrix: Callable[[sp.csc_matrix], EmergenceMatrix],
+    n_layers: int,
 ) -> dict[tuple[str, int], dict[str, Any]]:
-    """Taxonomy scores and top-token measures of the extra seeds' features, per (name, k).
+    """Taxonomy scores, top-token measures and sampled matrix rows of the extra seeds'
+    features, per (name, k).
 
     Scored: the same minimum-positives rule as the matrix; every seed's scored features in
     one :func:`taxonomy_scores` call (one context design and one eigendecomposition per
-    fold serve them all; each feature's scores depend on its column alone).
+    fold serve them all; each feature's scores depend on its column alone). ``sampled``: a
+    random sample of at most ``emergence.seed_features`` of each seed's scored features
+    (:func:`sample_features`, one generator seeded by the run's seed, drawn in the order of
+    ``codes``), and their ``r2``/``auroc`` rows from one ``matrix`` call for every seed's
+    sample together (one eigendecomposition per layer and training set serves them all).
     """
     if not codes:
         return {}
@@ -252,6 +294,9 @@ def _seed_taxonomy(
     tax = taxonomy(F[:, scored])
     top = top_token_stats(F, tokens, top_n)
     out: dict[tuple[str, int], dict[str, Any]] = {}
+    n_sample = run.cfg.emergence.seed_features
+    rng = np.random.default_rng(run.cfg.seed)
+    picks: dict[tuple[str, int], tuple[int, np.ndarray]] = {}  # key -> (first column, sample)
     start = 0
     for key, f in codes.items():
         cols = np.arange(start, start + f.shape[1])
@@ -262,7 +307,29 @@ def _seed_taxonomy(
             "scored": scored[mine] - cols[0],
             **_columns(tax, top, mine, cols),
         }
+        if n_sample > 0:
+            picks[key] = (int(cols[0]), sample_features(scored[mine] - cols[0], n_sample, rng))
+    if not picks:
+        return out
+    sel = np.concatenate([c0 + p for c0, p in picks.values()])
+    run.say(f"emergence: matrix of {sel.size:,} sampled features of {len(picks)} more seeds")
+    r2 = auroc = np.empty((0, n_layers))
+    if sel.size:
+        mat = matrix(F[:, sel])  # every sampled column passes the rule again: same codes
+        r2, auroc = mat.r2, mat.auroc
+    start = 0
+    for key, (_, p) in picks.items():
+        rows = slice(start, start + p.size)
+        start += p.size
+        out[key] |= {"sampled": p, "r2": r2[rows], "auroc": auroc[rows]}
     return out
+
+
+def sample_features(scored: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """At most ``n`` of the feature indices ``scored``, drawn without replacement, sorted
+    (all of them when there are at most ``n``; the generator is drawn from either way)."""
+    scored = np.asarray(scored, dtype=np.int64)
+    return np.sort(rng.choice(scored, size=min(n, scored.size), replace=False))
 
 
 def _columns(
@@ -312,6 +379,7 @@ def summarise(run: Run, measured: dict[str, Any]) -> dict[str, Any]:
         "n_docs": measured["n_docs"],
         "n_folds": measured["n_folds"],
         "alphas": measured["alphas"],
+        "seed_features": cfg.seed_features,
         "saes": {},
     }
     taxonomy: dict[str, Any] = {
@@ -337,6 +405,9 @@ def summarise(run: Run, measured: dict[str, Any]) -> dict[str, Any]:
     )
     features: dict[str, dict[str, Any]] = {}
     panels: dict[str, Panel] = {}
+    # per dictionary, per quantity: {seed: value}, the per-seed values the differences pair
+    values: dict[str, dict[str, dict[int, float | None]]] = {}
+    bounds = _bounds(cfg.top_n, blocks)
     for name, m in measured["saes"].items():
         n_feat = int(m["n_features"])
         scored = np.asarray(m["scored"], dtype=np.int64)
@@ -376,9 +447,7 @@ def summarise(run: Run, measured: dict[str, Any]) -> dict[str, Any]:
             "n_never_predictable": int(em.never.sum()),
             "n_emerged": int(emerged.sum()),
             "emergence_layer_counts": {h: int(c) for h, c in zip(hooks, counts_at, strict=True)},
-            "median_emergence_layer": (
-                blocks[int(np.floor(np.median(em.index[emerged])))] if emerged.any() else None
-            ),
+            "median_emergence_layer": _median_layer(em, blocks),
             # medians: a few features with R² far below 0 would dominate a mean
             "median_r2_per_layer": np.nanmedian(r2, axis=0) if scored.size else [None] * L,
             "median_auroc_per_layer": np.nanmedian(auroc, axis=0) if scored.size else [None] * L,
@@ -407,6 +476,22 @@ def summarise(run: Run, measured: dict[str, Any]) -> dict[str, Any]:
                                         class_counts(e_cls), e_entropy[e_scored],
                                         e_share[e_scored]))  # fmt: skip
         seed0 = per_seed[0]  # the headline counts are seed 0's, its per-seed entry
+        # the emergence layer per seed: seed 0 on all its scored features, a further seed on
+        # its sampled ones (none in checkpoints from before emergence.seed_features, or 0)
+        em_seed = [_emergence_seed(run.cfg.seed, em, blocks, "all scored features")]
+        for extra in m.get("seeds") or []:
+            if extra.get("sampled") is None:
+                continue
+            e_score = _matrix(extra["r2" if cfg.metric == "r2" else "auroc"], L)
+            e_em = emergence_layers(e_score, cfg.frac, CHANCE[cfg.metric])
+            em_seed.append(_emergence_seed(run.cfg.seed + int(extra["seed"]), e_em, blocks,
+                                           "random sample of its scored features"))  # fmt: skip
+        emergence["saes"][name]["per_seed"] = em_seed
+        values[name] = _per_seed_values(per_seed, em_seed)
+        emergence["saes"][name]["across_seeds"] = {
+            q: seed_ci([values[name][q][sd] for sd in values[name][q]], bounds=bounds[q])
+            for q in ("median_emergence_layer", "share_never_predictable")
+        }
         taxonomy["saes"][name] = {
             "n_scored": seed0["n_scored"],
             "counts": seed0["counts"],
@@ -414,6 +499,10 @@ def summarise(run: Run, measured: dict[str, Any]) -> dict[str, Any]:
             "seeds": [p["seed"] for p in per_seed],
             "per_seed": per_seed,
             "across_seeds": across_seeds([p["counts"] for p in per_seed]),
+            "interpretability_across_seeds": {
+                m_: _mean_of_medians(values[name][f"{m_}_median"], bounds[f"{m_}_median"])
+                for m_ in ("token_entropy", "top_token_share")
+            },
             "by_class": by_class,
             "examples": _examples(cls, tax, em.index, em.best, scored, cfg.n_examples),
             "interpretability": {
@@ -436,8 +525,91 @@ def summarise(run: Run, measured: dict[str, Any]) -> dict[str, Any]:
             "per-feature columns); across_seeds: mean share and t 95% CI over seeds"
             + (f"; one seed only, no CI: {', '.join(single)}" if single else "")
         )
+    taxonomy["differences"] = _differences(values, bounds)
     emergence["plots"] = write_emergence_plots(panels, run.out)
     return {"emergence": emergence, "taxonomy": taxonomy, "features": features}
+
+
+def _median_layer(em: EmergenceLayers, blocks: Sequence[int]) -> int | None:
+    """The median emergence layer (block index) over the features that emerged: the floor
+    of the median layer column (None: none emerged)."""
+    e = em.index[em.index >= 0]
+    return blocks[int(np.floor(np.median(e)))] if e.size else None
+
+
+def _emergence_seed(
+    seed: int, em: EmergenceLayers, blocks: Sequence[int], rows: str
+) -> dict[str, Any]:
+    """One seed's emergence summary, over the rows of its matrix (``rows`` says which)."""
+    n = len(em.index)
+    return {
+        "seed": int(seed),
+        "features": rows,
+        "n_features": n,
+        "n_emerged": int(em.emerged.sum()),
+        "n_never_predictable": int(em.never.sum()),
+        "median_emergence_layer": _median_layer(em, blocks),
+        "share_never_predictable": float(em.never.sum() / n) if n else None,
+    }
+
+
+def _bounds(top_n: int, blocks: Sequence[int]) -> dict[str, tuple[float, float]]:
+    """The range of each per-seed quantity, to which its seed-level CI is cut."""
+    return {
+        "token_entropy_median": (0.0, float(np.log2(top_n))),
+        "top_token_share_median": (0.0, 1.0),
+        "median_emergence_layer": (float(blocks[0]), float(blocks[-1])),
+        "share_never_predictable": (0.0, 1.0),
+        **{f"share.{c}": (0.0, 1.0) for c in CLASSES},
+    }
+
+
+def _per_seed_values(
+    per_seed: Sequence[Mapping[str, Any]], em_seed: Sequence[Mapping[str, Any]]
+) -> dict[str, dict[int, float | None]]:
+    """Per quantity, ``{seed: value}`` of one dictionary (the taxonomy's seeds, and those
+    with an emergence matrix)."""
+    out: dict[str, dict[int, float | None]] = {
+        f"{m}_median": {p["seed"]: p["interpretability"][m].get("median") for p in per_seed}
+        for m in ("token_entropy", "top_token_share")
+    }
+    for c in CLASSES:
+        out[f"share.{c}"] = {p["seed"]: p["shares"][c] if p["n_scored"] else None
+                             for p in per_seed}  # fmt: skip
+    for q in ("median_emergence_layer", "share_never_predictable"):
+        out[q] = {e["seed"]: e[q] for e in em_seed}
+    return out
+
+
+def _mean_of_medians(
+    by_seed: Mapping[int, float | None], bounds: tuple[float, float]
+) -> dict[str, Any]:
+    """The seed-level CI of one dictionary's per-seed medians."""
+    ci = seed_ci(list(by_seed.values()), bounds=bounds)
+    out = {"n_seeds": ci["n_seeds"], "mean_of_medians": ci["mean"], "ci95": ci["ci95"]}
+    return out | {k: ci[k] for k in ("note", "n_missing") if k in ci}
+
+
+def _differences(
+    values: Mapping[str, Mapping[str, Mapping[int, float | None]]],
+    bounds: Mapping[str, tuple[float, float]],
+) -> dict[str, dict[str, Any]]:
+    """``<a>_minus_<b>`` for each of ``PAIRS`` measured: per quantity, the per-seed
+    differences paired by seed, their mean and seed-level CI (cut to ± the range's width)."""
+    out: dict[str, dict[str, Any]] = {}
+    for a, b in PAIRS:
+        if a not in values or b not in values:
+            continue
+        entry: dict[str, Any] = {"share": {}}
+        for q, by_seed in values[a].items():
+            lo, hi = bounds[q]
+            d = paired_difference(by_seed, values[b][q], bounds=(lo - hi, hi - lo))
+            if q.startswith("share."):
+                entry["share"][q.removeprefix("share.")] = d
+            else:
+                entry[q] = d
+        out[f"{a}_minus_{b}"] = entry
+    return out
 
 
 def _scores(m: Mapping[str, Any]) -> TaxonomyScores:

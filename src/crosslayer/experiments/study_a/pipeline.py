@@ -122,7 +122,8 @@ def run_study_a(
         if placebo is not None:
             ridge = transcoders.ridge
             inputs["placebo"] = lambda X, Y: placebo.transform(Y, residuals(ridge, X, Y))
-        # the taxonomy (not the matrix) of every further seed: its shares get a seed-level CI
+        # the taxonomy of every further seed, and the matrix of a sample of its features
+        # (emergence.seed_features): its shares and medians get seed-level CIs
         more = {n: dictionaries.saes[n][1:] for n in dicts if n in dictionaries.saes}
         what = EmergenceInputs(
             sweep_store, hooks, dicts, transcoders.ridge, inputs=inputs, seed_saes=more
