@@ -42,8 +42,17 @@ from rich.table import Table
 
 from crosslayer.config import RunConfig
 from crosslayer.corpus import load_corpus
+from crosslayer.crossfit import DEFAULT_ALPHAS as DECOMPOSITION_ALPHAS
 from crosslayer.device import resolve_device, resolve_dtype
+from crosslayer.emergence import EMERGENCE_ALPHAS
 from crosslayer.errors import CrosslayerError
+from crosslayer.experiments.study_a.comparison import SCORE_FEATURES
+from crosslayer.experiments.study_a.decomposition import (
+    LAG_RANK,
+    MAX_LAG,
+    SPLICE_CONTEXTS,
+    SWEEP_MAX_LAG,
+)
 from crosslayer.experiments.study_a.hooks import check_order, pick_target, sweep_hooks, sweep_tokens
 from crosslayer.fs import check_dir_path
 from crosslayer.model.hooks import parse_hook
@@ -77,6 +86,7 @@ REPORT_S_PER_FEATURE: float = _CAL["report_s_per_feature"]["value"]
 SAE_WARMUP_S: float = _CAL["sae_warmup_s"]["value"]
 PROBE_S_PER_FEATURE: float = _CAL["probe_s_per_feature"]["value"]
 ALIVE_FRACTION: float = _CAL["alive_fraction"]["value"]
+SCORE_S_PER_FEATURE_TOKEN: float = _CAL["score_s_per_feature_token"]["value"]
 
 # The stages' own sizes, from where they are defined (docs/store_format.md for the header).
 SHARD_TOKENS = STORE_SHARD_TOKENS  # study A collects with the store's default
@@ -491,9 +501,31 @@ def plan_run(
         )
         if cfg.emergence.enabled:
             # stages/emergence.json: ~10 numbers per scored feature and layer, 3 plots
-            n_dicts = 3
+            n_dicts = len(DICTIONARIES)
             disk = int(100 * n_dicts * m * (targets + 1) + 170_000)
-            stages.append(StagePlan("emergence", "emergence", n_sweep, disk, 0.0, 0.0))
+            flops = _emergence_flops(cfg, d, m, n_sweep, len(sweep))
+            stages.append(
+                StagePlan(
+                    "emergence",
+                    "emergence",
+                    n_sweep,
+                    disk,
+                    flops,
+                    ctx.time(flops, "emergence"),
+                )
+            )
+    stages.append(_scoring_stage(ctx, n, m))
+    flops = _decomposition_flops(cfg, shape, n, n_sweep, len(sweep))
+    stages.append(
+        StagePlan(
+            "decomposition",
+            "layer decomposition",
+            n + n_sweep,
+            30_000,
+            flops,
+            ctx.time(flops, "decomposition"),
+        )
+    )
     stages.append(_report_stage(cfg, d, 2 * m, stages))
     memory = _memory(cfg, shape, info, n_train, n_sweep, len(sweep), m)
     return RunPlan(
@@ -519,6 +551,68 @@ def plan_run(
         peak_memory_bytes=sum(memory.values()),
         notes=notes,
     )
+
+
+def _nested_cv_products(K: int, n_alphas: int) -> int:
+    """``d x d`` by ``d x m`` products per feature block of a nested grouped CV ridge
+    (:class:`crosslayer.crossfit.CrossFitRidge`): the alpha path of each of the K(K-1) inner
+    fits, the projections of the K(K-1)/2 inner training sets, and the K outer fits."""
+    return K * (K - 1) * (n_alphas + 1) + K * (K - 1) // 2 + 3 * K
+
+
+def _emergence_flops(cfg: RunConfig, d: int, m: float, n_sweep: int, n_layers: int) -> float:
+    """The emergence matrix (every scored feature of seed 0 of each dictionary, and the
+    sampled features of the further seeds, from every layer) and the taxonomy's context
+    ridge (every seed's features); ``m`` features per dictionary and seed."""
+    em, K = cfg.emergence, cfg.crossfit.n_folds
+    n_alphas = len(em.alphas) if em.alphas else len(EMERGENCE_ALPHAS)
+    seeds = cfg.sae_training.seeds
+    n_dicts = len(DICTIONARIES)
+    m_matrix = n_dicts * (m + (seeds - 1) * min(m, em.seed_features))
+    per_feature = 2 * d * d * _nested_cv_products(K, n_alphas) + 2 * n_sweep * d  # path + X'F
+    d_ctx = min(d, em.context_dims) * (em.context_k + 1)
+    per_context = 2 * d_ctx * d_ctx * _nested_cv_products(K, n_alphas) + 2 * n_sweep * d_ctx
+    return n_layers * m_matrix * per_feature + n_dicts * seeds * m * per_context
+
+
+def _decomposition_flops(cfg: RunConfig, shape: Any, n: int, n_sweep: int, n_layers: int) -> float:
+    """Ridge predictors of the layer decomposition (the target with MAX_LAG lags on the main
+    store, the sweep's other layers with SWEEP_MAX_LAG on the sweep store) and the splice's
+    forward passes (SPLICE_CONTEXTS contexts per predictor, plus the clean and mean-ablated)."""
+    d, K = shape.d_model, cfg.crossfit.n_folds
+    n_alphas = len(DECOMPOSITION_ALPHAS)
+    r = min(d, LAG_RANK)
+
+    def layer(rows: int, lags: int) -> float:
+        w = d + lags * (r + 1)
+        stats = 2 * rows * w * (w + d)  # X'X and X'Y of the widest design, per fold
+        fits = sum(
+            (K + K * (K - 1) // 2) * 4 * (d + j * (r + 1)) ** 3  # eigendecompositions
+            + K * (K - 1) * n_alphas * 2 * (d + j * (r + 1)) ** 2 * d  # alpha paths
+            for j in range(lags + 1)
+        )
+        return stats + fits
+
+    predictors = 3 + MAX_LAG + 2  # mean, linear, token, context_k; clean and mean-ablated
+    splice = (
+        predictors
+        * SPLICE_CONTEXTS
+        * cfg.data.context_len
+        * shape.forward_flops(shape.n_layers, cfg.data.context_len)
+    )
+    sweep = (n_layers - 1) * layer(n_sweep, SWEEP_MAX_LAG) if n_layers else 0.0
+    return layer(n, MAX_LAG) + sweep + splice
+
+
+def _scoring_stage(ctx: _Ctx, n: int, m: float) -> StagePlan:
+    """Token-lookup scores of every dictionary and seed (``SCORE_FEATURES`` sampled scorable
+    features each, with the lookup's permutations): sparse group sums, timed per feature and
+    token rather than counted in FLOPs."""
+    st = ctx.cfg.sae_training
+    k = min(m, SCORE_FEATURES)
+    n_saes = len(DICTIONARIES) * st.seeds
+    seconds = SCORE_S_PER_FEATURE_TOKEN * n_saes * k * n
+    return StagePlan("scoring", "dictionary scoring", n, int(n_saes * 40_000), 0.0, seconds)
 
 
 def model_itemsize(cfg: RunConfig) -> int:

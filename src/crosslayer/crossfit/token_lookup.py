@@ -96,39 +96,58 @@ def _crossfit(
     sq = torch.stack([f[folds == k].square().sum(0) for k in range(K)])  # [K, c]
     s_tot, n_tot = S.sum(0), N.sum(0)
     lam_grid = torch.as_tensor(grid, dtype=F64)
+    SN = [S[k].sum(0) for k in range(K)]  # Σ f over fold k, [c]
 
-    def sse_path(k: int, out: list[int], lam: torch.Tensor, per_feature: bool) -> torch.Tensor:
-        """Σ_{i in fold k} (f_i - f̂_i)² for the lookup fitted on all folds but ``out``.
-
-        With ``w_t = N_t / (N_t + λ)`` (0 for an unseen token or λ = ∞) the prediction is
-        ``μ + w_t d_t``, ``d_t`` the token's mean minus μ, so the error is
-        ``Σ (f - μ)² - 2 Σ_t w_t d_t (S_kt - N_kt μ) + Σ_t w_t² N_kt d_t²``: for a grid of λ
-        (``lam [A]``, the same w for every feature) two matrix products; for one λ per
-        feature (``per_feature``, ``lam [c]``) one elementwise pass.
-        """
-        s = s_tot - S[out].sum(0)
-        cnt = n_tot - N[out].sum(0)
+    def train(out: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The lookup fitted on all folds but ``out``: token counts, ``μ`` and ``d_t`` (the
+        token's mean minus μ; 0 for an unseen token). Each training set is built once: the
+        inner set of (k, i) is the one of (i, k)."""
+        s, cnt = s_tot.clone(), n_tot.clone()
+        for o in out:
+            s -= S[o]
+            cnt -= N[o]
         mu = s.sum(0) / cnt.sum()
         d = torch.where(cnt[:, None] > 0, s / cnt.clamp(min=1)[:, None] - mu, 0.0)
-        b = d * (S[k] - N[k][:, None] * mu)
-        e = N[k][:, None] * d.square()
-        c0 = sq[k] - 2 * mu * S[k].sum(0) + N[k].sum() * mu.square()
+        return cnt, mu, d
+
+    def sse_path(
+        k: int,
+        fit: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        lam: torch.Tensor,
+        per_feature: bool,
+    ) -> torch.Tensor:
+        """Σ_{i in fold k} (f_i - f̂_i)² for the lookup ``fit``.
+
+        With ``w_t = N_t / (N_t + λ)`` (0 for an unseen token or λ = ∞) the prediction is
+        ``μ + w_t d_t``, so the error is ``Σ (f - μ)² - 2 Σ_t w_t d_t (S_kt - N_kt μ) + Σ_t
+        w_t² N_kt d_t²``: for a grid of λ (``lam [A]``, the same w for every feature) matrix
+        products; for one λ per feature (``per_feature``, ``lam [c]``) one elementwise pass.
+        """
+        cnt, mu, d = fit
+        c0 = sq[k] - 2 * mu * SN[k] + N[k].sum() * mu.square()
         if per_feature:
             w = _weight(cnt[:, None], lam[None, :])  # [G, c]
-            return c0 - 2 * (w * b).sum(0) + (w.square() * e).sum(0)
+            b = d * (S[k] - N[k][:, None] * mu)
+            return c0 - 2 * (w * b).sum(0) + (w.square() * N[k][:, None] * d.square()).sum(0)
         w = _weight(cnt[None, :], lam[:, None])  # [A, G]
-        return c0[None, :] - 2 * (w @ b) + w.square() @ e
+        wn = w * N[k][None, :]
+        # Σ_t w_t d_t (S_kt - N_kt μ) = w (d∘S_k) - μ (w∘N_k) d, and Σ_t w_t² N_kt d_t²
+        return c0[None, :] - 2 * (w @ (d * S[k]) - mu[None, :] * (wn @ d)) + (w * wn) @ d.square()
 
     sse_out = torch.zeros(c, dtype=F64)
     chosen = np.empty((K, c))
+    # Leave-one-training-fold-out paths: the set fitted without {a, b} is inner set b of
+    # outer fold a and inner set a of outer fold b, so each is built once, one at a time.
+    paths = torch.zeros(K, len(grid), c, dtype=F64)
+    for a in range(K):
+        for b in range(a + 1, K):
+            fit = train((a, b))
+            paths[a] += sse_path(b, fit, lam_grid, per_feature=False)
+            paths[b] += sse_path(a, fit, lam_grid, per_feature=False)
     for k in range(K):
-        path = torch.zeros(len(grid), c, dtype=F64)
-        for i in range(K):
-            if i != k:
-                path += sse_path(i, [k, i], lam_grid, per_feature=False)
-        best = path.argmin(0)  # first minimum: the least shrinkage among ties
+        best = paths[k].argmin(0)  # first minimum: the least shrinkage among ties
         lam_sel = lam_grid[best]
-        sse_out += sse_path(k, [k], lam_sel, per_feature=True).clamp(min=0.0)
+        sse_out += sse_path(k, train((k,)), lam_sel, per_feature=True).clamp(min=0.0)
         chosen[k] = lam_sel.numpy()
     total_sq = sq.sum(0)
     sst = total_sq - s_tot.sum(0) ** 2 / n_tot.sum()

@@ -150,6 +150,10 @@ class ScoredFile:
         return value
 
 
+# scorable features scored per SAE and seed (a seeded sample; the seed-level CIs rest on them)
+SCORE_FEATURES = 512
+
+
 def positive_counts(
     F: sp.csc_matrix, fold_ids: np.ndarray, min_fit: int, min_score: int
 ) -> tuple[np.ndarray, dict[str, int]]:
@@ -222,7 +226,7 @@ def score_dictionaries(
     rows: np.ndarray,
     fold_ids: np.ndarray | None = None,
     *,
-    max_features: int | None = 512,
+    max_features: int | None = SCORE_FEATURES,
 ) -> dict[str, list[ScoredDictionary]]:
     """Score every seed of every dictionary (each cached as ``stages/docstats_<sae>.npz``).
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from crosslayer.experiments.study_a.comparison import (
+    SCORE_FEATURES,
     ScoredDictionary,
     removals_stage,
     score_dictionaries,
@@ -54,7 +55,7 @@ def run_dictionaries(
     placebo: bool = True,
     adam: bool = False,
     fold_ids: np.ndarray | None = None,
-    max_features: int | None = 512,
+    max_features: int | None = SCORE_FEATURES,
 ) -> Dictionaries:
     """Baseline (target), residual (``R``) and, with ``placebo``, placebo dictionaries, each
     trained ``sae_training.seeds`` times; scored on every train and held-out token (rows in
