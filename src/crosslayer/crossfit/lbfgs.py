@@ -16,23 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
+from crosslayer.metrics import colsum
+
 # evaluate(u [p, k'], cols [k']) -> (loss [k'] float64, grad [p, k']) for those columns.
-
-
-def colsum(x: torch.Tensor, group: int = 64) -> torch.Tensor:
-    """Column sums of ``x [n, ...]`` in float64: float32 sums of ``group`` rows, then float64.
-
-    As accurate as a float64 sum for these sizes (relative error ~``group`` float32 ulps at
-    worst) and 4-10x faster on CPU than ``x.sum(0, dtype=torch.float64)``, whose casting
-    reduction is the slow path (benchmarks/results/crossfit_real.md)."""
-    if x.dtype == torch.float64:
-        return x.sum(0)
-    n = x.shape[0]
-    m = n - n % group
-    out = x[:m].reshape(m // group, group, *x.shape[1:]).sum(1).double().sum(0)
-    return out + x[m:].double().sum(0) if m < n else out
-
-
 Objective = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 

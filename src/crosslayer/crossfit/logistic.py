@@ -30,14 +30,14 @@ import torch
 from sklearn.base import BaseEstimator
 
 from crosslayer.crossfit.folds import check_folds
-from crosslayer.crossfit.lbfgs import LBFGSResult, batched_lbfgs, colsum
+from crosslayer.crossfit.lbfgs import LBFGSResult, batched_lbfgs
 from crosslayer.crossfit.ranks import auroc
 from crosslayer.crossfit.ridge import DEFAULT_ALPHAS, CrossFitRidge
 from crosslayer.crossfit.stats import F64, FoldLayout, check_targets, load_sorted
 from crosslayer.device import resolve_device
 from crosslayer.errors import CrosslayerError
 from crosslayer.linalg.ridge import eigh_psd
-from crosslayer.metrics import ArrayLike, check_2d, row_chunks
+from crosslayer.metrics import ArrayLike, check_2d, colsum, row_chunks
 
 DEFAULT_CS: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
 

@@ -16,7 +16,7 @@ import torch
 
 from crosslayer.errors import CrosslayerError
 from crosslayer.linalg.stats import SufficientStats
-from crosslayer.metrics import RegressionReport, report_from_sums
+from crosslayer.metrics import RegressionReport, colsum, report_from_sums
 
 DEFAULT_ALPHAS: tuple[float, ...] = tuple(float(a) for a in np.logspace(-8, 2, 21))
 F64 = torch.float64
@@ -71,14 +71,13 @@ def sse_path_per_target(
     """
     work = M.dtype
     q = q.to(work)
-    a = q * (V.to(work).T @ h.to(work))  # [d, m]
-    c = c.to(F64)
-    out = torch.empty(len(penalties), q.shape[1], dtype=F64, device=q.device)
-    for i, p in enumerate(penalties):
-        D = inverse_or_zero(evals.to(F64) + p)
-        dq = D.to(work)[:, None] * q
-        quad = (dq * (M @ dq)).sum(0, dtype=F64)
-        out[i] = c - 2 * (D[:, None] * a).sum(0, dtype=F64) + quad
+    a = (q * (V.to(work).T @ h.to(work))).double()  # [d, m]
+    lam = evals.to(F64)
+    D = torch.stack([inverse_or_zero(lam + p) for p in penalties])  # [n_penalties, d]
+    out = c.to(F64)[None, :] - 2 * (D @ a)  # the linear term of every penalty: one product
+    for i in range(len(penalties)):
+        dq = D[i].to(work)[:, None] * q
+        out[i] += colsum(dq * (M @ dq))
     return out
 
 
