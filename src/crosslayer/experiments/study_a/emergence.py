@@ -23,7 +23,7 @@ classes, counts and plots are derived from it on every call (cheap), and
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -209,7 +209,12 @@ def measure(run: Run, what: EmergenceInputs) -> dict[str, Any]:
         device=run.cfg.device,
         progress=run.say,
     )
-    mat = matrix(F)
+    # The further seeds' sampled features join seed 0's in one matrix call: each layer's
+    # eigendecompositions then serve them all (a second call repeated them per layer).
+    extra = _seed_samples(run, seed_codes, folds)
+    both = matrix(sp.hstack([F, extra.columns], format="csc") if extra.columns.shape[1] else F)
+    mat = _first(both, F.shape[1])
+    sampled = (both.r2[F.shape[1] :], both.auroc[F.shape[1] :])
     scored = np.flatnonzero(mat.scorable)
     run.say(f"emergence: taxonomy of {scored.size:,} scored features")
     embed = layers.get("hook_embed", X)
@@ -258,45 +263,86 @@ def measure(run: Run, what: EmergenceInputs) -> dict[str, Any]:
             "seeds": [],
         }
     for (name, k), m in _seed_taxonomy(
-        run, seed_codes, folds, sweep_store.tokens, taxonomy, matrix, len(names)
+        run, seed_codes, extra, sampled, sweep_store.tokens, taxonomy
     ).items():
         out["saes"][name]["seeds"].append({"seed": k, **m})
     return out
 
 
+@dataclass(frozen=True)
+class _SeedSamples:
+    """The further seeds' scored features and the sample of them that gets a matrix row."""
+
+    F: sp.csc_matrix  # every further seed's codes side by side, in the order of ``codes``
+    scored: np.ndarray  # columns of F passing the minimum-positives rule
+    picks: dict[tuple[str, int], tuple[int, np.ndarray]]  # key -> (first column, sample)
+    columns: sp.csc_matrix  # the sampled columns of F, in the order of ``picks``
+
+
+def _seed_samples(
+    run: Run, codes: Mapping[tuple[str, int], sp.csc_matrix], folds: np.ndarray
+) -> _SeedSamples:
+    """Each further seed's scored features (the matrix's minimum-positives rule) and a random
+    sample of at most ``emergence.seed_features`` of them (:func:`sample_features`, one
+    generator seeded by the run's seed, drawn in the order of ``codes``)."""
+    cf, n_sample = run.cfg.crossfit, run.cfg.emergence.seed_features
+    n = len(folds)
+    if not codes:
+        empty = sp.csc_matrix((n, 0), dtype=np.float32)
+        return _SeedSamples(empty, np.zeros(0, dtype=np.int64), {}, empty)
+    F = sp.hstack(list(codes.values()), format="csc")
+    rule = positives(as_blocks(F), folds, min_fit=cf.min_pos_fit, min_score=cf.min_pos_score)
+    scored = np.flatnonzero(np.asarray(rule.status) == "ok")
+    rng = np.random.default_rng(run.cfg.seed)
+    picks: dict[tuple[str, int], tuple[int, np.ndarray]] = {}
+    start = 0
+    for key, f in codes.items():
+        cols = np.arange(start, start + f.shape[1])
+        start += f.shape[1]
+        if n_sample > 0:
+            mine = scored[np.isin(scored, cols)] - cols[0]
+            picks[key] = (int(cols[0]), sample_features(mine, n_sample, rng))
+    sel = np.concatenate([c0 + p for c0, p in picks.values()]) if picks else np.zeros(0, int)
+    return _SeedSamples(F, scored, picks, F[:, sel])
+
+
+def _first(mat: EmergenceMatrix, m: int) -> EmergenceMatrix:
+    """The first ``m`` features' rows of a matrix (the others were all scorable, so the
+    exclusion counts are those of the first ``m``)."""
+    return replace(
+        mat,
+        r2=mat.r2[:m],
+        auroc=mat.auroc[:m],
+        alpha=mat.alpha[:m],
+        n_pos=mat.n_pos[:m],
+        status=mat.status[:m],
+    )
+
+
 def _seed_taxonomy(
     run: Run,
     codes: Mapping[tuple[str, int], sp.csc_matrix],
-    folds: np.ndarray,
+    extra: _SeedSamples,
+    sampled: tuple[np.ndarray, np.ndarray],
     tokens: np.ndarray,
     taxonomy: Callable[[sp.csc_matrix], TaxonomyScores],
-    matrix: Callable[[sp.csc_matrix], EmergenceMatrix],
-    n_layers: int,
 ) -> dict[tuple[str, int], dict[str, Any]]:
     """Taxonomy scores, top-token measures and sampled matrix rows of the extra seeds'
     features, per (name, k).
 
     Scored: the same minimum-positives rule as the matrix; every seed's scored features in
     one :func:`taxonomy_scores` call (one context design and one eigendecomposition per
-    fold serve them all; each feature's scores depend on its column alone). ``sampled``: a
-    random sample of at most ``emergence.seed_features`` of each seed's scored features
-    (:func:`sample_features`, one generator seeded by the run's seed, drawn in the order of
-    ``codes``), and their ``r2``/``auroc`` rows from one ``matrix`` call for every seed's
-    sample together (one eigendecomposition per layer and training set serves them all).
+    fold serve them all; each feature's scores depend on its column alone). ``sampled``:
+    the ``r2``/``auroc`` rows of ``extra.picks``' features, in that order, from the matrix
+    call they shared with seed 0's features.
     """
     if not codes:
         return {}
-    cf, top_n = run.cfg.crossfit, run.cfg.emergence.top_n
-    F = sp.hstack(list(codes.values()), format="csc")
-    rule = positives(as_blocks(F), folds, min_fit=cf.min_pos_fit, min_score=cf.min_pos_score)
-    scored = np.flatnonzero(np.asarray(rule.status) == "ok")
+    F, scored = extra.F, extra.scored
     run.say(f"emergence: taxonomy of {scored.size:,} scored features of {len(codes)} more seeds")
     tax = taxonomy(F[:, scored])
-    top = top_token_stats(F, tokens, top_n)
+    top = top_token_stats(F, tokens, run.cfg.emergence.top_n)
     out: dict[tuple[str, int], dict[str, Any]] = {}
-    n_sample = run.cfg.emergence.seed_features
-    rng = np.random.default_rng(run.cfg.seed)
-    picks: dict[tuple[str, int], tuple[int, np.ndarray]] = {}  # key -> (first column, sample)
     start = 0
     for key, f in codes.items():
         cols = np.arange(start, start + f.shape[1])
@@ -307,18 +353,9 @@ def _seed_taxonomy(
             "scored": scored[mine] - cols[0],
             **_columns(tax, top, mine, cols),
         }
-        if n_sample > 0:
-            picks[key] = (int(cols[0]), sample_features(scored[mine] - cols[0], n_sample, rng))
-    if not picks:
-        return out
-    sel = np.concatenate([c0 + p for c0, p in picks.values()])
-    run.say(f"emergence: matrix of {sel.size:,} sampled features of {len(picks)} more seeds")
-    r2 = auroc = np.empty((0, n_layers))
-    if sel.size:
-        mat = matrix(F[:, sel])  # every sampled column passes the rule again: same codes
-        r2, auroc = mat.r2, mat.auroc
+    r2, auroc = sampled
     start = 0
-    for key, (_, p) in picks.items():
+    for key, (_, p) in extra.picks.items():
         rows = slice(start, start + p.size)
         start += p.size
         out[key] |= {"sampled": p, "r2": r2[rows], "auroc": auroc[rows]}
