@@ -205,7 +205,10 @@ def main() -> None:
                 "median_abs_diff": float(np.nanmedian(np.abs(dau))),
                 "p95_abs_diff": float(np.nanquantile(np.abs(dau), 0.95)),
             },
-            "cv_C_share": {str(c): float(np.mean(c == cv.C_)) for c in cfg.probes.Cs},
+            # C_ holds float32-rounded grid values: compare with a tolerance
+            "cv_C_share": {
+                str(c): float(np.mean(np.isclose(cv.C_, c, rtol=1e-5))) for c in cfg.probes.Cs
+            },
             "rule_C_quartiles": [float(q) for q in np.nanquantile(rule.C_, [0.25, 0.5, 0.75])],
         }
         print(json.dumps(report["rule_vs_cv"], indent=1), flush=True)
@@ -213,7 +216,12 @@ def main() -> None:
     if args.second_seed:
         folds2 = grouped_folds(docs, args.folds, cfg.seed + 1)
         res2 = score_features(_Run(cfg), args.sae, X, f, folds2, tokens)
-        both = probed & res2["table"]["probed"]
+        # the alive set depends on the folds (alive in every training set): align by feature
+        t2 = res2["table"]
+        _, i1, i2 = np.intersect1d(tab["feature"], t2["feature"], return_indices=True)
+        tab = {key: v[i1] for key, v in tab.items()}
+        res2["table"] = {key: v[i2] for key, v in t2.items()}
+        both = tab["probed"] & res2["table"]["probed"]
         n_pos = tab["n_pos"][both]
         bins = [(20, 50), (50, 100), (100, 300), (300, 1000), (1000, 10**9)]
         spread = {}
