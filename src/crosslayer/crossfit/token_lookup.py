@@ -100,8 +100,7 @@ def _crossfit(
 
     def train(out: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The lookup fitted on all folds but ``out``: token counts, ``μ`` and ``d_t`` (the
-        token's mean minus μ; 0 for an unseen token). Each training set is built once: the
-        inner set of (k, i) is the one of (i, k)."""
+        token's mean minus μ; 0 for an unseen token)."""
         s, cnt = s_tot.clone(), n_tot.clone()
         for o in out:
             s -= S[o]
