@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, Ridge
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
@@ -20,6 +21,8 @@ from crosslayer.crossfit import (
     token_lookup_r2,
 )
 from crosslayer.crossfit.positives import DEAD, FEW_NEG_FIT, FEW_POS_FIT, FEW_POS_SCORE, OK
+from crosslayer.crossfit.ranks import auroc_rows
+from crosslayer.crossfit.stats import FoldTargets
 from crosslayer.errors import CrosslayerError
 
 
@@ -95,6 +98,44 @@ def test_ridge_alpha_and_out_of_fold_predictions_equal_a_sklearn_nested_cv():
     r2 = 1 - ((f64 - oof) ** 2).sum(0) / ((f64 - f64.mean(0)) ** 2).sum(0)
     np.testing.assert_allclose(r.r2_, r2, atol=1e-6)
     assert r.r2_[4] > 0.99 and len(np.unique(r.alpha_)) > 1  # alpha differs across features
+
+
+def test_ridge_out_of_fold_auroc_and_prepared_targets():
+    """``auroc_`` is roc_auc_score of the out-of-fold predictions against F > threshold; a
+    FoldTargets prepared once gives every fit the same results as reading F itself."""
+    x, f, docs = _data(900, 7, 6, 36, seed=3)
+    f[:, 5] = 0.0  # never active: no AUROC
+    f[::3, 2] = np.round(f[::3, 2], 1)  # ties in F do not matter; ties in predictions below
+    x[:, 0] = np.round(x[:, 0])  # repeated X rows: tied predictions inside a fold
+    folds = grouped_folds(docs, 4, seed=0)
+    alphas = (1e-4, 1e-2, 1.0, 30.0)
+    r = CrossFitRidge(alphas, feature_chunk=4, active_threshold=0.1).fit(x, f, folds)
+    pred = r.predict_oof(x)
+    for j in range(5):
+        y = f[:, j] > 0.1
+        assert r.auroc_[j] == pytest.approx(roc_auc_score(y, pred[:, j]), abs=1e-6)
+    assert np.isnan(r.auroc_[5])
+    prepared = FoldTargets(f, folds, feature_chunk=3, threshold=0.1)
+    for X in (x, x[:, ::-1] * 2.0):  # two "layers" on the same prepared targets
+        a = CrossFitRidge(alphas, feature_chunk=4, active_threshold=0.1).fit(X, f, folds)
+        b = CrossFitRidge(alphas, feature_chunk=4, active_threshold=0.1).fit(X, prepared, folds)
+        np.testing.assert_allclose(b.r2_, a.r2_, atol=1e-10)
+        np.testing.assert_allclose(b.auroc_, a.auroc_, atol=1e-12, equal_nan=True)
+        np.testing.assert_array_equal(b.alpha_, a.alpha_)
+    with pytest.raises(CrosslayerError, match="other folds or another threshold"):
+        CrossFitRidge(alphas, active_threshold=0.0).fit(x, prepared, folds)
+    with pytest.raises(CrosslayerError, match="other folds or another threshold"):
+        CrossFitRidge(alphas, active_threshold=0.1).fit(x, prepared, (folds + 1) % 4)
+
+
+def test_auroc_rows_does_not_depend_on_the_threads():
+    rng = np.random.default_rng(4)
+    z = np.round(rng.normal(size=(150, 400)), 1).astype(np.float32)
+    y = rng.random((150, 400)) < rng.uniform(0.01, 0.5, (150, 1))
+    y[7] = False  # no positive: NaN
+    want = [roc_auc_score(y[j], z[j]) if y[j].any() else np.nan for j in range(150)]
+    for threads in (1, 2, 3):
+        np.testing.assert_allclose(auroc_rows(z, y, threads=threads), want, atol=1e-12)
 
 
 def test_float32_alpha_path_scores_as_the_float64_path():
@@ -265,6 +306,60 @@ def test_null_features_score_chance_out_of_fold_while_in_sample_eta2_is_biased()
     # Observed and permuted are exchangeable under the null: the same level.
     assert abs(np.mean(lookup.r2) - np.mean(lookup.null_r2)) < 0.005
     assert np.mean(lookup.r2 <= lookup.null_level + 0.005) > 0.9
+
+
+def _slow_token_lookup(tok, f, folds, grid):
+    """One feature, the plain way: shrunk per-token means fitted on the training folds,
+    the pseudo-count by leave-one-training-fold-out CV, pooled out-of-fold R²."""
+    K = folds.max() + 1
+
+    def predict(train, test, lam):
+        mu = f[train].mean()
+        out = np.full(test.sum(), mu)
+        for i, t in enumerate(tok[test]):
+            seen = train & (tok == t)
+            n_t = seen.sum()
+            if n_t and np.isfinite(lam):
+                out[i] = mu + n_t / (n_t + lam) * (f[seen].mean() - mu)
+        return out
+
+    sse, chosen = 0.0, []
+    for k in range(K):
+        T = folds != k
+        cv = [
+            sum(((f[folds == i] - predict(T & (folds != i), folds == i, lam)) ** 2).sum()
+                for i in range(K) if i != k)
+            for lam in grid
+        ]  # fmt: skip
+        lam = grid[int(np.argmin(cv))]
+        chosen.append(lam)
+        sse += ((f[folds == k] - predict(T, folds == k, lam)) ** 2).sum()
+    return 1 - sse / ((f - f.mean()) ** 2).sum(), chosen
+
+
+def test_token_lookup_equals_a_slow_reference_on_sparse_and_dense_input():
+    rng = np.random.default_rng(11)
+    n, G = 900, 60
+    tok = np.minimum(rng.zipf(1.4, n), G)  # frequent and rare tokens; some only in one fold
+    docs = rng.integers(0, 30, n)
+    g = rng.normal(size=G + 1)
+    f = np.where(rng.random((n, 4)) < [0.05, 0.3, 1.0, 0.02], np.abs(g[tok][:, None] * [1, 1, 3, 2]
+                 + rng.normal(size=(n, 4))), 0.0)  # fmt: skip
+    folds = grouped_folds(docs, 4, seed=2)
+    grid = (0.0, 1.0, 10.0, 100.0, np.inf)
+    dense = token_lookup_r2(tok, f, folds, strengths=grid, n_permutations=1, seed=3)
+    sparse = token_lookup_r2(tok, sp.csc_matrix(f), folds, strengths=grid, n_permutations=1,
+                             seed=3, feature_chunk=3)  # fmt: skip
+    for j in range(4):
+        r2, chosen = _slow_token_lookup(tok, f[:, j], folds, np.array(grid))
+        assert dense.r2[j] == pytest.approx(r2, abs=1e-10)
+        np.testing.assert_array_equal(dense.strength[:, j], chosen)
+    np.testing.assert_allclose(sparse.r2, dense.r2, atol=1e-12)
+    np.testing.assert_allclose(sparse.null_r2, dense.null_r2, atol=1e-12)
+    perm = np.random.default_rng(3).permutation(np.unique(tok, return_inverse=True)[1])
+    assert dense.null_r2[0, 1] == pytest.approx(
+        _slow_token_lookup(perm, f[:, 1], folds, np.array(grid))[0], abs=1e-10
+    )
 
 
 def test_a_token_determined_feature_gets_its_true_share():

@@ -285,7 +285,7 @@ class EmergenceConfig(_Section):
         default=None,
         min_length=1,
         description="relative ridge strengths searched per feature and layer by grouped inner "
-        "CV (null: crosslayer.emergence.EMERGENCE_ALPHAS, one per decade 1e-6 … 1e2)",
+        "CV (null: crosslayer.emergence.EMERGENCE_ALPHAS: 1e-4 and one per decade 1e-2 … 1e2)",
     )
     context_k: int = Field(
         default=4,

@@ -19,16 +19,27 @@ pass over the tokens). The inner training set ``T_k \\ {i}`` is the same for ``(
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator
 
 from crosslayer.crossfit.folds import check_folds
-from crosslayer.crossfit.stats import F64, FoldLayout, check_targets, load_sorted, standardisation
+from crosslayer.crossfit.ranks import auroc_rows
+from crosslayer.crossfit.stats import (
+    F64,
+    FoldLayout,
+    FoldTargets,
+    TargetBlock,
+    check_targets,
+    load_sorted,
+    standardisation,
+)
 from crosslayer.device import resolve_device
 from crosslayer.errors import CrosslayerError
 from crosslayer.linalg.ridge import eigh_psd, inverse_or_zero, sse_from_stats, sse_path_per_target
-from crosslayer.metrics import ArrayLike, check_2d, row_chunks
+from crosslayer.metrics import ArrayLike, check_2d, colsum, row_chunks
 
 DEFAULT_ALPHAS: tuple[float, ...] = tuple(float(a) for a in np.logspace(-6, 2, 17))
 
@@ -63,12 +74,19 @@ class CrossFitRidge(BaseEstimator):
         the products and 2-3x faster on CPU; it can swap two alphas whose inner-CV errors
         differ by ~1e-6 of the feature's variance (so the fits score alike). The chosen
         fits, their coefficients and the out-of-fold R² stay in float64 either way.
+    active_threshold: when set, also the AUROC of each feature's pooled out-of-fold
+        prediction against ``F > active_threshold`` (``auroc_``), made block by block in the
+        fit (no ``[n, m]`` prediction matrix is held).
 
     Learned (``K`` folds, ``m`` features, ``d`` inputs): ``alpha_ [K, m]`` chosen per fold,
     ``cv_sse_ [K, n_alphas, m]`` the inner-CV squared error behind each choice, ``coef_ [K, d,
     m]`` and ``intercept_ [K, m]`` on X standardised by ``x_mean_ [K, d]``, ``x_scale_ [K,
     d]``; ``sse_ [m]`` pooled out-of-fold squared error, ``sst_ [m]`` squared deviation from
-    the pooled mean, ``r2_ [m] = 1 - sse_/sst_`` (NaN for a constant feature).
+    the pooled mean, ``r2_ [m] = 1 - sse_/sst_`` (NaN for a constant feature); with
+    ``active_threshold``, ``auroc_ [m]`` (NaN where a feature is always or never active).
+
+    ``F`` may be a :class:`~crosslayer.crossfit.stats.FoldTargets` made for the same folds:
+    its blocks are read once and serve several fits (one per layer, say).
     """
 
     def __init__(
@@ -77,15 +95,17 @@ class CrossFitRidge(BaseEstimator):
         feature_chunk: int = 512,
         chunk_size: int = 8192,
         path_dtype: str = "float64",
+        active_threshold: float | None = None,
         device: str | None = None,
     ) -> None:
         self.alphas = alphas
         self.feature_chunk = feature_chunk
         self.chunk_size = chunk_size
         self.path_dtype = path_dtype
+        self.active_threshold = active_threshold
         self.device = device
 
-    def fit(self, X: ArrayLike, F: ArrayLike, fold_ids: ArrayLike) -> CrossFitRidge:
+    def fit(self, X: ArrayLike, F: ArrayLike | FoldTargets, fold_ids: ArrayLike) -> CrossFitRidge:
         """Fit every feature's probes; ``fold_ids [n]`` from :func:`grouped_folds`."""
         alphas = np.sort(np.asarray(self.alphas, dtype=np.float64))
         if (
@@ -106,14 +126,22 @@ class CrossFitRidge(BaseEstimator):
         m = check_targets(F, n)
         folds, K = check_folds(fold_ids, n)
         lay = FoldLayout.from_ids(folds, K)
+        if isinstance(F, FoldTargets) and not (
+            np.array_equal(F.fold_ids, folds) and F.threshold == self.active_threshold
+        ):
+            raise CrosslayerError(
+                "the prepared FoldTargets were made for other folds or another threshold",
+                "make FoldTargets(F, fold_ids, threshold=active_threshold) with this fit's "
+                "fold_ids and active_threshold",
+            )
         x = load_sorted(X, lay.order, dev, self.chunk_size)
         # Centre on the global mean first so that X'X in float32 keeps its precision (Gemma
         # activations have a few huge-mean dimensions); every fit re-centres exactly in
         # float64 from the sums, so this shift changes nothing else.
-        self._shift = x.mean(0, dtype=F64)
+        self._shift = colsum(x) / n
         x -= self._shift.float()
         nk = np.diff(lay.bounds).astype(np.float64)
-        sx = torch.stack([x[lay.rows(k)].sum(0, dtype=F64) for k in range(K)])
+        sx = torch.stack([colsum(x[lay.rows(k)]) for k in range(K)])
         sxx = torch.stack([self._gram(x[lay.rows(k)]) for k in range(K)])
 
         def train(out: set[int]) -> _Train:
@@ -129,7 +157,8 @@ class CrossFitRidge(BaseEstimator):
                 if i != k:
                     t = pairs[(min(k, i), max(k, i))]
                     g = t.centred_val(nk[i], sx[i], sxx[i])
-                    inner[(k, i)] = (t, (t.V.T @ g @ t.V).to(work))
+                    V = t.V.to(work)  # the path's dtype: M only feeds the path
+                    inner[(k, i)] = (t, V.T @ g.to(work) @ V)
         A = len(alphas)
         self.alpha_ = np.empty((K, m))
         self.cv_sse_ = np.empty((K, A, m))
@@ -137,19 +166,21 @@ class CrossFitRidge(BaseEstimator):
         self.intercept_ = np.empty((K, m))
         self.sse_ = np.zeros(m)
         sum_f, sum_f2, raw_f2 = np.zeros(m), np.zeros(m), np.zeros(m)
-        for j0 in range(0, m, self.feature_chunk):
-            j1 = min(j0 + self.feature_chunk, m)
-            f = lay.targets(F, j0, j1, dev)
-            # Centred too (an exact shift, undone below): a weak feature's X'F is a small
-            # difference of large float32 sums otherwise.
-            f_shift = f.mean(0, dtype=F64)
-            raw_f2[j0:j1] = f.double().square().sum(0).cpu().numpy()
-            f -= f_shift.float()
-            sy = torch.stack([f[lay.rows(k)].sum(0, dtype=F64) for k in range(K)])
-            syy = torch.stack([f[lay.rows(k)].double().square().sum(0) for k in range(K)])
+        scoring = self.active_threshold is not None
+        if scoring:
+            self.auroc_ = np.full(m, np.nan)
+            # each fold's rows in its outer set's standardisation, transposed: the
+            # out-of-fold predictions of a block are one product per fold, [c, n_k]
+            xs_t = [((x[lay.rows(k)] - t.mean.float()) / t.scale.float()).T for k, t in
+                    enumerate(outer)]  # fmt: skip
+        for blk in self._blocks(F, lay, m, dev):
+            j0, j1, f = blk.j0, blk.j1, blk.f
+            raw_f2[j0:j1] = blk.raw_f2
+            sy, syy = blk.sy, blk.syy
             sxy = torch.stack([self._cross(x[lay.rows(k)], f[lay.rows(k)]) for k in range(K)])
             sum_f[j0:j1], sum_f2[j0:j1] = sy.sum(0).cpu().numpy(), syy.sum(0).cpu().numpy()
             cache = {key: self._project(t, sy, sxy, work) for key, t in pairs.items()}
+            zt = torch.empty(j1 - j0, n, dtype=torch.float32, device=dev) if scoring else None
             for k in range(K):
                 path = torch.zeros(A, j1 - j0, dtype=F64, device=dev)
                 for i in range(K):
@@ -170,10 +201,14 @@ class CrossFitRidge(BaseEstimator):
                     .cpu()
                     .numpy()
                 )
+                if zt is not None:  # the centred prediction: the same ranks as the raw one
+                    zt[:, lay.rows(k)] = torch.addmm(nu.float()[:, None], coef.float().T, xs_t[k])
                 self.alpha_[k, j0:j1] = a_sel.cpu().numpy()
                 self.cv_sse_[k, :, j0:j1] = path.cpu().numpy()
                 self.coef_[k, :, j0:j1] = coef.float().cpu().numpy()
-                self.intercept_[k, j0:j1] = (nu + f_shift).cpu().numpy()
+                self.intercept_[k, j0:j1] = (nu + blk.shift).cpu().numpy()
+            if zt is not None and blk.active is not None:
+                self.auroc_[j0:j1] = auroc_rows(zt.cpu().numpy(), blk.active.cpu().numpy())
         self.x_mean_ = np.stack([(t.mean + self._shift).cpu().numpy() for t in outer])
         self.x_scale_ = np.stack([t.scale.cpu().numpy() for t in outer])
         self.sst_ = sum_f2 - sum_f**2 / n
@@ -206,6 +241,17 @@ class CrossFitRidge(BaseEstimator):
     def score(self, X: ArrayLike | None = None, F: ArrayLike | None = None) -> float:
         """Mean out-of-fold R² over the features where it is defined (from the fit)."""
         return float(np.nanmean(self.r2_))
+
+    def _blocks(
+        self, F: ArrayLike | FoldTargets, lay: FoldLayout, m: int, dev: torch.device
+    ) -> Iterator[TargetBlock]:
+        """F's blocks of columns in fold order: prepared ones, or read a chunk at a time."""
+        if isinstance(F, FoldTargets):
+            yield from F.blocks
+            return
+        for j0 in range(0, m, self.feature_chunk):
+            j1 = min(j0 + self.feature_chunk, m)
+            yield TargetBlock.read(F, lay, j0, j1, dev, self.active_threshold)
 
     # Products in float32 (X is centred), summed in float64 by row chunks.
     def _gram(self, x: torch.Tensor) -> torch.Tensor:

@@ -11,10 +11,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
+from crosslayer.crossfit.folds import check_folds
+from crosslayer.device import resolve_device
 from crosslayer.errors import CrosslayerError
-from crosslayer.metrics import ArrayLike, as_tensor, check_2d, row_chunks
+from crosslayer.metrics import ArrayLike, as_tensor, check_2d, colsum, row_chunks
 
 F64 = torch.float64
 
@@ -65,6 +68,74 @@ class FoldLayout:
         if isinstance(f, torch.Tensor):
             return as_tensor(f[torch.as_tensor(self.order)], device)
         return as_tensor(np.ascontiguousarray(np.asarray(f)[self.order]), device)
+
+
+@dataclass
+class TargetBlock:
+    """Columns ``j0:j1`` of F in fold order, centred, with the sums every fit on them needs."""
+
+    j0: int
+    j1: int
+    f: torch.Tensor  # [n, c] float32, fold order, minus ``shift``
+    shift: torch.Tensor  # [c] float64: the columns' means (an exact shift, undone by fits)
+    raw_f2: np.ndarray  # [c] Σ f² before centring (to tell a constant column)
+    sy: torch.Tensor  # [K, c] Σ per fold of the centred columns, float64
+    syy: torch.Tensor  # [K, c] Σ² per fold of the centred columns, float64
+    active: torch.Tensor | None  # [c, n] bool, f > threshold (fold order), when asked for
+
+    @classmethod
+    def read(
+        cls,
+        F: ArrayLike,
+        lay: FoldLayout,
+        j0: int,
+        j1: int,
+        device: torch.device,
+        threshold: float | None = None,
+    ) -> TargetBlock:
+        f = lay.targets(F, j0, j1, device)
+        active = None if threshold is None else (f > threshold).T.contiguous()
+        # Centred (an exact shift, undone by the fits): a weak feature's X'F is a small
+        # difference of large float32 sums otherwise.
+        shift = colsum(f) / len(f)
+        raw_f2 = colsum(f * f).cpu().numpy()
+        f -= shift.float()
+        sy = torch.stack([colsum(f[lay.rows(k)]) for k in range(lay.n_folds)])
+        syy = torch.stack([colsum(f[lay.rows(k)].square()) for k in range(lay.n_folds)])
+        return cls(j0, j1, f, shift, raw_f2, sy, syy, active)
+
+
+class FoldTargets:
+    """F read once for fits of several X on the same features and folds (e.g. one per layer).
+
+    The blocks :class:`~crosslayer.crossfit.CrossFitRidge` reads from F (densified, sorted by
+    fold, centred, summed per fold) are made here once and reused by every ``fit(X, self,
+    fold_ids)``: the emergence matrix fits the same features from every layer. It holds F
+    dense in float32 (``n x m x 4`` bytes), plus ``F > threshold`` as bools when a threshold is
+    given (for the fits' out-of-fold AUROC).
+    """
+
+    def __init__(
+        self,
+        F: ArrayLike,
+        fold_ids: ArrayLike,
+        *,
+        feature_chunk: int = 512,
+        threshold: float | None = None,
+        device: str | None = None,
+    ) -> None:
+        n, m = check_2d("F", F)
+        if sp.issparse(F):
+            F = SparseColumns(F)
+        self.fold_ids, K = check_folds(fold_ids, n)
+        self.layout = FoldLayout.from_ids(self.fold_ids, K)
+        self.threshold = threshold
+        self.shape = (n, m)
+        dev = resolve_device(device)
+        self.blocks = [
+            TargetBlock.read(F, self.layout, j0, min(j0 + feature_chunk, m), dev, threshold)
+            for j0 in range(0, m, max(1, feature_chunk))
+        ]
 
 
 def standardisation(

@@ -16,12 +16,7 @@ Definitions: ``docs/metrics.md``, section "Emergence".
 from crosslayer.crossfit import auroc_of
 from crosslayer.emergence.interpret import TopTokenStats, top_token_stats
 from crosslayer.emergence.layer import CHANCE, EmergenceLayers, emergence_layers
-from crosslayer.emergence.matrix import (
-    EMERGENCE_ALPHAS,
-    EmergenceMatrix,
-    emergence_matrix,
-    oof_auroc,
-)
+from crosslayer.emergence.matrix import EMERGENCE_ALPHAS, EmergenceMatrix, emergence_matrix
 from crosslayer.emergence.seeds import paired_difference, seed_ci
 from crosslayer.emergence.taxonomy import (
     CLASSES,
@@ -51,7 +46,6 @@ __all__ = [
     "context_design",
     "emergence_layers",
     "emergence_matrix",
-    "oof_auroc",
     "paired_difference",
     "principal_components",
     "seed_ci",
