@@ -1,0 +1,80 @@
+"""Time the emergence matrix of a real run's seed-0 dictionaries (issue 15's budget).
+
+Rebuilds the inputs of the emergence stage of a finished default run from its directory
+(sweep store, seed-0 SAEs of baseline, residual and placebo, the ridge transcoder and the
+placebo removal, the run's folds), then times :func:`crosslayer.emergence.emergence_matrix`
+alone: every scored feature of the three seed-0 dictionaries from every layer. Compare its
+scores with the run's checkpoint (``stages/emergence.json``) to check they are the stage's::
+
+    python -m benchmarks.bench_emergence_real RUN
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", type=Path)
+    args = ap.parse_args()
+
+    from sae_lens import SAE
+
+    from crosslayer.crossfit import grouped_folds
+    from crosslayer.emergence import emergence_matrix
+    from crosslayer.experiments.study_a.hooks import sweep_hooks
+    from crosslayer.experiments.study_a.placebo import PlaceboRemoval
+    from crosslayer.experiments.study_a.saes import encode_sparse
+    from crosslayer.experiments.study_a.transcoders import residuals
+    from crosslayer.store import open_store
+    from crosslayer.transcoder import AffineTranscoder
+
+    cfg = json.loads((args.run / "config.json").read_text())["config"]
+    hooks = json.loads((args.run / "results.json").read_text())["hooks"]
+    source, target = hooks["source"], hooks["target"]
+    sweep = open_store(args.run / "sweep_store")
+    main_store = open_store(args.run / "store")
+    # the run's fold rule (features.store_folds): folds of the main store's documents
+    docs, first = np.unique(main_store.doc_ids, return_index=True)
+    row_folds = grouped_folds(main_store.doc_ids, cfg["crossfit"]["n_folds"], cfg["seed"])
+    fold_of = dict(zip(docs.tolist(), row_folds[first].tolist(), strict=True))
+    raw = np.array([fold_of[d] for d in sweep.doc_ids])
+    folds = np.unique(raw, return_inverse=True)[1]
+    X = sweep.activations(source).to_numpy(dtype=np.float32)
+    Y = sweep.activations(target).to_numpy(dtype=np.float32)
+    ridge = AffineTranscoder.from_pretrained(args.run / "transcoder")
+    R = residuals(ridge, X, Y)
+    placebo = PlaceboRemoval.load(args.run / "stages" / "placebo.npz")
+    inputs = {"baseline": Y, "residual": R, "placebo": placebo.transform(Y, R)}
+    codes = [
+        encode_sparse(SAE.load_from_disk(str(args.run / "saes" / name), device="cpu"), x)
+        for name, x in inputs.items()
+    ]
+    F = sp.hstack(codes, format="csc")
+    layers = {h: sweep.activations(h) for h in sweep_hooks(source, target)}
+    t = time.perf_counter()
+    mat = emergence_matrix(layers, F, folds, min_pos_fit=cfg["crossfit"]["min_pos_fit"],
+                           min_pos_score=cfg["crossfit"]["min_pos_score"])  # fmt: skip
+    wall = time.perf_counter() - t
+    print(f"emergence matrix: {int(mat.scorable.sum()):,} scored features x {len(layers)} "
+          f"layers, {len(folds):,} tokens: {wall:.1f} s")  # fmt: skip
+    stage = args.run / "stages" / "emergence.json"
+    if stage.exists():
+        saved = json.loads(stage.read_text())["saes"]
+        got, start = [], 0
+        for name, f in zip(inputs, codes, strict=True):
+            idx = start + np.asarray(saved[name]["scored"], dtype=int)
+            got.append(np.abs(mat.r2[idx] - np.asarray(saved[name]["r2"], dtype=float)))
+            start += f.shape[1]
+        print(f"max |R² - the run's checkpoint|: {np.nanmax(np.concatenate(got)):.2e}")
+
+
+if __name__ == "__main__":
+    main()
