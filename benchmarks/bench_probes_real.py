@@ -97,6 +97,13 @@ def main() -> None:
     ap.add_argument("--second-seed", action="store_true")
     ap.add_argument("--k-sweep", type=int, nargs="*", default=[], help="e.g. 3 5 10")
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    ap.add_argument(
+        "--also",
+        default=None,
+        help="a second SAE of the run whose features (encoded on the same target rows) join "
+        "the first's, e.g. to time --max-features 2048 fitted features",
+    )
+    ap.add_argument("--table", type=Path, default=None, help="the per-feature table (npz)")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
 
@@ -107,6 +114,8 @@ def main() -> None:
 
     load_avg = os.getloadavg()[0]
     X, f, docs, tokens = load(args.run, args.sae)
+    if args.also:
+        f = sp.hstack([f, load(args.run, args.also)[1]], format="csc")
     cfg = build_config(
         "default",
         overrides={
@@ -125,6 +134,8 @@ def main() -> None:
     total = time.perf_counter() - t0
     tab = res["table"]
     probed = tab["probed"]
+    if args.table:  # to compare two versions' per-feature scores
+        np.savez(args.table, **{k: np.asarray(v) for k, v in tab.items() if k != "excluded_reason"})
     report: dict[str, Any] = {
         "tokens": int(X.shape[0]),
         "d": int(X.shape[1]),

@@ -25,6 +25,8 @@ many are active) before fitting: exact, and ~6x fewer rows for token embeddings.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator
@@ -111,6 +113,19 @@ class _Basis:
         u[:-1] = self.P_inv @ (beta * self.scale[:, None])
         u[-1] = b0 + self.mean @ beta
         return u.to(dtype)
+
+
+@dataclass
+class _Prepared:
+    """What every block of features shares: folds, distinct rows, bases, whitened rows."""
+
+    lay: FoldLayout
+    rows: list[_FoldRows]  # each fold's distinct rows
+    unions: list[_FoldRows]  # each outer training set's distinct rows
+    bases: list[_Basis]  # each outer training set's standardisation and whitening
+    inner_rows: dict[tuple[int, int], _FoldRows]  # the inner CV's training sets (C_rule cv)
+    xw_union: list[torch.Tensor]  # unions[k] whitened in bases[k]
+    xw_fold: list[torch.Tensor]  # fold k's rows whitened in bases[k] (to predict it)
 
 
 class CrossFitLogistic(BaseEstimator):
@@ -223,21 +238,32 @@ class CrossFitLogistic(BaseEstimator):
         unions = [self._union([rows[i] for i in range(K) if i != k]) for k in range(K)]
         bases = [_Basis([u]) for u in unions]
         # The inner CV's training sets T_k \ {i}: the same set for (k, i) and (i, k).
-        self._inner_rows: dict[tuple[int, int], _FoldRows] = {}
+        inner_rows: dict[tuple[int, int], _FoldRows] = {}
         if self.C_rule == "cv" and len(Cs) > 1:
-            self._inner_rows = {
+            inner_rows = {
                 (a, b): self._union([rows[i] for i in range(K) if i not in (a, b)])
                 for a in range(K)
                 for b in range(a + 1, K)
             }
+        # Whitened once for every block of features: each outer fit's rows and the rows of
+        # the fold it predicts (the whitening is a d x d product per row).
+        prep = _Prepared(
+            lay,
+            rows,
+            unions,
+            bases,
+            inner_rows,
+            [bases[k].whiten(unions[k].x, dt) for k in range(K)],
+            [bases[k].whiten(x[lay.rows(k)], dt) for k in range(K)],
+        )
+        del x
         self._allocate(K, m, d, len(Cs))
         self.n_not_converged_ = 0
         for j0 in range(0, m, self.feature_chunk):
             j1 = min(j0 + self.feature_chunk, m)
             lab = (lay.targets(F, j0, j1, dev) > self.threshold).to(dt)
             pos = [rows[k].sum(lab[lay.rows(k)]) for k in range(K)]  # active tokens per row
-            self._fit_chunk(x, lay, rows, unions, bases, pos, lab, Cs, j0, j1, dt)
-        self._inner_rows = {}  # rows, not a learned attribute
+            self._fit_chunk(prep, pos, lab, Cs, j0, j1, dt)
         self.x_mean_ = np.stack([b.mean.cpu().numpy() for b in bases])
         self.x_scale_ = np.stack([b.scale.cpu().numpy() for b in bases])
         self.fold_ids_, self.Cs_ = folds, Cs
@@ -264,11 +290,7 @@ class CrossFitLogistic(BaseEstimator):
 
     def _fit_chunk(
         self,
-        x: torch.Tensor,
-        lay: FoldLayout,
-        rows: list[_FoldRows],
-        unions: list[_FoldRows],
-        bases: list[_Basis],
+        prep: _Prepared,
         pos: list[torch.Tensor],
         lab: torch.Tensor,
         Cs: np.ndarray,
@@ -276,14 +298,15 @@ class CrossFitLogistic(BaseEstimator):
         j1: int,
         dt: torch.dtype,
     ) -> None:
+        lay, rows, unions, bases = prep.lay, prep.rows, prep.unions, prep.bases
         K, c = lay.n_folds, j1 - j0
-        dev = x.device
+        dev = lab.device
         n_pos_fold = torch.stack([p.sum(0, dtype=F64) for p in pos])  # [K, c]
         n_fold = torch.tensor([float(r.counts.sum()) for r in rows], dtype=F64, device=dev)
         self.n_pos_[j0:j1] = n_pos_fold.sum(0).round().long().cpu().numpy()
-        z_oof = torch.full((len(x), c), float("nan"), dtype=dt, device=dev)
+        z_oof = torch.full((len(lab), c), float("nan"), dtype=dt, device=dev)
         # The latest fit of each feature as a function of raw X (warm starts).
-        beta = torch.zeros(x.shape[1], c, dtype=F64, device=dev)
+        beta = torch.zeros(bases[0].P.shape[0], c, dtype=F64, device=dev)
         b0 = torch.zeros(c, dtype=F64, device=dev)
         seen = torch.zeros(c, dtype=torch.bool, device=dev)
         for k in range(K):
@@ -306,14 +329,16 @@ class CrossFitLogistic(BaseEstimator):
                 u0 = self._start(basis, beta, b0, seen, ok, dt)
             elif len(Cs) > 1:
                 xw = {i: basis.whiten(rows[i].x, dt) for i in train}
-                c_sel, u0 = self._inner_cv(basis, xw, weights, penalty, train, ok, Cs, k, j0)
+                c_sel, u0 = self._inner_cv(
+                    basis, xw, weights, penalty, train, ok, Cs, k, j0, prep.inner_rows
+                )
             else:
                 c_sel = torch.full((ok.numel(),), Cs[0], dtype=dt, device=dev)
                 u0 = self._start(basis, beta, b0, seen, ok, dt)
             # The outer fit and its threshold on the training set's distinct rows (key -1).
             t_all = torch.cat([weights[i][0] for i in train])
             b_all = torch.cat([weights[i][1] for i in train])
-            xw = {-1: basis.whiten(unions[k].x, dt)}
+            xw = {-1: prep.xw_union[k]}
             weights = {-1: (unions[k].sum(t_all), unions[k].sum(b_all))}
             train = [-1]
             res = self._solve(xw, weights, train, penalty, c_sel, u0, self.tol)
@@ -330,7 +355,7 @@ class CrossFitLogistic(BaseEstimator):
             self.intercept_[k, cols] = u[-1].double().cpu().numpy()
             thr = self._decision_threshold(xw, weights, train, u)
             self.threshold_[k, cols] = thr.double().cpu().numpy()
-            zk = torch.addmm(u[-1], basis.whiten(x[lay.rows(k)], dt), u[:-1])
+            zk = torch.addmm(u[-1], prep.xw_fold[k], u[:-1])
             z_oof[lay.rows(k), ok] = zk - thr
         # Pooled out-of-fold metrics for features fitted in every fold.
         full = torch.as_tensor(self.fitted_[:, j0:j1].all(0), device=dev)
@@ -338,9 +363,12 @@ class CrossFitLogistic(BaseEstimator):
         full &= (n_pos > 0) & (n_pos < len(lab))
         idx = full.nonzero().squeeze(1)
         if idx.numel():
-            z, y = z_oof[:, idx], lab[:, idx] > 0
-            tpr = ((z > 0) & y).sum(0, dtype=F64) / y.sum(0, dtype=F64)
-            tnr = ((z <= 0) & ~y).sum(0, dtype=F64) / (~y).sum(0, dtype=F64)
+            every = idx.numel() == c
+            z = z_oof if every else z_oof[:, idx]
+            y = lab > 0 if every else lab[:, idx] > 0
+            # integer counts (torch's float64 casting sum is its slow path)
+            tpr = ((z > 0) & y).sum(0).double() / y.sum(0).double()
+            tnr = ((z <= 0) & ~y).sum(0).double() / (~y).sum(0).double()
             out = (j0 + idx).cpu().numpy()
             self.balanced_accuracy_[out] = (0.5 * (tpr + tnr)).cpu().numpy()
             self.auroc_[out] = auroc(z, y).cpu().numpy()
@@ -406,10 +434,11 @@ class CrossFitLogistic(BaseEstimator):
         Cs: np.ndarray,
         k: int,
         j0: int,
+        inner_rows: dict[tuple[int, int], _FoldRows],
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Leave one training fold out for every C (ascending, warm-started along the path).
 
-        Each inner fit runs on its training set's distinct rows (``_inner_rows``: a token
+        Each inner fit runs on its training set's distinct rows (``inner_rows``: a token
         seen in several of its folds is one row), as the outer fit does; ``xw`` holds each
         training fold's own rows for the validation losses.
 
@@ -422,7 +451,7 @@ class CrossFitLogistic(BaseEstimator):
         tol = self.tol if self.inner_tol is None else self.inner_tol
         for i in train:
             inner = [t for t in train if t != i]
-            rows = self._inner_rows[(min(k, i), max(k, i))]
+            rows = inner_rows[(min(k, i), max(k, i))]
             fit_x = {-1: basis.whiten(rows.x, dt)}
             fit_w = {
                 -1: (
@@ -545,18 +574,20 @@ class CrossFitLogistic(BaseEstimator):
         xs = torch.cat([xw[i] for i in folds])
         t = torch.cat([weights[i][0] for i in folds])
         b = torch.cat([weights[i][1] for i in folds])
-        a = t - b  # balanced weights: each class sums to n/2, so cum sums are TPR and FPR
-        z = torch.addmm(u[-1], xs, u[:-1])
-        zs, order = z.sort(0, descending=True)
-        tp = a.gather(0, order).cumsum(0) / a.sum(0)
-        fp = b.gather(0, order).cumsum(0) / b.sum(0)
+        # Features as rows ([c, r]): torch sorts a contiguous last dimension ~1.6x faster.
+        a = (t - b).T.contiguous()  # balanced weights: each class sums to n/2, so cum sums
+        b = b.T.contiguous()  # are TPR and FPR
+        z = torch.addmm(u[-1][:, None], u[:-1].T, xs.T)
+        zs, order = z.sort(1, descending=True)
+        tp = a.gather(1, order).cumsum(1) / a.sum(1, keepdim=True)
+        fp = b.gather(1, order).cumsum(1) / b.sum(1, keepdim=True)
         ba = 0.5 * (1 + tp - fp)  # predicting active for the top i+1 rows
         # A cut is only possible between two different logits.
-        ba[:-1][zs[:-1] == zs[1:]] = -1.0
-        best = ba.argmax(0)
-        hi = zs.gather(0, best[None])[0]
-        lo = zs.gather(0, (best + 1).clamp(max=len(zs) - 1)[None])[0]
-        cut = torch.where(best + 1 < len(zs), 0.5 * (hi + lo), hi - 1.0)
+        ba[:, :-1][zs[:, :-1] == zs[:, 1:]] = -1.0
+        best = ba.argmax(1)
+        hi = zs.gather(1, best[:, None])[:, 0]
+        lo = zs.gather(1, (best + 1).clamp(max=zs.shape[1] - 1)[:, None])[:, 0]
+        cut = torch.where(best + 1 < zs.shape[1], 0.5 * (hi + lo), hi - 1.0)
         # Predicting nothing active (BA 0.5) is never better than the best cut above, except
         # for a useless probe, where either gives 0.5.
         return cut

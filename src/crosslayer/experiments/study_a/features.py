@@ -185,7 +185,11 @@ def score_features(
                 targets = SparseColumns(sp.hstack([fp, (fp > 0).astype(np.float32)]))
             else:
                 targets = F
-            ridge = CrossFitRidge(device=run.cfg.device).fit(X, targets, folds)
+            # The inner-CV path in float32 (the chosen fits and R² stay float64): it can only
+            # swap alphas whose CV errors tie to ~1e-6 of the variance, and halves the cost
+            # (benchmarks/results/crossfit_real.md).
+            ridge = CrossFitRidge(path_dtype="float32", device=run.cfg.device)
+            ridge.fit(X, targets, folds)
         table["r2"][at], table["alpha"][at] = ridge.r2_[:k], np.median(ridge.alpha_[:, :k], 0)
         label_alpha = ridge.alpha_[:, k:] if cfg.C_rule == "ridge" else None
         with _timed(run, timings, "logistic", f"{name}: logistic probes, {probed.size:,} features"):
