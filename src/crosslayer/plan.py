@@ -500,9 +500,17 @@ def plan_run(
             )
         )
         if cfg.emergence.enabled:
-            # stages/emergence.json: ~10 numbers per scored feature and layer, 3 plots
-            n_dicts = len(DICTIONARIES)
-            disk = int(100 * n_dicts * m * (targets + 1) + 170_000)
+            # stages/emergence.json: ~10 numbers per scored feature and layer of seed 0, R²
+            # and AUROC per layer of each further seed's sampled features, ~250 B of taxonomy
+            # per further seed's scored feature, 3 plots (9.06 MB measured on a default run,
+            # 9.0 MB from this)
+            n_dicts, more = len(DICTIONARIES), cfg.sae_training.seeds - 1
+            sampled = min(m, cfg.emergence.seed_features)
+            disk = int(
+                100 * n_dicts * m * (targets + 1)
+                + n_dicts * more * (70 * sampled * targets + 250 * m)
+                + 170_000
+            )
             flops = _emergence_flops(cfg, d, m, n_sweep, len(sweep))
             stages.append(
                 StagePlan(
@@ -569,7 +577,8 @@ def _emergence_flops(cfg: RunConfig, d: int, m: float, n_sweep: int, n_layers: i
     seeds = cfg.sae_training.seeds
     n_dicts = len(DICTIONARIES)
     m_matrix = n_dicts * (m + (seeds - 1) * min(m, em.seed_features))
-    per_feature = 2 * d * d * _nested_cv_products(K, n_alphas) + 2 * n_sweep * d  # path + X'F
+    # the alpha path, X'F and the out-of-fold predictions behind the AUROC
+    per_feature = 2 * d * d * _nested_cv_products(K, n_alphas) + 4 * n_sweep * d
     d_ctx = min(d, em.context_dims) * (em.context_k + 1)
     per_context = 2 * d_ctx * d_ctx * _nested_cv_products(K, n_alphas) + 2 * n_sweep * d_ctx
     return n_layers * m_matrix * per_feature + n_dicts * seeds * m * per_context
@@ -612,7 +621,9 @@ def _scoring_stage(ctx: _Ctx, n: int, m: float) -> StagePlan:
     k = min(m, SCORE_FEATURES)
     n_saes = len(DICTIONARIES) * st.seeds
     seconds = SCORE_S_PER_FEATURE_TOKEN * n_saes * k * n
-    return StagePlan("scoring", "dictionary scoring", n, int(n_saes * 40_000), 0.0, seconds)
+    # stages/docstats_<sae>.npz: ~1,650 B per scored feature (843,572 B for 512 measured)
+    disk = int(n_saes * (1650 * k + 1000))
+    return StagePlan("scoring", "dictionary scoring", n, disk, 0.0, seconds)
 
 
 def model_itemsize(cfg: RunConfig) -> int:
