@@ -115,6 +115,16 @@ class _Basis:
         return u.to(dtype)
 
 
+def _merged_weights(
+    union: _FoldRows, weights: dict[int, tuple[torch.Tensor, torch.Tensor]], folds: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The folds' per-row class weights ``(t, b)`` summed onto their union's distinct rows
+    (``union`` was made from those folds' rows, in this order)."""
+    t = torch.cat([weights[i][0] for i in folds])
+    b = torch.cat([weights[i][1] for i in folds])
+    return union.sum(t), union.sum(b)
+
+
 @dataclass
 class _Prepared:
     """What every block of features shares: folds, distinct rows, bases, whitened rows."""
@@ -336,10 +346,8 @@ class CrossFitLogistic(BaseEstimator):
                 c_sel = torch.full((ok.numel(),), Cs[0], dtype=dt, device=dev)
                 u0 = self._start(basis, beta, b0, seen, ok, dt)
             # The outer fit and its threshold on the training set's distinct rows (key -1).
-            t_all = torch.cat([weights[i][0] for i in train])
-            b_all = torch.cat([weights[i][1] for i in train])
             xw = {-1: prep.xw_union[k]}
-            weights = {-1: (unions[k].sum(t_all), unions[k].sum(b_all))}
+            weights = {-1: _merged_weights(unions[k], weights, train)}
             train = [-1]
             res = self._solve(xw, weights, train, penalty, c_sel, u0, self.tol)
             beta[:, ok], b0[ok] = basis.to_raw(res.u)
@@ -453,12 +461,7 @@ class CrossFitLogistic(BaseEstimator):
             inner = [t for t in train if t != i]
             rows = inner_rows[(min(k, i), max(k, i))]
             fit_x = {-1: basis.whiten(rows.x, dt)}
-            fit_w = {
-                -1: (
-                    rows.sum(torch.cat([weights[t][0] for t in inner])),
-                    rows.sum(torch.cat([weights[t][1] for t in inner])),
-                )
-            }
+            fit_w = {-1: _merged_weights(rows, weights, inner)}
             # Warm starts: along the path from the previous C, and the first C of each inner
             # fold from the previous fold's (the training sets overlap in all but one fold).
             u = last[0].clone()
