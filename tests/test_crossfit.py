@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -360,6 +362,23 @@ def test_token_lookup_equals_a_slow_reference_on_sparse_and_dense_input():
     assert dense.null_r2[0, 1] == pytest.approx(
         _slow_token_lookup(perm, f[:, 1], folds, np.array(grid))[0], abs=1e-10
     )
+
+
+def test_token_lookup_with_two_folds_takes_the_least_shrinkage():
+    """K = 2 leaves the inner CV an empty training set: the first strength of the grid is
+    taken, and the out-of-fold R² is that lookup's (the slow reference at that strength)."""
+    rng = np.random.default_rng(12)
+    n = 600
+    tok = rng.integers(0, 30, n)
+    f = np.where(rng.random((n, 2)) < 0.3, rng.random((n, 2)) + tok[:, None] * 0.1, 0.0)
+    folds = (np.arange(n) // 50) % 2
+    res = token_lookup_r2(tok, f, folds, strengths=(3.0, 30.0), n_permutations=0)
+    np.testing.assert_array_equal(res.strength, 3.0)
+    for j in range(2):
+        with warnings.catch_warnings():  # the reference's inner CV on an empty set: NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            want = _slow_token_lookup(tok, f[:, j], folds, np.array([3.0]))[0]
+        assert res.r2[j] == pytest.approx(want, abs=1e-10)
 
 
 def test_a_token_determined_feature_gets_its_true_share():

@@ -176,9 +176,13 @@ def _crossfit(grp: _Grouping, f: sp.csc_matrix, grid: np.ndarray) -> tuple[np.nd
     chosen = np.empty((K, c))
     # Leave-one-training-fold-out paths: the set fitted without {a, b} is inner set b of
     # outer fold a and inner set a of outer fold b, so each is built once, one at a time.
+    # With K = 2 an inner training set is empty: no inner CV is possible, and every path
+    # stays 0, so the first (least) shrinkage is chosen.
     paths = np.zeros((K, len(grid), c))
     for a in range(K):
         for b in range(a + 1, K):
+            if K < 3:
+                continue
             fit = train((a, b))
             paths[a] += sse_paths(b, fit)
             paths[b] += sse_paths(a, fit)
