@@ -24,7 +24,7 @@ from crosslayer.crossfit import (
 )
 from crosslayer.crossfit.positives import DEAD, FEW_NEG_FIT, FEW_POS_FIT, FEW_POS_SCORE, OK
 from crosslayer.crossfit.ranks import auroc_rows
-from crosslayer.crossfit.stats import FoldTargets
+from crosslayer.crossfit.stats import FoldTargets, SparseColumns
 from crosslayer.errors import CrosslayerError
 
 
@@ -356,8 +356,11 @@ def test_token_lookup_equals_a_slow_reference_on_sparse_and_dense_input():
         r2, chosen = _slow_token_lookup(tok, f[:, j], folds, np.array(grid))
         assert dense.r2[j] == pytest.approx(r2, abs=1e-10)
         np.testing.assert_array_equal(dense.strength[:, j], chosen)
+    wrapped = token_lookup_r2(tok, SparseColumns(sp.csc_matrix(f)), folds, strengths=grid,
+                              n_permutations=1, seed=3)  # fmt: skip
     np.testing.assert_allclose(sparse.r2, dense.r2, atol=1e-12)
     np.testing.assert_allclose(sparse.null_r2, dense.null_r2, atol=1e-12)
+    np.testing.assert_allclose(wrapped.r2, dense.r2, atol=1e-12)
     perm = np.random.default_rng(3).permutation(np.unique(tok, return_inverse=True)[1])
     assert dense.null_r2[0, 1] == pytest.approx(
         _slow_token_lookup(perm, f[:, 1], folds, np.array(grid))[0], abs=1e-10

@@ -163,6 +163,11 @@ class SparseColumns:
         self._rows: Any = None  # CSR copy, made on the first row read
         self.shape = self._f.shape
 
+    @property
+    def csc(self) -> Any:
+        """The sparse matrix itself (CSC), for readers that keep it sparse (the token lookup)."""
+        return self._f
+
     @staticmethod
     def _dense(block: Any) -> np.ndarray:
         return np.asarray(block.toarray(), dtype=np.float32)
