@@ -68,12 +68,19 @@ def main() -> None:
     stage = args.run / "stages" / "emergence.json"
     if stage.exists():
         saved = json.loads(stage.read_text())["saes"]
-        got, start = [], 0
+        got: dict[str, list[np.ndarray]] = {"r2": [], "auroc": [], "alpha": []}
+        start = 0
         for name, f in zip(inputs, codes, strict=True):
             idx = start + np.asarray(saved[name]["scored"], dtype=int)
-            got.append(np.abs(mat.r2[idx] - np.asarray(saved[name]["r2"], dtype=float)))
+            for key, ours in (("r2", mat.r2), ("auroc", mat.auroc), ("alpha", mat.alpha)):
+                theirs = np.asarray(saved[name][key], dtype=float)
+                got[key].append(np.abs(ours[idx] - theirs) / (1.0 if key != "alpha" else theirs))
             start += f.shape[1]
-        print(f"max |R² - the run's checkpoint|: {np.nanmax(np.concatenate(got)):.2e}")
+        diff = {key: np.concatenate(v) for key, v in got.items()}
+        print(f"against the run's checkpoint: max |R² diff| {np.nanmax(diff['r2']):.2e}, "
+              f"max |AUROC diff| {np.nanmax(diff['auroc']):.2e}, (feature, layer) cells "
+              f"whose median alpha moved: {int((diff['alpha'] > 1e-6).sum())} of "
+              f"{int(np.isfinite(diff['alpha']).sum()):,}")  # fmt: skip
 
 
 if __name__ == "__main__":

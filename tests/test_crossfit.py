@@ -428,6 +428,16 @@ def test_minimum_positives_rule_excludes_and_counts_per_reason():
     }
     np.testing.assert_array_equal(pc.n_pos, (f > 0).sum(0))
     np.testing.assert_array_equal(pc.n_pos_train[1], ((f > 0) & (folds != 1)[:, None]).sum(0))
+    # sparse input is counted from its non-zeros: the same counts as the dense rows, also for
+    # a positive threshold and explicit negative values; a negative threshold (zeros active)
+    # takes the dense path
+    g = f * rng.choice([-1.0, 0.4, 1.0], size=f.shape).astype(np.float32)
+    for thr in (0.0, 0.5, -0.5):
+        dense = count_positives(g, folds, threshold=thr, min_fit=100, min_score=20)
+        for wrapped in (sp.csr_matrix(g), SparseColumns(sp.csr_matrix(g))):
+            sparse = count_positives(wrapped, folds, threshold=thr, min_fit=100, min_score=20)
+            np.testing.assert_array_equal(sparse.n_pos_train, dense.n_pos_train)
+            assert list(sparse.status) == list(dense.status)
     # Too few to score but enough to fit needs min_score > what fitting implies: given counts.
     pc = apply_rule(
         n_pos_train=np.array([[0, 150, 150], [200, 150, 150]]),

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from crosslayer.crossfit.folds import check_folds
@@ -63,15 +64,28 @@ def count_positives(
     min_score: int = 20,
     chunk_size: int = 16384,
 ) -> PositiveCounts:
-    """Count active (``> threshold``) tokens per fold and apply the rule to each feature."""
+    """Count active (``> threshold``) tokens per fold and apply the rule to each feature.
+
+    ``F``: dense rows, a scipy sparse matrix or a :class:`~crosslayer.crossfit.stats.
+    SparseColumns` (counted from its non-zeros, one bincount, when ``threshold >= 0``)."""
     n = len(np.asarray(fold_ids).reshape(-1))
     m = check_targets(F, n)
     folds, K = check_folds(fold_ids, n)
-    per_fold = np.zeros((K, m), dtype=np.int64)
-    for rows in row_chunks(n, chunk_size):
-        active = (as_tensor(F[rows], torch.device("cpu")) > threshold).long()
-        fr = torch.as_tensor(folds[rows])
-        per_fold += torch.zeros(K, m, dtype=torch.long).index_add_(0, fr, active).numpy()
+    src = F if sp.issparse(F) else getattr(F, "csc", None)
+    if src is not None and threshold >= 0:
+        # sparse: the implicit zeros are inactive, so the counts come from the non-zeros
+        coo = sp.coo_matrix(src)
+        on = coo.data > threshold
+        cells = folds[coo.row[on]] * m + coo.col[on]
+        per_fold = np.bincount(cells, minlength=K * m).reshape(K, m).astype(np.int64)
+    else:
+        per_fold = np.zeros((K, m), dtype=np.int64)
+        for rows in row_chunks(n, chunk_size):
+            block = F[rows]
+            block = block.toarray() if sp.issparse(block) else block
+            active = (as_tensor(block, torch.device("cpu")) > threshold).long()
+            fr = torch.as_tensor(folds[rows])
+            per_fold += torch.zeros(K, m, dtype=torch.long).index_add_(0, fr, active).numpy()
     n_fold = np.bincount(folds, minlength=K)
     return apply_rule(
         per_fold.sum(0) - per_fold, n - n_fold, per_fold.sum(0), n, min_fit, min_score

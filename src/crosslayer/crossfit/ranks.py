@@ -29,14 +29,19 @@ def auroc_rows(zt: np.ndarray, yt: np.ndarray, threads: int | None = None) -> np
     def block(r0: int, r1: int) -> None:
         srt = np.sort(zt[r0:r1], axis=1)
         for j in range(r0, r1):
-            v = zt[j][yt[j]]
+            v = np.sort(zt[j][yt[j]])  # sorted keys: numpy's search resumes from the last
             p = v.size
             if p == 0 or p == n:
                 continue
             s = srt[j - r0]
-            lo = np.searchsorted(s, v, side="left").astype(np.float64)
-            hi = np.searchsorted(s, v, side="right").astype(np.float64)
-            u = float(((lo + hi + 1) / 2).sum()) - p * (p + 1) / 2
+            lo = np.searchsorted(s, v, side="left")
+            # each v is in s, so #at-or-below is lo + 1 unless v has a tie: search only those
+            hi = lo + 1
+            tied = s[np.minimum(hi, n - 1)] == v
+            tied &= hi < n
+            if tied.any():
+                hi[tied] = np.searchsorted(s, v[tied], side="right")
+            u = float((lo + hi + 1).sum()) / 2 - p * (p + 1) / 2
             out[j] = u / (p * (n - p))
 
     workers = max(1, min(threads or torch.get_num_threads(), c))

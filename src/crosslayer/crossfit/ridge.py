@@ -126,15 +126,16 @@ class CrossFitRidge(BaseEstimator):
         n, d = check_2d("X", X)
         m = check_targets(F, n)
         folds, K = check_folds(fold_ids, n)
-        lay = FoldLayout.from_ids(folds, K)
-        if isinstance(F, FoldTargets) and not (
-            np.array_equal(F.fold_ids, folds) and F.threshold == self.active_threshold
-        ):
-            raise CrosslayerError(
-                "the prepared FoldTargets were made for other folds or another threshold",
-                "make FoldTargets(F, fold_ids, threshold=active_threshold) with this fit's "
-                "fold_ids and active_threshold",
-            )
+        if isinstance(F, FoldTargets):
+            if not (np.array_equal(F.fold_ids, folds) and F.threshold == self.active_threshold):
+                raise CrosslayerError(
+                    "the prepared FoldTargets were made for other folds or another threshold",
+                    "make FoldTargets(F, fold_ids, threshold=active_threshold) with this fit's "
+                    "fold_ids and active_threshold",
+                )
+            lay = F.layout  # the blocks are in its order
+        else:
+            lay = FoldLayout.from_ids(folds, K)
         x = load_sorted(X, lay.order, dev, self.chunk_size)
         # Centre on the global mean first so that X'X in float32 keeps its precision (Gemma
         # activations have a few huge-mean dimensions); every fit re-centres exactly in
@@ -150,6 +151,8 @@ class CrossFitRidge(BaseEstimator):
             return _Train(f, nk[f].sum(), sx[f].sum(0), sxx[f].sum(0))
 
         outer = [train({k}) for k in range(K)]
+        # each outer fit's test-fold scatter in its standardisation (every block's SSE uses it)
+        test_g = [t.centred_val(nk[k], sx[k], sxx[k]) for k, t in enumerate(outer)]
         pairs = {(a, b): train({a, b}) for a in range(K) for b in range(a + 1, K)}
         # Validation scatter of fold i seen from inner set T_k \ {i}, in that set's eigenbasis.
         inner: dict[tuple[int, int], tuple[_Train, torch.Tensor]] = {}
@@ -174,6 +177,8 @@ class CrossFitRidge(BaseEstimator):
             # out-of-fold predictions of a block are one product per fold, [c, n_k]
             xs_t = [((x[lay.rows(k)] - t.mean.float()) / t.scale.float()).T for k, t in
                     enumerate(outer)]  # fmt: skip
+        zbuf: torch.Tensor | None = None  # one prediction buffer for all blocks: a fresh
+        # [c, n] each block would be fresh pages (tens of MB) to fault in every time
         for blk in self._blocks(F, lay, m, dev):
             j0, j1, f = blk.j0, blk.j1, blk.f
             raw_f2[j0:j1] = blk.raw_f2
@@ -181,7 +186,11 @@ class CrossFitRidge(BaseEstimator):
             sxy = torch.stack([self._cross(x[lay.rows(k)], f[lay.rows(k)]) for k in range(K)])
             sum_f[j0:j1], sum_f2[j0:j1] = sy.sum(0).cpu().numpy(), syy.sum(0).cpu().numpy()
             cache = {key: self._project(t, sy, sxy, work) for key, t in pairs.items()}
-            zt = torch.empty(j1 - j0, n, dtype=torch.float32, device=dev) if scoring else None
+            zt = None
+            if scoring:
+                if zbuf is None or len(zbuf) < j1 - j0:
+                    zbuf = torch.empty(j1 - j0, n, dtype=torch.float32, device=dev)
+                zt = zbuf[: j1 - j0]
             for k in range(K):
                 path = torch.zeros(A, j1 - j0, dtype=F64, device=dev)
                 for i in range(K):
@@ -197,16 +206,15 @@ class CrossFitRidge(BaseEstimator):
                 coef = t.V @ (
                     q * inverse_or_zero(t.evals[:, None] + a_sel[None, :])
                 )  # standardised X
-                self.sse_[j0:j1] += (
-                    self._sse(t, coef, nu, nk[k], sx[k], sxx[k], sy[k], syy[k], sxy[k])
-                    .cpu()
-                    .numpy()
-                )
+                h, c = self._val_terms(t, nu, nk[k], sx[k], sy[k], syy[k], sxy[k])
+                sse = sse_from_stats(coef, test_g[k], h, c).clamp(min=0.0)
+                self.sse_[j0:j1] += sse.cpu().numpy()
+                coef32 = coef.float()
                 if zt is not None:  # the centred prediction: the same ranks as the raw one
-                    zt[:, lay.rows(k)] = torch.addmm(nu.float()[:, None], coef.float().T, xs_t[k])
+                    zt[:, lay.rows(k)] = torch.addmm(nu.float()[:, None], coef32.T, xs_t[k])
                 self.alpha_[k, j0:j1] = a_sel.cpu().numpy()
                 self.cv_sse_[k, :, j0:j1] = path.cpu().numpy()
-                self.coef_[k, :, j0:j1] = coef.float().cpu().numpy()
+                self.coef_[k, :, j0:j1] = coef32.cpu().numpy()
                 self.intercept_[k, j0:j1] = (nu + blk.shift).cpu().numpy()
             if zt is not None and blk.active is not None:
                 self.auroc_[j0:j1] = auroc_rows(zt.cpu().numpy(), blk.active.cpu().numpy())
@@ -308,20 +316,3 @@ class CrossFitRidge(BaseEstimator):
         """Validation SSE ``[n_alphas, c]`` of the fits on t for every alpha and feature."""
         h, c = self._val_terms(t, nu, n, sx, sy, syy, sxy)
         return sse_path_per_target(t.V, t.evals, M, q, h, c, alphas)
-
-    def _sse(
-        self,
-        t: _Train,
-        coef: torch.Tensor,
-        nu: torch.Tensor,
-        n: float,
-        sx: torch.Tensor,
-        sxx: torch.Tensor,
-        sy: torch.Tensor,
-        syy: torch.Tensor,
-        sxy: torch.Tensor,
-    ) -> torch.Tensor:
-        """Test-fold SSE per feature of coefficients ``coef`` (float64, from statistics)."""
-        g = t.centred_val(n, sx, sxx)
-        h, c = self._val_terms(t, nu, n, sx, sy, syy, sxy)
-        return sse_from_stats(coef, g, h, c).clamp(min=0.0)

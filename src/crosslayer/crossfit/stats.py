@@ -153,19 +153,23 @@ def standardisation(
 class SparseColumns:
     """A scipy sparse matrix ``[n, m]`` read as dense blocks, the way the estimators read F.
 
-    ``F[:, j0:j1]`` and ``F[rows]`` return dense float32 arrays of just that block, so a run's
-    2,048 sparse features never exist as one dense ``[n, m]`` array (the logistic probes read
-    their 0/1 labels through ``logistic._Active`` on top of it).
+    SAE codes are sparse (a few % of tokens per feature), and 80k tokens x 2,048 features
+    dense is 650 MB. The estimators only ever ask for a block of columns (``F[:, j0:j1]``,
+    optionally then rows) or of rows (``F[r0:r1]``), so these return dense float32 arrays of
+    just that block; readers that stay sparse (the token lookup, the positives count) take
+    :attr:`csc` itself.
     """
 
+    ndim = 2
+
     def __init__(self, f: Any) -> None:
-        self._f = f.tocsc()
+        self._f = sp.csc_matrix(f)
         self._rows: Any = None  # CSR copy, made on the first row read
-        self.shape = self._f.shape
+        self.shape: tuple[int, int] = (int(self._f.shape[0]), int(self._f.shape[1]))
 
     @property
     def csc(self) -> Any:
-        """The sparse matrix itself (CSC), for readers that keep it sparse (the token lookup)."""
+        """The sparse matrix itself (CSC), for readers that keep it sparse."""
         return self._f
 
     @staticmethod
@@ -175,11 +179,26 @@ class SparseColumns:
     def __getitem__(self, key: Any) -> np.ndarray:
         if isinstance(key, tuple):
             rows, cols = key
-            if rows != slice(None):
-                raise CrosslayerError(
-                    "SparseColumns reads whole columns or whole rows", "index as F[:, j0:j1]"
-                )
-            return self._dense(self._f[:, cols])
+            block = self._dense(self._f[:, cols])
+            return block if rows == slice(None) else block[rows]
         if self._rows is None:
             self._rows = self._f.tocsr()
         return self._dense(self._rows[key])
+
+
+def as_columns(F: ArrayLike) -> Any:
+    """Sparse input wrapped in :class:`SparseColumns` (kept sparse); a tensor as a numpy
+    array; a dense array unchanged (after checking it is 2-D)."""
+    if isinstance(F, SparseColumns):
+        return F
+    if sp.issparse(F):
+        return SparseColumns(F)
+    if isinstance(F, torch.Tensor):
+        return F.detach().cpu().numpy()
+    a = np.asarray(F)
+    if a.ndim != 2:
+        raise CrosslayerError(
+            f"F must be a 2-D array [n_tokens, n_features], got shape {a.shape}",
+            "pass one row of feature activations per token",
+        )
+    return a

@@ -99,7 +99,8 @@ def _sparse_columns(F: ArrayLike, j0: int, j1: int) -> sp.csc_matrix:
     else:
         block = F[:, j0:j1]
         dense = block.cpu().numpy() if isinstance(block, torch.Tensor) else np.asarray(block)
-        out = sp.csc_matrix(dense.astype(np.float64))
+        out = sp.csc_matrix(dense)  # sparse first: only the non-zeros become float64
+        out.data = out.data.astype(np.float64)
     if not np.isfinite(out.data).all():
         raise CrosslayerError(
             "the data contain NaN or infinite values",

@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from crosslayer.crossfit import CrossFitRidge, check_folds
-from crosslayer.crossfit.stats import FoldTargets
-from crosslayer.emergence.columns import DenseBlocks, as_blocks, positives
+from crosslayer.crossfit import CrossFitRidge, check_folds, count_positives
+from crosslayer.crossfit.stats import FoldTargets, SparseColumns, as_columns
 from crosslayer.errors import CrosslayerError
 from crosslayer.metrics import ArrayLike, check_2d, row_chunks
 from crosslayer.model.hooks import hook_depth, parse_hook
@@ -90,7 +89,7 @@ def emergence_matrix(
     if not layers:
         raise CrosslayerError("no layers given", "pass {hook name: activations [n, d]}")
     hooks = sorted(layers, key=hook_depth)  # also rejects names that are not hooks
-    blocks = as_blocks(F)
+    blocks = as_columns(F)
     n, m = check_2d("F", blocks)
     for h in hooks:
         rows, _ = check_2d(h, layers[h])
@@ -100,12 +99,12 @@ def emergence_matrix(
                 "pass every layer's activations for the same tokens as F",
             )
     folds, K = check_folds(fold_ids, n)
-    counts = positives(blocks, folds, min_fit=min_pos_fit, min_score=min_pos_score)
+    counts = count_positives(blocks, folds, min_fit=min_pos_fit, min_score=min_pos_score)
     idx = np.flatnonzero(counts.scorable)
     L = len(hooks)
     r2, auc, alpha = (np.full((m, L), np.nan) for _ in range(3))
     if idx.size:
-        sub: DenseBlocks | np.ndarray | FoldTargets = _columns(blocks, idx)
+        sub: SparseColumns | np.ndarray | FoldTargets = _columns(blocks, idx)
         # the features are densified, sorted by fold and summed once for all layers when
         # they fit in memory (n x m float32 and bools), else a block at a time per layer
         if n * idx.size * 5 <= cache_bytes:
@@ -132,9 +131,9 @@ def emergence_matrix(
     )
 
 
-def _columns(blocks: DenseBlocks | np.ndarray, idx: np.ndarray) -> DenseBlocks | np.ndarray:
-    if isinstance(blocks, DenseBlocks):
-        return DenseBlocks(blocks.csc[:, idx])
+def _columns(blocks: SparseColumns | np.ndarray, idx: np.ndarray) -> SparseColumns | np.ndarray:
+    if isinstance(blocks, SparseColumns):
+        return SparseColumns(blocks.csc[:, idx])
     return np.ascontiguousarray(blocks[:, idx])
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from crosslayer.crossfit import CrossFitRidge, check_folds, lagged, token_lookup_r2
-from crosslayer.emergence.columns import as_blocks
+from crosslayer.crossfit.stats import as_columns
 from crosslayer.emergence.matrix import EMERGENCE_ALPHAS, _float32
 from crosslayer.emergence.seeds import seed_ci
 from crosslayer.errors import CrosslayerError
@@ -89,7 +89,7 @@ def taxonomy_scores(
     ``embed [n, d]``: the source embedding of each row; ``tokens``, ``positions``,
     ``context_ids [n]``: per row, in store (context) order. Pass only the columns to score.
     """
-    blocks = as_blocks(F)
+    blocks = as_columns(F)
     n = blocks.shape[0]
     folds, _ = check_folds(fold_ids, n)
     for name, a in (("tokens", tokens), ("positions", positions), ("context_ids", context_ids)):

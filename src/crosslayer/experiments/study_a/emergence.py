@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import scipy.sparse as sp
 
+from crosslayer.crossfit import count_positives
+from crosslayer.crossfit.stats import as_columns
 from crosslayer.emergence import (
     CHANCE,
     CLASSES,
@@ -49,7 +51,6 @@ from crosslayer.emergence import (
     taxonomy_scores,
     top_token_stats,
 )
-from crosslayer.emergence.columns import as_blocks, positives
 from crosslayer.emergence.plots import Panel, write_emergence_plots
 from crosslayer.emergence.taxonomy import LONG, POSITIONAL, SHORT, TOKEN
 from crosslayer.errors import CrosslayerError
@@ -291,7 +292,7 @@ def _seed_samples(
         empty = sp.csc_matrix((n, 0), dtype=np.float32)
         return _SeedSamples(empty, np.zeros(0, dtype=np.int64), {}, empty)
     F = sp.hstack(list(codes.values()), format="csc")
-    rule = positives(as_blocks(F), folds, min_fit=cf.min_pos_fit, min_score=cf.min_pos_score)
+    rule = count_positives(as_columns(F), folds, min_fit=cf.min_pos_fit, min_score=cf.min_pos_score)
     scored = np.flatnonzero(np.asarray(rule.status) == "ok")
     rng = np.random.default_rng(run.cfg.seed)
     picks: dict[tuple[str, int], tuple[int, np.ndarray]] = {}
