@@ -130,6 +130,44 @@ def test_ridge_out_of_fold_auroc_and_prepared_targets():
         CrossFitRidge(alphas, active_threshold=0.1).fit(x, prepared, (folds + 1) % 4)
 
 
+def test_sparse_features_take_the_sparse_cross_product_with_the_dense_path_s_results(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """Blocks of F at most SPARSE_DENSITY non-zero keep per-fold CSR copies, and X'F from them
+    (raw product minus the centring's rank-one term) equals the float64 product of the
+    centred block; fits from them equal the dense path's."""
+    import torch
+
+    from crosslayer.crossfit import stats
+
+    rng = np.random.default_rng(5)
+    x, _, docs = _data(3000, 8, 1, 60, seed=5)
+    z = (x[:, :6] - 3) / np.linspace(0.5, 5, 8)[:6] + 0.3 * rng.normal(size=(3000, 6))
+    f = np.where(z > 1.75, z, 0.0).astype(np.float32)  # SAE-like: ~4% of tokens active
+    folds = grouped_folds(docs, 5, seed=0)
+    sparse = FoldTargets(f, folds, feature_chunk=4, threshold=0.0)
+    assert all(b.sparse_t is not None for b in sparse.blocks)
+    lay = sparse.layout
+    xs = torch.from_numpy(x[lay.order].astype(np.float32))
+    for blk in sparse.blocks:
+        for k in range(5):
+            r = lay.rows(k)
+            sx = xs[r].double().sum(0)
+            ref = x[lay.order][r].T @ (f[lay.order][r, blk.j0 : blk.j1] - blk.shift.numpy())
+            got = blk.cross(xs, lay, sx, k).numpy()
+            np.testing.assert_allclose(got, ref, atol=1e-5 * np.abs(ref).max())
+    monkeypatch.setattr(stats, "SPARSE_DENSITY", -1.0)
+    dense = FoldTargets(f, folds, feature_chunk=4, threshold=0.0)
+    assert all(b.sparse_t is None for b in dense.blocks)
+    alphas = (1e-4, 1e-2, 1.0, 30.0)
+    a = CrossFitRidge(alphas, feature_chunk=4, active_threshold=0.0).fit(x, sparse, folds)
+    b = CrossFitRidge(alphas, feature_chunk=4, active_threshold=0.0).fit(x, dense, folds)
+    np.testing.assert_allclose(a.r2_, b.r2_, atol=1e-6)
+    np.testing.assert_allclose(a.auroc_, b.auroc_, atol=1e-6)
+    np.testing.assert_array_equal(a.alpha_, b.alpha_)
+    assert np.nanmin(a.r2_) > 0.05  # the features are predictable: the comparison bites
+
+
 def test_auroc_rows_does_not_depend_on_the_threads():
     rng = np.random.default_rng(4)
     z = np.round(rng.normal(size=(150, 400)), 1).astype(np.float32)

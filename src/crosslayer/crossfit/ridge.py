@@ -183,7 +183,10 @@ class CrossFitRidge(BaseEstimator):
             j0, j1, f = blk.j0, blk.j1, blk.f
             raw_f2[j0:j1] = blk.raw_f2
             sy, syy = blk.sy, blk.syy
-            sxy = torch.stack([self._cross(x[lay.rows(k)], f[lay.rows(k)]) for k in range(K)])
+            if blk.sparse_t is not None:
+                sxy = torch.stack([blk.cross(x, lay, sx[k], k) for k in range(K)])
+            else:
+                sxy = torch.stack([self._cross(x[lay.rows(k)], f[lay.rows(k)]) for k in range(K)])
             sum_f[j0:j1], sum_f2[j0:j1] = sy.sum(0).cpu().numpy(), syy.sum(0).cpu().numpy()
             cache = {key: self._project(t, sy, sxy, work) for key, t in pairs.items()}
             zt = None
