@@ -180,6 +180,40 @@ def test_replacement_at_last_layer_matches_manual_unembedding(lm: LoadedModel) -
     torch.testing.assert_close(got, want)
 
 
+def test_run_from_equals_the_full_run_and_skips_the_blocks_before(lm: LoadedModel) -> None:
+    """``run_from`` gives the logits of the full run with the same value at the hook, without
+    running blocks 0 … L (local attention included: SEQ is longer than the window), and
+    leaves the model as it was."""
+    ids = _ids()
+    normal = _hf(lm, ids).logits  # type: ignore[attr-defined]
+    blocks = list(lm.model.model.layers)
+    calls = [0] * len(blocks)
+    handles = [
+        b.register_forward_hook(lambda *_a, i=i: calls.__setitem__(i, calls[i] + 1))
+        for i, b in enumerate(blocks)
+    ]
+    try:
+        for L in (0, lm.n_layers - 2):
+            hook = f"blocks.{L}.hook_resid_post"
+            resid = lm.run_with_hooks(ids, hooks=[hook])[hook]
+            value = resid * 1.5
+            value[:, 3] = 0.0  # and one position replaced outright
+            want = lm.run_with_replacement(ids, hook=hook, fn=lambda _, v=value: v)
+            lm.run_from(ids, hook=hook, value=value)  # the first call looks at block 0 once
+            calls[:] = [0] * len(blocks)
+            got = lm.run_from(ids, hook=hook, value=value)
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+            assert not torch.allclose(got, normal)
+            assert calls == [0] * (L + 1) + [1] * (lm.n_layers - L - 1), hook
+    finally:
+        for h in handles:
+            h.remove()
+    assert list(lm.model.model.layers) == blocks  # every block is back in place
+    assert torch.equal(_hf(lm, ids).logits, normal)  # type: ignore[attr-defined]
+    with pytest.raises(CrosslayerError, match="run_from starts after a block"):
+        lm.run_from(ids, hook="blocks.1.hook_mlp_out", value=resid)
+
+
 def test_replacement_with_wrong_shape_is_an_error(lm: LoadedModel) -> None:
     with pytest.raises(CrosslayerError, match="same shape"):
         lm.run_with_replacement(_ids(), hook="hook_embed", fn=lambda x: x[..., :3])

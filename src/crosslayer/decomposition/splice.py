@@ -80,20 +80,27 @@ def _logprobs(logits: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits[at].float(), dim=-1)
 
 
-def _run(
-    lm: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, hook: str, rows: np.ndarray | None
-) -> torch.Tensor:
-    """Logits with the hook's value at ``mask`` replaced by ``rows`` (None: the clean run)."""
+def _clean(lm: LoadedModel, ids: torch.Tensor, hook: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clean run's logits and the hook's value at every position."""
+    seen: list[torch.Tensor] = []
 
-    def fn(value: torch.Tensor) -> torch.Tensor:
-        if rows is None:
-            return value
-        out = value.clone()
-        new = torch.from_numpy(np.array(rows, dtype=np.float32))
-        out[mask] = new.to(dtype=value.dtype, device=value.device)
-        return out
+    def keep(value: torch.Tensor) -> torch.Tensor:
+        seen.append(value.clone())
+        return value
 
-    return lm.run_with_replacement(ids, hook=hook, fn=fn)
+    return lm.run_with_replacement(ids, hook=hook, fn=keep), seen[0]
+
+
+def _spliced(
+    lm: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, hook: str, clean: torch.Tensor,
+    rows: np.ndarray,
+) -> torch.Tensor:  # fmt: skip
+    """Logits with the hook's value at ``mask`` replaced by ``rows``; the rest is the clean
+    run's. The blocks up to the hook are not run again (:meth:`LoadedModel.run_from`): every
+    variant shares the clean prefix, and the splice runs 9 variants per batch."""
+    value = clean.clone()
+    value[mask] = torch.from_numpy(np.array(rows, dtype=np.float32)).to(value)
+    return lm.run_from(ids, hook=hook, value=value)
 
 
 def splice_scores(
@@ -127,11 +134,13 @@ def splice_scores(
         at_full = torch.nn.functional.pad(at, (0, 1))
         r0, r1 = offsets[c0], offsets[c1]
 
-        clean = _logprobs(_run(lm, ids, mask, hook, None), at_full)
+        logits, value = _clean(lm, ids, hook)
+        clean = _logprobs(logits, at_full)
+        del logits
         ce["clean"] -= float(clean.gather(1, target[:, None]).double().sum())
         p_clean = clean.exp()
         for name, pred in variants.items():
-            lp = _logprobs(_run(lm, ids, mask, hook, pred[r0:r1]), at_full)
+            lp = _logprobs(_spliced(lm, ids, mask, hook, value, pred[r0:r1]), at_full)
             ce[name] -= float(lp.gather(1, target[:, None]).double().sum())
             kl[name] += float((p_clean * (clean - lp)).sum(1).double().sum())
         scored += int(at.sum())

@@ -234,3 +234,68 @@ def replace(
     finally:
         handle.remove()
     return logits
+
+
+class _Skipped(nn.Module):
+    """Stands in for a block whose output is overwritten anyway: hands its input on, in the
+    form the block returns (a tensor, or a 1-tuple for older decoder layers). Attributes the
+    model's loop reads from a layer (e.g. ``attention_type``) come from the block."""
+
+    def __init__(self, block: nn.Module, as_tuple: bool) -> None:
+        super().__init__()
+        self.block, self.as_tuple = block, as_tuple
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        x = _input_of(args, kwargs)
+        return (x,) if self.as_tuple else x
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["block"], name)
+
+
+def replace_from(
+    model: nn.Module,
+    layers: nn.ModuleList,
+    layer: int,
+    value: torch.Tensor,
+    inputs: dict[str, torch.Tensor],
+    as_tuple: bool = False,
+) -> torch.Tensor:
+    """Logits with ``blocks.{layer}.hook_resid_post`` set to ``value`` at every position.
+
+    Blocks ``0 … layer`` are not run (their output is all overwritten): the same logits as
+    :func:`replace` with ``fn = lambda _: value``, for the cost of the later blocks and the
+    head only. ``as_tuple``: the model's decoder layers return tuples.
+    """
+    kept = [layers[i] for i in range(layer + 1)]
+    try:
+        for i, block in enumerate(kept):
+            layers[i] = _Skipped(block, as_tuple)
+        return replace(model, layers, HookPoint("resid_post", layer), lambda _: value, inputs)
+    finally:
+        for i, block in enumerate(kept):
+            layers[i] = block
+
+
+def layers_return_tuples(
+    model: nn.Module, layers: nn.ModuleList, inputs: dict[str, torch.Tensor]
+) -> bool:
+    """Whether the decoder layers return a tuple (older transformers) rather than a tensor,
+    seen on block 0's output (the forward stops there)."""
+    seen: list[bool] = []
+
+    def look(_m: nn.Module, _a: Any, output: Any) -> None:
+        seen.append(not isinstance(output, torch.Tensor))
+        raise _StopForward
+
+    handle = layers[0].register_forward_hook(look)
+    try:
+        model(**inputs)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    return seen[0]

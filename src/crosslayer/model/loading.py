@@ -29,7 +29,16 @@ from transformers import (
 from crosslayer import fs, hub
 from crosslayer.device import resolve_device, resolve_dtype, to_device
 from crosslayer.errors import CrosslayerError
-from crosslayer.model.hooks import capture, decoder_layers, parse_hook, replace, site, sublayer
+from crosslayer.model.hooks import (
+    capture,
+    decoder_layers,
+    layers_return_tuples,
+    parse_hook,
+    replace,
+    replace_from,
+    site,
+    sublayer,
+)
 from crosslayer.provenance import config_hash
 from crosslayer.stage_configs import DEFAULT_MODEL  # one source with the configs
 
@@ -60,6 +69,7 @@ class LoadedModel:
     n_layers: int
     d_model: int
     _layers: nn.ModuleList = field(init=False, repr=False)
+    _tuples: bool | None = field(default=None, init=False, repr=False)  # layers return tuples
 
     def __post_init__(self) -> None:
         self._layers = decoder_layers(self.model, self.n_layers)
@@ -153,6 +163,35 @@ class LoadedModel:
         with torch.inference_mode():
             inputs = self._inputs(input_ids, attention_mask)
             return replace(self.model, self._layers, parse_hook(name), fn, inputs)
+
+    def run_from(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        hook: str,
+        value: torch.Tensor,
+    ) -> torch.Tensor:
+        """Full logits with ``blocks.L.hook_resid_post`` set to ``value [batch, seq, d_model]``
+        at every position, without running blocks ``0 … L`` (all their output is replaced):
+        the logits of :meth:`run_with_replacement` with ``fn = lambda _: value``, for the
+        cost of the later blocks and the head. ``value`` is typically a clean run's own
+        activations with some positions replaced (the decomposition's splice does this)."""
+        (name,) = self.validate_hooks([hook])
+        point = parse_hook(name)
+        if point.kind != "resid_post" or point.layer is None:
+            raise CrosslayerError(
+                f"run_from starts after a block's output, not at {name}",
+                "pass a blocks.L.hook_resid_post hook (or use run_with_replacement)",
+            )
+        with torch.inference_mode():
+            inputs = self._inputs(input_ids, attention_mask)
+            if self._tuples is None:  # how this model's layers return, seen once
+                self._tuples = layers_return_tuples(self.model, self._layers, inputs)
+            value = value.to(device=self.device, dtype=self.dtype)
+            return replace_from(
+                self.model, self._layers, point.layer, value, inputs, as_tuple=self._tuples
+            )
 
     def unembed(self) -> torch.Tensor:
         """The unembedding matrix W_U, ``[d_model, vocab]`` (logits = final_norm(x) @ W_U)."""
