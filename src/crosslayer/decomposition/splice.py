@@ -92,12 +92,16 @@ def _clean(lm: LoadedModel, ids: torch.Tensor, hook: str) -> tuple[torch.Tensor,
 
 
 def _spliced(
-    lm: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, hook: str, clean: torch.Tensor,
+    lm: LoadedModel,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    hook: str,
+    clean: torch.Tensor,
     rows: np.ndarray,
-) -> torch.Tensor:  # fmt: skip
+) -> torch.Tensor:
     """Logits with the hook's value at ``mask`` replaced by ``rows``; the rest is the clean
     run's. The blocks up to the hook are not run again (:meth:`LoadedModel.run_from`): every
-    variant shares the clean prefix, and the splice runs 9 variants per batch."""
+    variant of a batch (mean ablation and each prediction) shares the clean prefix."""
     value = clean.clone()
     value[mask] = torch.from_numpy(np.array(rows, dtype=np.float32)).to(value)
     return lm.run_from(ids, hook=hook, value=value)
