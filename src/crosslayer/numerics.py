@@ -32,6 +32,8 @@ import ctypes
 import os
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
@@ -135,3 +137,11 @@ def state() -> dict[str, str]:
 def identity_promised() -> bool:
     """True when crosslayer promises byte-identical CPU results run to run in this process."""
     return state()["mkl_cbwr"] not in ("OFF", "no MKL")
+
+
+@contextmanager
+def quiet_csr() -> Iterator[None]:
+    """torch warns that its CSR support is "beta" on every use: silence that warning only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        yield

@@ -203,6 +203,12 @@ class SAETrainConfig(BaseModel):
     n_checkpoints: int = Field(
         default=4, ge=0, description="Checkpoints written during training (resume after a crash)"
     )
+    sparse_topk: bool = Field(
+        default=True,
+        description="TopK only: decode and take gradients through the k selected latents of "
+        "each row instead of sae-lens's dense products (same loss and gradients up to float "
+        "rounding; crosslayer.sae.sparse_topk)",
+    )
     seed: int = Field(default=0, description="Seed of the initial weights and data order")
     device: str | None = Field(default=None, description="auto, cpu, cuda or cuda:N (null: auto)")
 

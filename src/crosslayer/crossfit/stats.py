@@ -7,9 +7,6 @@ once, whatever the number of folds, inner splits and regularisation values.
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,20 +18,13 @@ from crosslayer.crossfit.folds import check_folds
 from crosslayer.device import resolve_device
 from crosslayer.errors import CrosslayerError
 from crosslayer.metrics import ArrayLike, as_tensor, check_2d, colsum, row_chunks
+from crosslayer.numerics import quiet_csr
 
 F64 = torch.float64
 # Blocks of F at most this dense also keep a sparse copy for X'F (TargetBlock.sparse_t);
 # measured on CPU on real SAE codes (~4% dense, benchmarks/results/emergence.md): 0.5 s
 # against 0.9-1.0 s per layer of the emergence matrix.
 SPARSE_DENSITY = 0.1
-
-
-@contextmanager
-def _quiet_csr() -> Iterator[None]:
-    """torch warns that its CSR support is "beta" on every use: silence that warning only."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        yield
 
 
 def load_sorted(
@@ -115,7 +105,7 @@ class TargetBlock:
         active = None if threshold is None else (f > threshold).T.contiguous()
         sparse_t = None
         if device.type == "cpu" and f.numel() and (f != 0).sum() <= SPARSE_DENSITY * f.numel():
-            with _quiet_csr():
+            with quiet_csr():
                 sparse_t = [f[lay.rows(k)].T.to_sparse_csr() for k in range(lay.n_folds)]
         # Centred (an exact shift, undone by the fits): a weak feature's X'F is a small
         # difference of large float32 sums otherwise.
@@ -130,7 +120,7 @@ class TargetBlock:
         """``Σ x f`` over fold ``k``'s rows, float64 ``[d, c]``, from the sparse raw columns:
         ``Σ x (f - shift) = Σ x f_raw - (Σ x) shiftᵀ``, with ``sx = Σ x`` over the fold."""
         assert self.sparse_t is not None
-        with _quiet_csr():
+        with quiet_csr():
             raw = torch.sparse.mm(self.sparse_t[k], x[lay.rows(k)])
         return raw.T.double() - torch.outer(sx, self.shift)
 
