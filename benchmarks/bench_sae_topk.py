@@ -46,7 +46,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         # first call in a process pays imports and thread start-up: not part of either figure
         train_sae(train[:4096], {**recipe, "epochs": 1}, Path(tmp, "warm"), progress=False)
-        print("| seed | step | s | tokens/s | held-out EV | L0 | dead |\n|---|---|---|---|---|---|---|")
+        print("| seed | step | s | tokens/s | held-out EV | L0 | dead |")
+        print("|---|---|---|---|---|---|---|")
         for seed in (int(s) for s in a.seeds.split(",")):
             recons, times = [], []
             for sparse in (True, False):

@@ -93,3 +93,28 @@ def test_misaligned_predictions_are_refused(setup: Any) -> None:
     lm, sc, clean = setup["lm"], setup["sc"], setup["clean"]
     with pytest.raises(CrosslayerError, match="spliced positions"):
         splice_scores(lm, sc, HOOK, {"x": clean[:-1]}, clean.mean(0))
+
+
+def test_kl_equals_a_float64_reference(setup: Any) -> None:
+    """KL(p_clean || p_spliced) of a constant splice, written out independently in float64
+    from two full forward passes (hooks on the whole model, not the shared clean prefix)."""
+    lm, sc, clean = setup["lm"], setup["sc"], setup["clean"]
+    const = clean.mean(0) + 0.5 * clean.std(0)
+    got = splice_scores(lm, sc, HOOK, {"c": np.tile(const, (len(clean), 1))}, clean.mean(0))
+    ids, mask = torch.as_tensor(sc.input_ids), torch.as_tensor(sc.mask)
+
+    def put(value: torch.Tensor) -> torch.Tensor:
+        value = value.clone()
+        value[mask] = torch.as_tensor(const, dtype=value.dtype)
+        return value
+
+    with torch.inference_mode():
+        lp_clean = torch.log_softmax(lm.model(ids).logits.double(), -1)
+        lp = torch.log_softmax(lm.run_with_replacement(ids, hook=HOOK, fn=put).double(), -1)
+    at = torch.nn.functional.pad(mask[:, :-1] & mask[:, 1:], (0, 1))
+    kl = (lp_clean.exp() * (lp_clean - lp)).sum(-1)[at].mean()
+    assert float(kl) > 0.1  # the splice matters here
+    assert got["c"]["kl"] == pytest.approx(float(kl), rel=1e-5)
+    target = torch.nn.functional.pad(ids[:, 1:], (0, 1))
+    ce = -lp.gather(2, target[..., None])[..., 0][at].mean()
+    assert got["c"]["ce"] == pytest.approx(float(ce), rel=1e-5)

@@ -74,10 +74,24 @@ def splice_contexts(
     return SpliceContexts(ids, mask, np.concatenate(rows))
 
 
-def _logprobs(logits: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
-    """Log-probabilities at the scored positions, float32: ``[n, vocab]`` is large (Gemma's
-    vocabulary is 262k), and the sums over it are taken per position."""
-    return torch.log_softmax(logits[at].float(), dim=-1)
+def _logprobs(logits: torch.Tensor) -> torch.Tensor:
+    """Next-token log-probabilities at every position, ``[C * L, vocab]`` float32. Computed
+    for all positions and indexed afterwards: copying out the scored rows of a ``[n, 262k]``
+    array costs as much as the softmax itself, and nearly every position is scored."""
+    return torch.log_softmax(logits.flatten(0, 1).float(), dim=-1)
+
+
+def _row_dot(a: torch.Tensor, b: torch.Tensor, chunk: int = 128) -> torch.Tensor:
+    """``(a * b).sum(1)`` in float64 from float32 rows: a batched product over runs of
+    ``chunk`` columns, the runs' sums added in float64. One read of each input and no
+    ``[n, vocab]`` temporary: 50 ms against 290 ms for the product and sum at Gemma's
+    vocabulary, within 5e-6 of float64 (a single product over all 262k columns is as fast but
+    drifts by 4e-3). A vocabulary not divisible by ``chunk`` takes the float64 product."""
+    n, v = a.shape
+    if v % chunk:
+        return (a.double() * b.double()).sum(1)
+    runs = torch.bmm(a.reshape(-1, 1, chunk), b.reshape(-1, chunk, 1))
+    return runs.view(n, -1).double().sum(1)
 
 
 def _clean(lm: LoadedModel, ids: torch.Tensor, hook: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,19 +148,22 @@ def splice_scores(
         ids = torch.as_tensor(contexts.input_ids[c0:c1], device=lm.device)
         mask = torch.as_tensor(contexts.mask[c0:c1], device=lm.device)
         at = mask[:, :-1] & mask[:, 1:]  # positions whose next token is a text token
-        target = ids[:, 1:][at]
-        at_full = torch.nn.functional.pad(at, (0, 1))
+        at_flat = torch.nn.functional.pad(at, (0, 1)).flatten()
         r0, r1 = offsets[c0], offsets[c1]
-
+        # each position's next token (the pad value after the last: never scored)
+        nxt = torch.nn.functional.pad(ids[:, 1:], (0, 1)).flatten()[:, None]
         logits, value = _clean(lm, ids, hook)
-        clean = _logprobs(logits, at_full)
+        clean = _logprobs(logits)
         del logits
-        ce["clean"] -= float(clean.gather(1, target[:, None]).double().sum())
         p_clean = clean.exp()
+        neg_entropy = _row_dot(p_clean, clean)[at_flat]
+        ce["clean"] -= float(clean.gather(1, nxt).flatten()[at_flat].double().sum())
         for name, pred in variants.items():
-            lp = _logprobs(_spliced(lm, ids, mask, hook, value, pred[r0:r1]), at_full)
-            ce[name] -= float(lp.gather(1, target[:, None]).double().sum())
-            kl[name] += float((p_clean * (clean - lp)).sum(1).double().sum())
+            lp = _logprobs(_spliced(lm, ids, mask, hook, value, pred[r0:r1]))
+            ce[name] -= float(lp.gather(1, nxt).flatten()[at_flat].double().sum())
+            # KL(p_clean || p) = sum p_clean log p_clean - sum p_clean log p, per position
+            kl[name] += float((neg_entropy - _row_dot(p_clean, lp)[at_flat]).sum())
+            del lp
         scored += int(at.sum())
     if scored == 0:
         raise CrosslayerError("no scored position in the spliced contexts", "use longer contexts")
