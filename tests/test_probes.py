@@ -97,6 +97,43 @@ def test_study_protocol_is_seeded_and_uses_its_threshold():
     assert np.isnan(study_protocol_probe(x, np.zeros(400))["accuracy"])
 
 
+def test_study_protocol_fits_on_one_blas_thread_and_restores_the_pools():
+    """The fit runs with numpy's and scipy's OpenBLAS limited to one thread, gives what a
+    plain scikit-learn fit under that limit gives, and leaves the thread pools as they were."""
+    from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(600, 8)).astype(np.float32)
+    f = (x @ rng.normal(size=8) + rng.normal(size=600) > 0.5).astype(float)
+    before = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+    seen: list[int] = []
+    real_fit = LogisticRegression.fit
+
+    def spy(self, *args, **kwargs):  # records the BLAS threads the fit runs with
+        seen.extend(p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas")
+        return real_fit(self, *args, **kwargs)
+
+    LogisticRegression.fit = spy
+    try:
+        got = study_protocol_probe(x, f, seed=2)
+    finally:
+        LogisticRegression.fit = real_fit
+    assert seen and set(seen) == {1}
+    assert [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"] == before
+    # the protocol written out: balanced draw, 80/20 split, sklearn on one thread
+    lab = f > 0.1
+    r = np.random.default_rng(2)
+    pos, neg = np.nonzero(lab)[0], np.nonzero(~lab)[0]
+    k = min(len(pos), len(neg))
+    idx = np.concatenate([r.choice(pos, k, replace=False), r.choice(neg, k, replace=False)])
+    r.shuffle(idx)
+    test, train = idx[: round(0.2 * len(idx))], idx[round(0.2 * len(idx)) :]
+    with threadpool_limits(1, user_api="blas"):
+        clf = LogisticRegression(max_iter=1000).fit(x[train], lab[train])
+    assert got["accuracy"] == clf.score(x[test], lab[test])
+
+
 @pytest.mark.parametrize(
     ("call", "match"),
     [

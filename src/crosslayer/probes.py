@@ -30,6 +30,7 @@ import torch
 from scipy.stats import rankdata
 from sklearn.base import BaseEstimator
 from sklearn.linear_model import LogisticRegression
+from threadpoolctl import threadpool_limits
 
 from crosslayer.device import resolve_device
 from crosslayer.errors import CrosslayerError
@@ -497,12 +498,18 @@ def study_protocol_probe(
     seed: int = 0,
     test_size: float = 0.2,
     max_iter: int = 1000,
+    blas_threads: int | None = 1,
 ) -> dict[str, float]:
     """Seed study A's probe for one feature, with scikit-learn, for comparison.
 
     Active = ``f > threshold``; ``k = min(#active, #inactive)`` tokens of each class are drawn
     (seeded); 80/20 split; ``LogisticRegression`` on raw X; plain accuracy on the 20 %.
     Returns NaN accuracy when a class is empty.
+
+    ``blas_threads``: threads of numpy's and scipy's OpenBLAS during the fit (None: as they
+    are). scikit-learn's lbfgs alternates small calls between the two libraries, each with
+    its own thread pool; on 2 cores their waiting threads contend, and a fit took 16x longer
+    on 2 threads than on 1 (benchmarks/results/probes.md).
     """
     x = np.asarray(X, dtype=np.float32)
     lab = np.asarray(f).reshape(-1) > threshold
@@ -520,5 +527,6 @@ def study_protocol_probe(
     rng.shuffle(idx)
     n_test = max(1, round(test_size * len(idx)))
     test, train = idx[:n_test], idx[n_test:]
-    clf = LogisticRegression(max_iter=max_iter).fit(x[train], lab[train])
+    with threadpool_limits(limits=blas_threads, user_api="blas"):
+        clf = LogisticRegression(max_iter=max_iter).fit(x[train], lab[train])
     return {"accuracy": float(clf.score(x[test], lab[test])), "n_per_class": float(k)}
