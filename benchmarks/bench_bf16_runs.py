@@ -12,6 +12,9 @@ Every other setting (seed, tokens, folds, SAE recipe) is equal, and each run is 
 so a difference is the effect of bf16 activations on everything downstream; it is printed
 beside the fp32 run's own 95% CI where the run has one (document bootstrap or features), the
 scale a difference has to exceed to matter.
+
+The same table compares two runs of one config made by two versions of the code
+(``--labels before,after``): what a speed change did to every figure.
 """
 
 from __future__ import annotations
@@ -55,13 +58,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("fp32", type=Path)
     ap.add_argument("bf16", type=Path)
+    ap.add_argument(
+        "--labels",
+        default="fp32,bf16",
+        help="names of the two runs in the table, e.g. before,after for two versions of the code",
+    )
     args = ap.parse_args()
+    la, lb = args.labels.split(",")
     runs = [json.loads((p / "results.json").read_text()) for p in (args.fp32, args.bf16)]
     a, b = (r["config"] for r in runs)
     differ = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
     print(f"settings that differ: {', '.join(differ) or 'none'}")
     ra, rb = (_rows(r) for r in runs)
-    print("| quantity | fp32 | bf16 | bf16 − fp32 | fp32's 95% CI |")
+    print(f"| quantity | {la} | {lb} | {lb} − {la} | {la}'s 95% CI |")
     print("|---|---:|---:|---:|---|")
     for key, (va, ci) in ra.items():
         if key not in rb:

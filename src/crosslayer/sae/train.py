@@ -10,7 +10,10 @@ own ``MultiSAETrainer`` does, rather than calling ``fit()``, for three things ``
 atomic checkpoints that record the data position (exact resume after a crash), a rich
 progress bar with loss/L0/explained variance, and a final artefact that appears only when
 complete. benchmarks/bench_sae_train.py measured a hand-written loop; see
-benchmarks/results/sae_train.md for why we did not switch.
+benchmarks/results/sae_train.md for why we did not switch. Two speed-ups keep sae-lens's
+objective: TopK SAEs train through :class:`~crosslayer.sae.sparse_topk.SparseTopKTrainingSAE`
+(decoder and gradients on the k selected latents; ``sparse_topk``), and the trainer's Adam is
+rebuilt fused (:func:`_optimizer`).
 
 Two additions for short (CPU) runs, both tuned on Gemma 3 270M residuals (trials in that
 file): ``b_dec`` starts at the mean activation (``init_b_dec``), and the JumpReLU threshold
