@@ -18,6 +18,7 @@ ORDER = (
     "sae_train",
     "memory",
     "study_a",
+    "main_job",
     "interpret",
 )
 
