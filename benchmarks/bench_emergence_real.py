@@ -7,6 +7,11 @@ alone: every scored feature of the three seed-0 dictionaries from every layer. C
 scores with the run's checkpoint (``stages/emergence.json``) to check they are the stage's::
 
     python -m benchmarks.bench_emergence_real RUN
+    python -m benchmarks.bench_emergence_real RUN --cross   # X'F alone: dense vs sparse
+
+``--cross`` times only ``X'F`` of one layer (the target) for every feature block and fold:
+the dense float32 product the fits use for dense targets against the per-fold CSR copies they
+use for sparse ones (``TargetBlock.cross``), with their largest difference.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import scipy.sparse as sp
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", type=Path)
+    ap.add_argument("--cross", action="store_true", help="time X'F alone, dense vs sparse")
     args = ap.parse_args()
 
     from sae_lens import SAE
@@ -59,6 +65,9 @@ def main() -> None:
     ]
     F = sp.hstack(codes, format="csc")
     layers = {h: sweep.activations(h) for h in sweep_hooks(source, target)}
+    if args.cross:
+        _cross(layers[target], F, folds)
+        return
     t = time.perf_counter()
     mat = emergence_matrix(layers, F, folds, min_pos_fit=cfg["crossfit"]["min_pos_fit"],
                            min_pos_score=cfg["crossfit"]["min_pos_score"])  # fmt: skip
@@ -81,6 +90,43 @@ def main() -> None:
               f"max |AUROC diff| {np.nanmax(diff['auroc']):.2e}, (feature, layer) cells "
               f"whose median alpha moved: {int((diff['alpha'] > 1e-6).sum())} of "
               f"{int(np.isfinite(diff['alpha']).sum()):,}")  # fmt: skip
+
+
+def _cross(X: object, F: sp.csc_matrix, folds: np.ndarray) -> None:
+    """X'F of one layer, every block and fold: dense product vs the sparse copies."""
+    import torch
+
+    from crosslayer.crossfit import CrossFitRidge
+    from crosslayer.crossfit.stats import FoldTargets, load_sorted
+    from crosslayer.metrics import colsum
+
+    ft = FoldTargets(F, folds)
+    lay = ft.layout
+    x = load_sorted(X, lay.order, torch.device("cpu"))  # type: ignore[arg-type]
+    sx = [colsum(x[lay.rows(k)]) for k in range(lay.n_folds)]
+    dense_fit = CrossFitRidge()
+    times = {"dense": 0.0, "sparse": 0.0}
+    worst = 0.0
+    for _ in range(2):  # the second pass is the one reported (pages faulted in)
+        times = {"dense": 0.0, "sparse": 0.0}
+        for blk in ft.blocks:
+            for k in range(lay.n_folds):
+                r = lay.rows(k)
+                t = time.perf_counter()
+                d = dense_fit._cross(x[r], blk.f[r])
+                times["dense"] += time.perf_counter() - t
+                if blk.sparse_t is None:
+                    continue
+                t = time.perf_counter()
+                s = blk.cross(x, lay, sx[k], k)
+                times["sparse"] += time.perf_counter() - t
+                worst = max(worst, float((s - d).abs().max() / d.abs().max().clamp(min=1e-30)))
+    sparse_blocks = sum(b.sparse_t is not None for b in ft.blocks)
+    print(
+        f"X'F of one layer ({x.shape[1]} dims, {F.shape[1]:,} features in {len(ft.blocks)} "
+        f"blocks, {sparse_blocks} sparse, {len(folds):,} tokens): dense {times['dense']:.2f} s, "
+        f"sparse {times['sparse']:.2f} s; max |sparse - dense| / max |dense| {worst:.1e}"
+    )
 
 
 if __name__ == "__main__":
