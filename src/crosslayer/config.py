@@ -3,8 +3,8 @@
 One :class:`RunConfig` describes a whole run. It is built in three layers, each overriding
 the one before:
 
-1. a named **profile** (``"default"``: the embedded default run, ~20 min on 2 CPU cores;
-   ``"quick"``: a small run, < 3 min);
+1. a named **profile** (``"default"``: the embedded default run, ~18 min on 2 CPU cores;
+   ``"quick"``: a small run, about 5 min on 2 cores);
 2. a YAML or TOML **config file** (``--config FILE``), which may itself name a ``profile``;
 3. **command-line flags** (``--model``, ``--tokens``, ``--width`` ... and ``--set key=value``
    for any other key, dotted for sections: ``--set probes.max_features=500``).
@@ -346,8 +346,8 @@ class RunConfig(BaseModel):
 
     profile: ProfileName = Field(
         default="default",
-        description="profile these settings started from: default (~20 min on 2 CPU cores) or "
-        "quick (~2 min)",
+        description="profile these settings started from: default (~18 min on 2 CPU cores) or "
+        "quick (~5 min)",
     )
     model: str = Field(
         default="gemma-3-270m",

@@ -308,6 +308,15 @@ def store_bytes(n_tokens: int, dims: list[int], dtype: str) -> int:
     return n_tokens * per_token + files * NPY_HEADER + 2300 + 100 * files
 
 
+def _sae_step_flops(d: int, width: int, arch: str, target_l0: float | None) -> float:
+    """FLOPs per training token: JumpReLU's dense step (encoder and decoder, forward and
+    backward: 6 products of ``d x width``); TopK's sparse step (``sae.sparse_topk``: the dense
+    encoder forward, then 5 products over the k selected latents)."""
+    if arch == "topk":
+        return 2 * d * width + 5 * 2 * d * int(target_l0 or 0)
+    return 6 * 2 * d * width
+
+
 def sae_bytes(width: int, d: int, arch: str) -> int:
     """safetensors weights (W_enc, W_dec, b_enc, b_dec, JumpReLU threshold), sparsity, JSON."""
     params = 2 * width * d + width + d + (width if arch == "jumprelu" else 0)
@@ -451,7 +460,7 @@ def plan_run(
     m = min(alive, cfg.probes.max_features or alive)
     # every dictionary (baseline, residual, placebo) once per seed (experiments/study_a/saes.py)
     for name in [n if k == 0 else f"{n}_seed{k}" for n in DICTIONARIES for k in range(st.seeds)]:
-        flops: float = 6 * 2 * d * st.width * st.epochs * n_train  # fwd + bwd, enc + dec
+        flops: float = _sae_step_flops(d, st.width, st.arch, st.target_l0) * st.epochs * n_train
         warmup = SAE_WARMUP_S if name == "baseline" else 0.0
         stages.append(
             StagePlan(
