@@ -97,7 +97,7 @@ def test_study_protocol_is_seeded_and_uses_its_threshold():
     assert np.isnan(study_protocol_probe(x, np.zeros(400))["accuracy"])
 
 
-def test_study_protocol_fits_on_one_blas_thread_and_restores_the_pools():
+def test_study_protocol_fits_on_one_blas_thread_and_restores_the_pools(monkeypatch):
     """The fit runs with numpy's and scipy's OpenBLAS limited to one thread, gives what a
     plain scikit-learn fit under that limit gives, and leaves the thread pools as they were."""
     from sklearn.linear_model import LogisticRegression
@@ -114,11 +114,9 @@ def test_study_protocol_fits_on_one_blas_thread_and_restores_the_pools():
         seen.extend(p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas")
         return real_fit(self, *args, **kwargs)
 
-    LogisticRegression.fit = spy
-    try:
-        got = study_protocol_probe(x, f, seed=2)
-    finally:
-        LogisticRegression.fit = real_fit
+    monkeypatch.setattr(LogisticRegression, "fit", spy)
+    got = study_protocol_probe(x, f, seed=2)
+    monkeypatch.undo()
     assert seen and set(seen) == {1}
     assert [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"] == before
     # the protocol written out: balanced draw, 80/20 split, sklearn on one thread

@@ -21,6 +21,9 @@ the only modes MKL honours on non-Intel CPUs). The cost was measured: BENCHMARKS
 A setting the user made (``MKL_CBWR`` or ``MKL_DYNAMIC`` in the environment) is left alone.
 What is in force is recorded in every result's provenance (:func:`state`).
 
+Also here, as the one numerics-wide warning filter: :func:`quiet_csr`, which silences torch's
+"beta" warning around its CSR kernels (sparse ``X'F``, the sparse TopK step) and nothing else.
+
 Identity is promised only on the CPU with MKL. On CUDA, or with another BLAS (OpenBLAS on
 ARM, Accelerate), results agree to float rounding, not bit for bit: docs/reproducibility.md
 gives the tolerance that holds there.
