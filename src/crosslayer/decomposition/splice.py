@@ -84,9 +84,10 @@ def _logprobs(logits: torch.Tensor) -> torch.Tensor:
 def _row_dot(a: torch.Tensor, b: torch.Tensor, chunk: int = 128) -> torch.Tensor:
     """``(a * b).sum(1)`` in float64 from float32 rows: a batched product over runs of
     ``chunk`` columns, the runs' sums added in float64. One read of each input and no
-    ``[n, vocab]`` temporary: 50 ms against 290 ms for the product and sum at Gemma's
-    vocabulary, within 5e-6 of float64 (a single product over all 262k columns is as fast but
-    drifts by 4e-3). A vocabulary not divisible by ``chunk`` takes the float64 product."""
+    ``[n, vocab]`` temporary: 50-66 ms against 240-290 ms for the product and sum at Gemma's
+    vocabulary, within 5e-6 of float64 (a single product over all 262k columns is no faster
+    and drifts by 6e-3; benchmarks/bench_kernels.py). A vocabulary not divisible by ``chunk``
+    takes the float64 product."""
     n, v = a.shape
     if v % chunk:
         return (a.double() * b.double()).sum(1)

@@ -311,7 +311,7 @@ def _init_from_data(
 
 def _optimizer(trainer: Any, sae: Any, cfg: SAETrainConfig, steps: int, decay: int) -> None:
     """Replace the trainer's Adam by the same Adam, fused (one kernel for all parameters:
-    1.5 ms a step against 12.9 ms for the per-tensor loop on the default profile's SAE;
+    1.5-2.0 ms a step against 13 ms for the per-tensor loop on the default profile's SAE;
     benchmarks/results/sae_train.md), with the JumpReLU threshold in its own group at
     lr x ``jumprelu_threshold_lr_scale``. The trainer's schedule is rebuilt on it and scales
     both groups alike."""
