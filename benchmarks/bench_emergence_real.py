@@ -8,6 +8,7 @@ scores with the run's checkpoint (``stages/emergence.json``) to check they are t
 
     python -m benchmarks.bench_emergence_real RUN
     python -m benchmarks.bench_emergence_real RUN --cross   # X'F alone: dense vs sparse
+    python -m benchmarks.bench_emergence_real RUN --path dense  # one product per alpha
 
 ``--cross`` times only ``X'F`` of one layer (the target) for every feature block and fold:
 the dense float32 product the fits use for dense targets against the per-fold CSR copies they
@@ -29,6 +30,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", type=Path)
     ap.add_argument("--cross", action="store_true", help="time X'F alone, dense vs sparse")
+    ap.add_argument("--path", default="fractions", choices=["fractions", "dense"],
+                    help="the inner-CV alpha path (CrossFitRidge's path)")  # fmt: skip
+    ap.add_argument("--path-dtype", default="float64", choices=["float32", "float64"],
+                    help="the path's projections (with --path dense, its products)")  # fmt: skip
     args = ap.parse_args()
 
     from sae_lens import SAE
@@ -70,7 +75,8 @@ def main() -> None:
         return
     t = time.perf_counter()
     mat = emergence_matrix(layers, F, folds, min_pos_fit=cfg["crossfit"]["min_pos_fit"],
-                           min_pos_score=cfg["crossfit"]["min_pos_score"])  # fmt: skip
+                           min_pos_score=cfg["crossfit"]["min_pos_score"], path=args.path,
+                           path_dtype=args.path_dtype)  # fmt: skip
     wall = time.perf_counter() - t
     print(f"emergence matrix: {int(mat.scorable.sum()):,} scored features x {len(layers)} "
           f"layers, {len(folds):,} tokens: {wall:.1f} s")  # fmt: skip

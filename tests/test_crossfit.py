@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import torch
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, Ridge
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
@@ -26,6 +27,7 @@ from crosslayer.crossfit.positives import DEAD, FEW_NEG_FIT, FEW_POS_FIT, FEW_PO
 from crosslayer.crossfit.ranks import auroc_rows
 from crosslayer.crossfit.stats import FoldTargets, SparseColumns
 from crosslayer.errors import CrosslayerError
+from crosslayer.linalg import PenaltyPath, sse_path_per_target
 
 
 def _data(n: int, d: int, m: int, n_docs: int, seed: int):
@@ -202,6 +204,52 @@ def test_float32_alpha_path_scores_as_the_float64_path():
     assert r64.r2_[0] > 0.99
     with pytest.raises(CrosslayerError, match="path_dtype"):
         CrossFitRidge(path_dtype="float16").fit(x, f, folds)
+
+
+def test_fraction_path_equals_one_product_per_alpha():
+    """The default inner-CV path (partial fractions, one product for the whole grid) gives the
+    per-alpha products' errors to round-off, so every alpha and score is the same; on
+    collinear inputs (a zero eigenvalue, an exact tie) and with alpha 0 it falls back."""
+    x, f, docs = _data(1500, 20, 30, 50, seed=6)
+    x[:, 0] *= 300.0  # an outlier dimension
+    x[:, 3] = x[:, 4] + 1e-9 * x[:, 5]  # nearly collinear: a tiny eigenvalue and close pairs
+    folds = grouped_folds(docs, 5, seed=0)
+    for alphas in ((1e-6, 1e-4, 1e-2, 1.0, 100.0), (0.0, 1e-3, 1.0)):
+        dense = CrossFitRidge(alphas=alphas, feature_chunk=8, path="dense").fit(x, f, folds)
+        frac = CrossFitRidge(alphas=alphas, feature_chunk=8).fit(x, f, folds)
+        sst = dense.sst_[None, None, :]
+        np.testing.assert_allclose(frac.cv_sse_ / sst, dense.cv_sse_ / sst, rtol=0, atol=1e-10)
+        np.testing.assert_array_equal(frac.alpha_, dense.alpha_)
+        np.testing.assert_allclose(frac.r2_, dense.r2_, rtol=0, atol=1e-12)
+    with pytest.raises(CrosslayerError, match="path 'fractions'"):
+        CrossFitRidge(path="cholesky").fit(x, f, folds)
+
+
+def test_penalty_path_against_the_direct_sum_and_its_fallbacks():
+    """PenaltyPath's SSE equals the direct per-penalty sum on a wide spectrum with close and
+    equal eigenvalues; a spectrum with many ties, or a penalty meeting a zero eigenvalue,
+    takes the per-penalty products (and still gives the same SSE)."""
+    rng = np.random.default_rng(3)
+    d, m = 40, 12
+    V = torch.linalg.qr(torch.as_tensor(rng.normal(size=(d, d))))[0]
+    g = torch.as_tensor(rng.normal(size=(3 * d, d)))
+    g = g.T @ g
+    q, h = torch.as_tensor(rng.normal(size=(d, m))), torch.as_tensor(rng.normal(size=(d, m)))
+    c = torch.as_tensor(rng.uniform(50, 100, m))
+    spectra = {
+        "wide, a close pair and a tie": np.r_[np.logspace(-4, 2, d - 3), 5.0, 5.0 + 1e-9, 5.0],
+        "many ties": np.r_[np.zeros(d // 2), np.logspace(-2, 1, d - d // 2)],
+    }
+    for name, lam in spectra.items():
+        evals = torch.as_tensor(np.sort(lam))
+        M = V.T @ g @ V
+        for pens in (np.array([1e-3, 1.0, 100.0]), np.array([0.0, 1.0])):
+            want = sse_path_per_target(V, evals, M, q, h, c, pens)
+            path = PenaltyPath(evals, M, pens)
+            fell_back = path.N is None
+            assert fell_back == (name == "many ties" or (pens[0] == 0.0 and lam.min() == 0.0))
+            got = path.sse(q, V.T @ h, c)
+            np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-11, err_msg=name)
 
 
 # ---------------------------------------------------------------------------- logistic

@@ -11,8 +11,10 @@ primitives are :mod:`crosslayer.linalg`'s, this module keeps the cross-fitting. 
 set is eigendecomposed once, ``Cxx = V Λ Vᵀ`` in float64, and serves every alpha and every feature:
 ``w(α) = V diag(1/(λ+α)) Vᵀ Cxf``, and a validation fold's squared error for every alpha
 follows from the validation statistics alone (``c - 2 Σ D a + (D∘Q)ᵀ M (D∘Q)``, no second
-pass over the tokens). The inner training set ``T_k \\ {i}`` is the same for ``(k, i)`` and
-``(i, k)``, so K(K-1)/2 + K eigendecompositions serve the whole nested CV.
+pass over the tokens); by partial fractions one float64 product per block of features serves
+every alpha (:class:`~crosslayer.linalg.PenaltyPath`). The inner training set ``T_k \\ {i}``
+is the same for ``(k, i)`` and ``(i, k)``, so K(K-1)/2 + K eigendecompositions serve the
+whole nested CV.
 
 ``alpha`` is relative: on standardised X it equals scikit-learn ``Ridge(alpha=alpha * n_train)``.
 """
@@ -38,7 +40,13 @@ from crosslayer.crossfit.stats import (
 )
 from crosslayer.device import resolve_device
 from crosslayer.errors import CrosslayerError
-from crosslayer.linalg.ridge import eigh_psd, inverse_or_zero, sse_from_stats, sse_path_per_target
+from crosslayer.linalg.ridge import (
+    PenaltyPath,
+    eigh_psd,
+    inverse_or_zero,
+    sse_from_stats,
+    sse_path_per_target,
+)
 from crosslayer.metrics import ArrayLike, check_2d, colsum, row_chunks
 
 DEFAULT_ALPHAS: tuple[float, ...] = tuple(float(a) for a in np.logspace(-6, 2, 17))
@@ -69,12 +77,16 @@ class CrossFitRidge(BaseEstimator):
     feature_chunk: features per block of matrix products (memory only; results do not depend
         on it).
     chunk_size: rows per block when reading X.
+    path: how the inner CV's error of every alpha is computed: ``"fractions"`` (default) one
+        float64 ``d × d`` product per block and inner fit for the whole grid
+        (:class:`~crosslayer.linalg.PenaltyPath`, equal to the direct sum to ~1e-13), or
+        ``"dense"``, one product per alpha (the reference, and what ``"fractions"`` falls back
+        to on a degenerate spectrum).
     path_dtype: ``"float64"`` (exact to round-off; the tests compare its alphas with
-        scikit-learn's) or ``"float32"`` for the inner-CV alpha path, ~90% of the products
-        and 2-3x faster on CPU; it can swap two alphas whose inner-CV errors differ by ~1e-6
-        of the feature's variance (so the fits score alike; on 1,564 real features study A's
-        probes chose the same alphas either way). The chosen fits, their coefficients and
-        the out-of-fold R² stay in float64 either way.
+        scikit-learn's) or ``"float32"`` for the path's projections (with ``"dense"``, for
+        its products too: then it can swap two alphas whose inner-CV errors differ by ~1e-6
+        of the feature's variance). The chosen fits, their coefficients and the out-of-fold
+        R² stay in float64 either way.
     active_threshold: when set, also the AUROC of each feature's pooled out-of-fold
         prediction against ``F > active_threshold`` (``auroc_``), made block by block in the
         fit (no ``[n, m]`` prediction matrix is held).
@@ -95,6 +107,7 @@ class CrossFitRidge(BaseEstimator):
         alphas: tuple[float, ...] = DEFAULT_ALPHAS,
         feature_chunk: int = 512,
         chunk_size: int = 8192,
+        path: str = "fractions",
         path_dtype: str = "float64",
         active_threshold: float | None = None,
         device: str | None = None,
@@ -102,6 +115,7 @@ class CrossFitRidge(BaseEstimator):
         self.alphas = alphas
         self.feature_chunk = feature_chunk
         self.chunk_size = chunk_size
+        self.path = path
         self.path_dtype = path_dtype
         self.active_threshold = active_threshold
         self.device = device
@@ -113,13 +127,14 @@ class CrossFitRidge(BaseEstimator):
             alphas.size < 1
             or (alphas < 0).any()
             or self.feature_chunk < 1
+            or self.path not in ("fractions", "dense")
             or self.path_dtype not in ("float64", "float32")
         ):
             raise CrosslayerError(
                 f"bad ridge settings alphas={self.alphas}, feature_chunk={self.feature_chunk}, "
-                f"path_dtype={self.path_dtype!r}",
-                "use a non-empty grid of alphas >= 0, feature_chunk >= 1 and path_dtype "
-                "'float64' or 'float32'",
+                f"path={self.path!r}, path_dtype={self.path_dtype!r}",
+                "use a non-empty grid of alphas >= 0, feature_chunk >= 1, path 'fractions' or "
+                "'dense' and path_dtype 'float64' or 'float32'",
             )
         work = torch.float32 if self.path_dtype == "float32" else F64
         dev = resolve_device(self.device)
@@ -154,15 +169,19 @@ class CrossFitRidge(BaseEstimator):
         # each outer fit's test-fold scatter in its standardisation (every block's SSE uses it)
         test_g = [t.centred_val(nk[k], sx[k], sxx[k]) for k, t in enumerate(outer)]
         pairs = {(a, b): train({a, b}) for a in range(K) for b in range(a + 1, K)}
-        # Validation scatter of fold i seen from inner set T_k \ {i}, in that set's eigenbasis.
-        inner: dict[tuple[int, int], tuple[_Train, torch.Tensor]] = {}
+        # Validation scatter of fold i seen from inner set T_k \ {i}, in that set's eigenbasis
+        # (float64 for the partial fractions, which amplify its round-off; else the path's dtype).
+        inner: dict[tuple[int, int], tuple[_Train, torch.Tensor | PenaltyPath]] = {}
+        mdt = F64 if self.path == "fractions" else work
         for k in range(K):
             for i in range(K):
                 if i != k:
                     t = pairs[(min(k, i), max(k, i))]
                     g = t.centred_val(nk[i], sx[i], sxx[i])
-                    V = t.V.to(work)  # the path's dtype: M only feeds the path
-                    inner[(k, i)] = (t, V.T @ g.to(work) @ V)
+                    V = t.V.to(mdt)
+                    vgv = V.T @ g.to(mdt) @ V
+                    inner[(k, i)] = (t, PenaltyPath(t.evals, vgv, alphas) if self.path ==
+                                     "fractions" else vgv)  # fmt: skip
         A = len(alphas)
         self.alpha_ = np.empty((K, m))
         self.cv_sse_ = np.empty((K, A, m))
@@ -306,7 +325,7 @@ class CrossFitRidge(BaseEstimator):
     def _sse_path(
         self,
         t: _Train,
-        M: torch.Tensor,
+        M: torch.Tensor | PenaltyPath,
         q: torch.Tensor,
         nu: torch.Tensor,
         n: float,
@@ -318,4 +337,6 @@ class CrossFitRidge(BaseEstimator):
     ) -> torch.Tensor:
         """Validation SSE ``[n_alphas, c]`` of the fits on t for every alpha and feature."""
         h, c = self._val_terms(t, nu, n, sx, sy, syy, sxy)
+        if isinstance(M, PenaltyPath):
+            return M.sse(q, t.V.to(q.dtype).T @ h.to(q.dtype), c)
         return sse_path_per_target(t.V, t.evals, M, q, h, c, alphas)

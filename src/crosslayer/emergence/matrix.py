@@ -75,6 +75,8 @@ def emergence_matrix(
     min_pos_score: int = 20,
     feature_chunk: int = 512,
     cache_bytes: int = 2 << 30,
+    path: str = "fractions",
+    path_dtype: str = "float64",
     device: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> EmergenceMatrix:
@@ -85,6 +87,7 @@ def emergence_matrix(
     from :func:`crosslayer.crossfit.grouped_folds`. Columns are sorted into forward order.
     ``cache_bytes``: F's scored columns are prepared once for all layers
     (:class:`~crosslayer.crossfit.stats.FoldTargets`) when ``n x m x 5`` bytes fit in it.
+    ``path``, ``path_dtype``: :class:`~crosslayer.crossfit.CrossFitRidge`'s inner-CV path.
     """
     if not layers:
         raise CrosslayerError("no layers given", "pass {hook name: activations [n, d]}")
@@ -113,12 +116,11 @@ def emergence_matrix(
         for li, hook in enumerate(hooks):
             if progress is not None:
                 progress(f"emergence: {idx.size:,} features from {hook} ({li + 1}/{L})")
-            # the alpha path in float32: the matrix keeps each chosen fit's score, not the
-            # choice, and the path is most of its cost (benchmarks/results/emergence.md)
             ridge = CrossFitRidge(
                 alphas,
                 feature_chunk=feature_chunk,
-                path_dtype="float32",
+                path=path,
+                path_dtype=path_dtype,
                 active_threshold=0.0,
                 device=device,
             )

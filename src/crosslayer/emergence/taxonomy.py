@@ -101,7 +101,7 @@ def taxonomy_scores(
     tok = token_lookup_r2(tokens, blocks, folds, n_permutations=n_permutations, seed=seed)
     pos = token_lookup_r2(positions, blocks, folds, n_permutations=n_permutations, seed=seed)
     design = context_design(embed, context_ids, k, dims)
-    ctx = CrossFitRidge(alphas, path_dtype="float32", device=device).fit(design, blocks, folds)
+    ctx = CrossFitRidge(alphas, device=device).fit(design, blocks, folds)
     return TaxonomyScores(tok.r2, tok.null_level, pos.r2, pos.null_level, ctx.r2_)
 
 

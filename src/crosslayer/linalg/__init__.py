@@ -10,7 +10,7 @@ Two ideas, one module each:
   gives ridge coefficients, held-out error and GCV for any alpha and any block of targets;
   :func:`solve_ridge` picks alpha and reports both splits from statistics alone. Its eigen
   primitives (:func:`eigh_psd`, :func:`inverse_or_zero`, :func:`sse_from_stats`,
-  :func:`sse_path_per_target`) are also what the cross-fitted probes
+  :func:`sse_path_per_target`, :class:`PenaltyPath`) are also what the cross-fitted probes
   (:mod:`crosslayer.crossfit`) and the layer decomposition build their ridge paths from.
 
 Array checks and the streaming regression metrics live one layer below, in
@@ -19,6 +19,7 @@ Array checks and the streaming regression metrics live one layer below, in
 
 from crosslayer.linalg.ridge import (
     DEFAULT_ALPHAS,
+    PenaltyPath,
     RidgeEigen,
     RidgeSolution,
     eigh_psd,
@@ -31,6 +32,7 @@ from crosslayer.linalg.stats import SufficientStats, accumulate, load_rows
 
 __all__ = [
     "DEFAULT_ALPHAS",
+    "PenaltyPath",
     "RidgeEigen",
     "RidgeSolution",
     "SufficientStats",

@@ -81,6 +81,67 @@ def sse_path_per_target(
     return out
 
 
+class PenaltyPath:
+    """:func:`sse_path_per_target`'s validation error for every penalty from one product.
+
+    The quadratic term ``Σ_jl D_j q_j M_jl D_l q_l`` (``D = 1/(λ+p)``) costs a ``d × d``
+    product per penalty when computed directly. By partial fractions, ``D_j D_l = (D_j -
+    D_l) / (λ_l - λ_j)`` for ``λ_j ≠ λ_l``, so the off-diagonal pairs sum to ``2 Σ_j D_j q_j
+    (N q)_j`` with ``N_jl = M_jl / (λ_l - λ_j)``: one product ``N q`` serves every penalty, and
+    the rest is ``O(d·m)`` per penalty (the diagonal ``Σ_j D_j² q_j² M_jj``).
+
+    The split divides by eigenvalue gaps, and at a large penalty its terms are ``O(1/p)``
+    while their sum is ``O(1/p²)`` (``Σ_j q_j (N q)_j = 0``: N is antisymmetric up to M's
+    symmetry), so round-off is amplified by about ``(λ + p) / gap``. The product therefore
+    runs in float64 whatever the inputs' dtype, and pairs closer than ``gap`` times ``max λ
+    + max p`` (amplification above ~1e6) are summed exactly for each penalty instead. When
+    there are more such pairs than ``4 d`` (a degenerate spectrum, e.g. fewer tokens than
+    inputs), or a penalty leaves ``λ + p = 0`` (``D`` is set to 0 there, which the identity
+    does not cover), the path falls back to one product per penalty, as before.
+    """
+
+    def __init__(
+        self, evals: torch.Tensor, M: torch.Tensor, penalties: np.ndarray, gap: float = 1e-6
+    ) -> None:
+        lam = evals.to(F64)
+        p = torch.as_tensor(np.asarray(penalties, dtype=np.float64), device=lam.device)
+        d = lam.numel()
+        self.D = torch.stack([inverse_or_zero(lam + pi) for pi in p])  # [n_penalties, d]
+        M = M.to(F64)
+        self.M: torch.Tensor | None = None  # kept only for the dense fall-back
+        self.N: torch.Tensor | None = None
+        diff = lam[None, :] - lam[:, None]  # [j, l] = λ_l - λ_j
+        close = diff.abs() <= gap * float(lam.max() + p.max())
+        eye = torch.eye(d, dtype=torch.bool, device=lam.device)
+        pairs = (close & ~eye).nonzero()
+        if bool((lam[None, :] + p[:, None] <= 0).any()) or len(pairs) > 4 * d:
+            self.M = M
+            return
+        self.N = torch.where(close, 0.0, M / torch.where(close, 1.0, diff))
+        self.diag = M.diagonal().clone()
+        self.rows, self.cols = pairs[:, 0], pairs[:, 1]
+        self.m_pairs = M[self.rows, self.cols]
+
+    def sse(self, q: torch.Tensor, vh: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """``[n_penalties, m]`` validation SSE from ``q [d, m]``, ``Vᵀh [d, m]`` and ``c [m]``
+        (the arguments of :func:`sse_path_per_target`, ``h`` already in the eigenbasis)."""
+        q = q.to(F64)
+        D = self.D
+        out = c.to(F64)[None, :] - 2 * (D @ (q * vh.to(F64)))
+        if self.N is None:
+            assert self.M is not None
+            for i in range(len(D)):
+                dq = D[i][:, None] * q
+                out[i] += (dq * (self.M @ dq)).sum(0)
+            return out
+        out += 2 * (D @ (q * (self.N @ q)))  # the one d x d product
+        out += (D * D) @ (q * q * self.diag[:, None])
+        if len(self.rows):
+            qq = q[self.rows] * q[self.cols] * self.m_pairs[:, None]
+            out += (D[:, self.rows] * D[:, self.cols]) @ qq
+        return out
+
+
 class RidgeEigen:
     """The train covariance ``Cxx = V Λ Vᵀ``, decomposed once; ridge for any alpha and targets.
 

@@ -185,10 +185,9 @@ def score_features(
                 targets = SparseColumns(sp.hstack([fp, (fp > 0).astype(np.float32)]))
             else:
                 targets = F
-            # The inner-CV path in float32 (the chosen fits and R² stay float64): it can only
-            # swap alphas whose CV errors tie to ~1e-6 of the variance, and halves the cost
-            # (benchmarks/results/crossfit_real.md).
-            ridge = CrossFitRidge(path_dtype="float32", device=run.cfg.device)
+            # The inner-CV path by partial fractions, in float64: one product for the whole
+            # alpha grid, exact to round-off (benchmarks/results/crossfit_real.md).
+            ridge = CrossFitRidge(device=run.cfg.device)
             ridge.fit(X, targets, folds)
         table["r2"][at], table["alpha"][at] = ridge.r2_[:k], np.median(ridge.alpha_[:, :k], 0)
         label_alpha = ridge.alpha_[:, k:] if cfg.C_rule == "ridge" else None
