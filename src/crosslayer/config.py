@@ -3,8 +3,10 @@
 One :class:`RunConfig` describes a whole run. It is built in three layers, each overriding
 the one before:
 
-1. a named **profile** (``"default"``: the embedded default run, ~18 min on 2 CPU cores;
-   ``"quick"``: a small run, about 5 min on 2 cores);
+1. a named **profile** (``"default"``: the embedded default run, 9-18 min on 2 CPU cores;
+   ``"quick"``: a small run, 2-5 min on 2 cores; the spread is the CPU's, 140-400 GFLOP/s
+   of fp32 matmul among this project's boxes, and ``crosslayer run --dry-run`` estimates it
+   for the machine at hand);
 2. a YAML or TOML **config file** (``--config FILE``), which may itself name a ``profile``;
 3. **command-line flags** (``--model``, ``--tokens``, ``--width`` ... and ``--set key=value``
    for any other key, dotted for sections: ``--set probes.max_features=500``).
@@ -346,8 +348,8 @@ class RunConfig(BaseModel):
 
     profile: ProfileName = Field(
         default="default",
-        description="profile these settings started from: default (~18 min on 2 CPU cores) or "
-        "quick (~5 min)",
+        description="profile these settings started from: default (9-18 min on 2 CPU cores, "
+        "by CPU; --dry-run estimates it) or quick (2-5 min)",
     )
     model: str = Field(
         default="gemma-3-270m",
