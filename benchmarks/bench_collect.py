@@ -9,7 +9,8 @@
 with the fp32 default and TransformerLens (best of ``--repeats`` rounds each, so a burst of
 foreign load on a shared machine hurts every method alike): ``bf16`` (the model in
 bfloat16), ``eager`` (eager attention instead of SDPA), ``batchN`` (N contexts a forward),
-``compile`` (``torch.compile`` of every block's MLP and norms).
+``compile`` (``torch.compile`` of every block's MLP and norms), ``compile-blocks``
+(``torch.compile`` of every decoder block whole, attention included).
 
 All three read ``hook_embed`` and ``blocks.{mid}.hook_resid_post`` of the same weights on
 the same 128-token contexts of builtin:wiki and keep the activations in float32:
@@ -68,6 +69,9 @@ def variant(name: str, base, device: str):
     lm = load_model("gemma-3-270m", device=device)
     if name == "eager":
         lm.model.set_attn_implementation("eager")
+    elif name == "compile-blocks":
+        for layer in lm.model.model.layers:
+            layer.compile(dynamic=False)
     elif name == "compile":
         for layer in lm.model.model.layers:
             for part in ("mlp", "input_layernorm", "post_attention_layernorm",
@@ -183,7 +187,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
-    ap.add_argument("--variants", default="", help="comma list: bf16, eager, batchN, compile")
+    ap.add_argument(
+        "--variants", default="", help="comma list: bf16, eager, batchN, compile, compile-blocks"
+    )
     ap.add_argument("--repeats", type=int, default=1, help="interleaved rounds (best of)")
     ap.add_argument("--rss", type=int, action="append", help="peak-RSS run(s) of N tokens")
     ap.add_argument("--_rss-child", type=int, help=argparse.SUPPRESS)
