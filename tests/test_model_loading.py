@@ -7,6 +7,8 @@ import os
 import time
 from pathlib import Path
 
+import gguf
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
@@ -14,7 +16,12 @@ from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 from crosslayer.device import resolve_device
 from crosslayer.errors import CrosslayerError
 from crosslayer.model import LoadedModel, cache_root, load_model, tiny_model, tiny_tokenizer
-from crosslayer.model.loading import gguf_cache_dir
+from crosslayer.model.loading import (
+    ALIASES,
+    _fast_gguf_reader,
+    gguf_cache_dir,
+    plain_array_gguf_reader,
+)
 from tests.conftest import all_cores
 
 IDS = torch.tensor([[2, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49]])
@@ -131,6 +138,55 @@ def test_gguf_cache_dir_is_keyed_by_the_file(
 
 
 # --- the real Gemma 3 270M (dequantised once into the user cache, then loaded from it) --------
+
+
+def _same_gguf(path: Path | str) -> None:
+    """gguf's own reader and the plain-array one see the same fields and tensors."""
+    want, got = gguf.GGUFReader(path), plain_array_gguf_reader()(path)
+    assert type(got.data) is np.ndarray and type(want.data) is np.memmap
+    assert list(got.fields) == list(want.fields)
+    for name, f in want.fields.items():
+        g = got.fields[name]
+        assert (g.offset, g.data, g.types) == (f.offset, f.data, f.types), name
+        assert all(np.array_equal(a, b) for a, b in zip(g.parts, f.parts, strict=True)), name
+    assert [t.name for t in got.tensors] == [t.name for t in want.tensors]
+    for a, b in zip(got.tensors, want.tensors, strict=True):
+        assert (a.tensor_type, list(a.shape), a.data_offset) == (b.tensor_type, list(b.shape),
+                                                                 b.data_offset)  # fmt: skip
+        assert np.array_equal(a.data, b.data), a.name
+
+
+def test_plain_array_gguf_reader_reads_what_gguf_reads(tmp_path: Path) -> None:
+    path = tmp_path / "tiny.gguf"
+    w = gguf.GGUFWriter(str(path), arch="llama")
+    w.add_string("general.name", "tiny")
+    w.add_uint32("llama.block_count", 2)
+    w.add_array("tokenizer.ggml.tokens", [f"tok{i}" for i in range(300)])
+    w.add_array("tokenizer.ggml.scores", [float(i) / 7 for i in range(300)])
+    w.add_tensor("a", np.arange(12, dtype=np.float32).reshape(3, 4))
+    w.add_tensor("b", np.linspace(0, 1, 64, dtype=np.float16))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    _same_gguf(path)
+    tokens = plain_array_gguf_reader()(path).fields["tokenizer.ggml.tokens"].contents()
+    assert tokens[:2] == ["tok0", "tok1"] and len(tokens) == 300
+
+
+def test_fast_gguf_reader_swaps_gguf_s_reader_for_the_load_only() -> None:
+    original = gguf.GGUFReader
+    with pytest.raises(RuntimeError), _fast_gguf_reader():
+        from gguf import GGUFReader  # as transformers' loader imports it
+
+        assert GGUFReader is plain_array_gguf_reader()
+        raise RuntimeError("a failed load")
+    assert gguf.GGUFReader is original
+
+
+@pytest.mark.real_model
+def test_plain_array_gguf_reader_on_the_default_model_file() -> None:
+    _same_gguf(ALIASES["gemma-3-270m"]())
 
 
 @pytest.fixture(scope="module")
