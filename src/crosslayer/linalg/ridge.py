@@ -91,8 +91,8 @@ class PenaltyPath:
     the rest is ``O(d·m)`` per penalty (the diagonal ``Σ_j D_j² q_j² M_jj``).
 
     The split divides by eigenvalue gaps, and at a large penalty its terms are ``O(1/p)``
-    while their sum is ``O(1/p²)`` (``Σ_j q_j (N q)_j = 0``: N is antisymmetric up to M's
-    symmetry), so round-off is amplified by about ``(λ + p) / gap``. The product therefore
+    while their sum is ``O(1/p²)`` (``Σ_j q_j (N q)_j = 0``: N is antisymmetric, as M is
+    symmetric), so round-off is amplified by about ``(λ + p) / gap``. The product therefore
     runs in float64 whatever the inputs' dtype, and pairs closer than ``gap`` times ``max λ
     + max p`` (amplification above ~1e6) are summed exactly for each penalty instead. When
     there are more such pairs than ``4 d`` (a degenerate spectrum, e.g. fewer tokens than
