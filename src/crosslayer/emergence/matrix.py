@@ -24,8 +24,9 @@ from crosslayer.metrics import ArrayLike, check_2d, row_chunks
 from crosslayer.model.hooks import hook_depth, parse_hook
 
 # One alpha per decade where real features choose them: the matrix fits (layers x features)
-# probes, and the inner CV's cost is proportional to the grid (the per-feature scores use 17
-# values over 1e-6 ... 1e2). Against the 9 decades 1e-6 ... 1e2, on 2,569 real features from 3
+# probes, and the grid was set when the inner CV cost one product per alpha (the partial-
+# fraction path now takes one for the grid; the per-feature scores use 17 values over 1e-6 ...
+# 1e2). Against the 9 decades 1e-6 ... 1e2, on 2,569 real features from 3
 # layers of a default run, out-of-fold R² moved by at most 7.5e-3 (99th percentile 1.7e-4,
 # mean -4e-6) and AUROC by at most 3.2e-3 (benchmarks/results/emergence.md).
 EMERGENCE_ALPHAS: tuple[float, ...] = (1e-4, 1e-2, 1e-1, 1.0, 10.0, 100.0)
