@@ -75,9 +75,16 @@ def sse_path_per_target(
     lam = evals.to(F64)
     D = torch.stack([inverse_or_zero(lam + p) for p in penalties])  # [n_penalties, d]
     out = c.to(F64)[None, :] - 2 * (D @ a)  # the linear term of every penalty: one product
-    for i in range(len(penalties)):
-        dq = D[i].to(work)[:, None] * q
-        out[i] += colsum(dq * (M @ dq))
+    return out + _quadratic_per_penalty(D, M, q)
+
+
+def _quadratic_per_penalty(D: torch.Tensor, M: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """``(D_i∘q)ᵀ M (D_i∘q)`` ``[n_penalties, m]``: one product per penalty in ``M``'s dtype
+    (``q`` already in it), each summed over ``d_in`` in float64."""
+    out = torch.empty(len(D), q.shape[1], dtype=F64, device=q.device)
+    for i in range(len(D)):
+        dq = D[i].to(M.dtype)[:, None] * q
+        out[i] = colsum(dq * (M @ dq))
     return out
 
 
@@ -130,10 +137,7 @@ class PenaltyPath:
         out = c.to(F64)[None, :] - 2 * (D @ (q * vh.to(F64)))
         if self.N is None:
             assert self.M is not None
-            for i in range(len(D)):
-                dq = D[i][:, None] * q
-                out[i] += (dq * (self.M @ dq)).sum(0)
-            return out
+            return out + _quadratic_per_penalty(D, self.M, q)
         out += 2 * (D @ (q * (self.N @ q)))  # the one d x d product
         out += (D * D) @ (q * q * self.diag[:, None])
         if len(self.rows):
