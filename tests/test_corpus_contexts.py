@@ -120,3 +120,22 @@ def test_context_len_below_two_is_an_error(tok, context_len):
 def test_heldout_frac_out_of_range_is_an_error(tok):
     with pytest.raises(CrosslayerError, match="heldout_frac"):
         next(iter_contexts([Document(0, TEXT)], tok, heldout_frac=1.5))
+
+
+def test_contexts_do_not_depend_on_the_tokenisation_batches(tok, monkeypatch):
+    """Batches grow 2, 4, 8, ...: the contexts equal one-document-at-a-time tokenisation."""
+    import crosslayer.corpus.contexts as contexts
+
+    docs = [Document(i, TEXT[: 40 + 9 * i] * (1 + i % 3)) for i in range(40)]
+    sizes = [len(b) for b in contexts._batches(docs)]
+    assert sizes[:5] == [2, 4, 8, 16, 10] and sum(sizes) == 40
+    got = list(iter_contexts(docs, tok, context_len=16))
+    monkeypatch.setattr(contexts, "_FIRST_BATCH_DOCS", 1)
+    monkeypatch.setattr(contexts, "_BATCH_DOCS", 1)
+    assert [len(b) for b in contexts._batches(docs)] == [1] * 40
+    one_by_one = list(iter_contexts(docs, tok, context_len=16))
+    assert len(got) == len(one_by_one) > 40
+    for a, b in zip(got, one_by_one, strict=True):
+        assert (a.doc_id, a.split) == (b.doc_id, b.split)
+        np.testing.assert_array_equal(a.tokens, b.tokens)
+        np.testing.assert_array_equal(a.sample, b.sample)
