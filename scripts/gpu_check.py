@@ -106,9 +106,10 @@ def run_quick(name: str, device: str, dtype: str, out: Path) -> tuple[dict[str, 
 
 
 def bench(tokens: int) -> dict[str, Any]:
-    """benchmarks/bench_collect.py on the GPU: crosslayer fp32 and bf16, TransformerLens, HF."""
+    """benchmarks/bench_collect.py on the GPU: crosslayer fp32, bf16, compiled; TL; HF."""
     cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_collect.py"), "--device", "cuda",
-           "--tokens", str(tokens), "--variants", "bf16,batch32", "--repeats", "3"]  # fmt: skip
+           "--tokens", str(tokens), "--variants", "bf16,batch32,compiled",
+           "--repeats", "3"]  # fmt: skip
     done = subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, text=True)
     return dict(json.loads(done.stdout[done.stdout.index("{") :]))
 

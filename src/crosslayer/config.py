@@ -61,6 +61,12 @@ class DataConfig(_Section):
         "tokens come from many documents (null: whole documents)",
     )
     batch_size: int = Field(default=8, ge=1, description="contexts per forward pass")
+    compile_forward: bool = Field(
+        default=False,
+        description="collect with a compiled forward pass (Gemma 3; equal up to float "
+        "rounding): ~1.1x faster in fp32 on a 2-core CPU after 15-20 s of compiling, so "
+        "worth it from ~500k tokens (not for the built-in profiles)",
+    )
     store_dtype: Literal["float32", "float16"] = Field(
         default="float32", description="dtype of the stored source and target activations"
     )

@@ -74,6 +74,12 @@ class CollectConfig(BaseModel):
     shard_tokens: int = Field(
         default=SHARD_TOKENS, gt=0, description="Tokens per shard (the unit of resume)"
     )
+    compile: bool = Field(
+        default=False,
+        description="Compile the forward pass (Gemma 3; equal up to float rounding): "
+        "collection ~1.1x faster in fp32 on a 2-core CPU after 15-20 s of compiling, so "
+        "worth it from ~500k tokens",
+    )
 
     @model_validator(mode="after")
     def _some_train_tokens(self) -> CollectConfig:
@@ -108,6 +114,7 @@ class CollectConfig(BaseModel):
             batch_size=self.batch_size,
             shard_tokens=self.shard_tokens,
             progress=progress,
+            compile=self.compile,
         )
 
 

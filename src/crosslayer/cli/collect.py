@@ -32,6 +32,7 @@ def collect_command(
     model_dtype: str = option_for(C, "model_dtype", "--model-dtype"),
     text_field: str = option_for(C, "text_field", "--text-field"),
     shard_tokens: int = option_for(C, "shard_tokens", "--shard-tokens", min=1),
+    compile: bool = option_for(C, "compile", "--compile/--no-compile"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar"),
 ) -> None:
     """Collect activations at HOOKS for N sample tokens into a sharded store.
@@ -70,6 +71,7 @@ def collect_command(
         model_dtype=_model_dtype(model_dtype),
         text_field=text_field,
         shard_tokens=shard_tokens,
+        compile=compile,
     )
     start = time.perf_counter()
     with distributed.session(), warnings.catch_warnings(record=True) as caught:

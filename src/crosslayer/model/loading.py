@@ -76,6 +76,8 @@ class LoadedModel:
     d_model: int
     _layers: nn.ModuleList = field(init=False, repr=False)
     _tuples: bool | None = field(default=None, init=False, repr=False)  # layers return tuples
+    # compiled forwards made for this model, by (hooks, batch, length): crosslayer.model.compiled
+    _compiled: dict[Any, Any] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._layers = decoder_layers(self.model, self.n_layers)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from crosslayer.corpus import Context, Corpus, iter_contexts, load_corpus
 from crosslayer.device import to_device
 from crosslayer.errors import ConfigMismatchError, CrosslayerError, DataError
 from crosslayer.model import LoadedModel
+from crosslayer.model.compiled import compiled_forward
 from crosslayer.provenance import config_hash, versions
 from crosslayer.stage_configs import SHARD_TOKENS, StoreDtype
 from crosslayer.stage_configs import CollectConfig as CollectConfig  # lives with the others
@@ -112,7 +113,20 @@ def _check_values(x: torch.Tensor, hook: str, dtype: StoreDtype, pieces: list[_P
     )
 
 
+Forward = Callable[[np.ndarray], dict[str, torch.Tensor]]  # token ids [n, length] -> acts
+
+
+def _forward(
+    model: LoadedModel, hooks: Sequence[str], *, compile: bool, batch_size: int, context_len: int
+) -> Forward:
+    """The model's forward pass to ``hooks``: HF's, or compiled (crosslayer.model.compiled)."""
+    if compile:
+        return compiled_forward(model, hooks, batch_size=batch_size, context_len=context_len)
+    return lambda ids: model.run_with_hooks(torch.from_numpy(ids), hooks=hooks)
+
+
 def _run_shard(
+    forward: Forward,
     model: LoadedModel,
     hooks: Sequence[str],
     pieces: list[_Piece],
@@ -136,7 +150,7 @@ def _run_shard(
         length = int(np.flatnonzero(take.any(axis=0))[-1]) + 1
         take = take[:, :length]
         ids = np.stack([p.context.tokens[:length] for p in batch])
-        acts = model.run_with_hooks(torch.from_numpy(ids), hooks=hooks)
+        acts = forward(ids)
         mask = to_device(torch.from_numpy(take), model.device)
         for hook in hooks:
             rows = acts[hook][mask]  # [n, d], row-major order = np.nonzero order below
@@ -250,6 +264,7 @@ def collect(
     shard_tokens: int = SHARD_TOKENS,
     text_field: str = "text",
     progress: bool = True,
+    compile: bool = False,
 ) -> ActivationStore:
     """Run ``model`` over ``corpus`` and store the activations of ``hooks`` at ``n_tokens``
     sample tokens (BOS, pad and special tokens excluded) in the store directory ``out``.
@@ -257,11 +272,15 @@ def collect(
     Running it again with the same arguments resumes an interrupted collection (finished
     shards are kept) or returns the finished store. If the corpus has fewer sample tokens
     than ``n_tokens``, the store holds all of them and a warning says so.
+
+    ``compile``: run a compiled forward pass (Gemma 3 models; :mod:`crosslayer.model.compiled`),
+    equal to the HF forward up to float rounding; ~1.1x faster on a CPU after 15-20 s of
+    compiling at the start (worth it from ~500k tokens).
     """
     (store,) = collect_together(
         model, [StoreSpec(out, hooks, n_tokens, dtype)], corpus=corpus,
         context_len=context_len, heldout_frac=heldout_frac, seed=seed, batch_size=batch_size,
-        shard_tokens=shard_tokens, text_field=text_field, progress=progress,
+        shard_tokens=shard_tokens, text_field=text_field, progress=progress, compile=compile,
     )  # fmt: skip
     return store
 
@@ -278,6 +297,7 @@ def collect_together(
     shard_tokens: int = SHARD_TOKENS,
     text_field: str = "text",
     progress: bool = True,
+    compile: bool = False,
 ) -> list[ActivationStore]:
     """Fill several stores from one forward pass over the same context stream.
 
@@ -317,7 +337,8 @@ def collect_together(
         try:
             _collect_shards(
                 runs, model, todo, n_tokens=n_max, shard_tokens=shard_tokens,
-                batch_size=batch_size, progress=progress,
+                batch_size=batch_size, progress=progress, compile=compile,
+                context_len=context_len,
             )  # fmt: skip
         except Exception as e:  # a one-line error on one rank must end every rank
             error = e
@@ -493,21 +514,30 @@ def _collect_shards(
     shard_tokens: int,
     batch_size: int,
     progress: bool,
+    compile: bool,
+    context_len: int,
 ) -> None:
     """Compute every shard in ``todo`` once and store it in each store that needs it, with a
     progress bar (tokens of the largest store) on rank 0."""
     rank, world = runs[0].rank, runs[0].world
     biggest = max(runs, key=lambda r: r.n_tokens)
     bar = _progress_bar(progress and rank == 0)
+    forwards: dict[tuple[str, ...], Forward] = {}  # by hook set (it changes only on resume)
+    label = "collecting" if world == 1 else f"collecting (rank 0 of {world})"
     with bar, torch.inference_mode():
         task = bar.add_task(
-            "collecting" if world == 1 else f"collecting (rank 0 of {world})",
+            f"{label}, compiling first" if compile else label,
             total=n_tokens if world == 1 else math.ceil(n_tokens / world),
             completed=sum(s["n_tokens"] for s in biggest.present) // world,
         )
         for index, pieces, need in todo:
             hooks = list(dict.fromkeys(h for r in need for h in r.hooks))  # forward order kept
-            arrays = _run_shard(model, hooks, pieces, batch_size=batch_size)
+            if tuple(hooks) not in forwards:
+                forwards[tuple(hooks)] = _forward(
+                    model, hooks, compile=compile, batch_size=batch_size, context_len=context_len
+                )
+            arrays = _run_shard(forwards[tuple(hooks)], model, hooks, pieces, batch_size=batch_size)
+            bar.update(task, description=label)
             rows = len(arrays["tokens"])
             for run in need:
                 n = min(shard_tokens, run.n_tokens - index * shard_tokens)

@@ -209,6 +209,7 @@ def collect_stores(
                 seed=cfg.seed,
                 batch_size=data.batch_size,
                 progress=run.progress,
+                compile=data.compile_forward,
             )
         except DataError as e:
             half = [k for k, v in (("data.store_dtype", data.store_dtype),
