@@ -10,7 +10,9 @@ with the fp32 default and TransformerLens (best of ``--repeats`` rounds each, so
 foreign load on a shared machine hurts every method alike): ``bf16`` (the model in
 bfloat16), ``eager`` (eager attention instead of SDPA), ``batchN`` (N contexts a forward),
 ``compile`` (``torch.compile`` of every block's MLP and norms), ``compile-blocks``
-(``torch.compile`` of every decoder block whole, attention included).
+(``torch.compile`` of every decoder block whole, attention included), ``compiled``
+(``collect(compile=True)``: the written-out blocks of ``crosslayer.model.compiled``,
+compiled with weight freezing; ``--rss ... --compile`` measures its memory).
 
 All three read ``hook_embed`` and ``blocks.{mid}.hook_resid_post`` of the same weights on
 the same 128-token contexts of builtin:wiki and keep the activations in float32:
@@ -60,7 +62,7 @@ def matmul_peak(n: int = 2048, repeats: int = 10, device: str = "cpu") -> float:
 
 def variant(name: str, base, device: str):
     """A model set up as variant ``name`` (see the module docstring) and its batch size."""
-    if name == "fp32":
+    if name in ("fp32", "compiled"):
         return base, None
     if name.startswith("batch"):
         return base, int(name.removeprefix("batch"))
@@ -151,7 +153,9 @@ def bench_transformer_lens(tl, ctxs, mid: int, batch_size: int) -> float:
     return n / (time.perf_counter() - t)
 
 
-def bench_ours(lm, n_tokens: int, mid: int, batch_size: int, out: Path) -> float:
+def bench_ours(
+    lm, n_tokens: int, mid: int, batch_size: int, out: Path, compile: bool = False
+) -> float:
     t = time.perf_counter()
     store = collect(
         lm,
@@ -161,22 +165,24 @@ def bench_ours(lm, n_tokens: int, mid: int, batch_size: int, out: Path) -> float
         out=out,
         batch_size=batch_size,
         progress=False,
+        compile=compile,
     )
     return store.n_tokens / (time.perf_counter() - t)
 
 
-def rss_run(n_tokens: int, mid: int, batch_size: int) -> dict:
+def rss_run(n_tokens: int, mid: int, batch_size: int, compile: bool = False) -> dict:
     """Collect ``n_tokens`` in this process; report peak RSS (ru_maxrss) and tokens/s."""
     lm = load_model("gemma-3-270m", device="cpu")
     after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     with tempfile.TemporaryDirectory() as tmp:
-        rate = bench_ours(lm, n_tokens, mid, batch_size, Path(tmp) / "s")
+        rate = bench_ours(lm, n_tokens, mid, batch_size, Path(tmp) / "s", compile=compile)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "tokens": n_tokens,
         "peak_rss_mb": peak,
         "rss_after_load_mb": after_load,
         "tokens_per_s": rate,
+        "compile": compile,
     }
 
 
@@ -188,8 +194,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument(
-        "--variants", default="", help="comma list: bf16, eager, batchN, compile, compile-blocks"
+        "--variants",
+        default="",
+        help="comma list: bf16, eager, batchN, compile, compile-blocks, compiled",
     )
+    ap.add_argument("--compile", action="store_true", help="--rss runs: collect(compile=True)")
     ap.add_argument("--repeats", type=int, default=1, help="interleaved rounds (best of)")
     ap.add_argument("--rss", type=int, action="append", help="peak-RSS run(s) of N tokens")
     ap.add_argument("--_rss-child", type=int, help=argparse.SUPPRESS)
@@ -197,7 +206,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     if args._rss_child:
-        print(json.dumps(rss_run(args._rss_child, args.mid, args.batch_size)))
+        print(json.dumps(rss_run(args._rss_child, args.mid, args.batch_size, args.compile)))
         return
     if args.rss:
         for n in args.rss:  # a fresh process per size, so ru_maxrss is that run's peak
@@ -212,6 +221,7 @@ def main() -> None:
                 str(args.batch_size),
                 "--threads",
                 str(args.threads),
+                *(["--compile"] if args.compile else []),
             ]
             result = subprocess.run(cmd, capture_output=True, text=True, check=True)
             print(result.stdout.strip().splitlines()[-1], flush=True)
@@ -232,7 +242,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         for name, (model, batch) in models.items():  # warm-up: thread pools, compilation
-            bench_ours(model, 512, args.mid, batch or args.batch_size, Path(tmp) / f"w-{name}")
+            bench_ours(model, 512, args.mid, batch or args.batch_size, Path(tmp) / f"w-{name}",
+                       compile=name == "compiled")  # fmt: skip
         for r in range(args.repeats):  # interleaved rounds: foreign load hits all alike
             for name, (model, batch) in models.items():
                 out = Path(tmp) / f"{name}-{r}"
