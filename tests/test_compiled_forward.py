@@ -14,7 +14,7 @@ from crosslayer.model import load_model
 from crosslayer.model.compiled import CompiledForward, Gemma3Blocks, unsupported
 from crosslayer.model.hooks import parse_hook
 from crosslayer.model.tiny import tiny_model
-from crosslayer.store import collect, open_store
+from crosslayer.store import StoreSpec, collect, collect_together, open_store
 
 
 def _ids(n: int, length: int, seed: int = 0) -> np.ndarray:
@@ -125,3 +125,29 @@ def test_real_model_compiled_collection_equals_hf_hidden_states(tmp_path):
     ref = np.concatenate(want)
     got = store.activations("blocks.5.hook_resid_post")[:]
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+
+
+def test_stores_of_one_pass_share_one_compiled_forward(tmp_path):
+    """A main store and a smaller store of more hooks (as `crosslayer run`'s depth sweep):
+    one graph serves the shards both need and the shards only the main store needs."""
+    lm = tiny_model("gemma3", n_layers=3)
+    main, sweep = (
+        ["hook_embed", "blocks.2.hook_resid_post"],
+        [f"blocks.{i}.hook_resid_post" for i in range(3)],
+    )
+    kw = dict(corpus="builtin:wiki", context_len=32, batch_size=4, shard_tokens=300,
+              progress=False)  # fmt: skip
+
+    def specs(tag: str) -> list[StoreSpec]:
+        return [StoreSpec(tmp_path / f"{tag}-main", main, 900),
+                StoreSpec(tmp_path / f"{tag}-sweep", sweep, 300)]  # fmt: skip
+
+    plain = collect_together(lm, specs("plain"), **kw)
+    torch._dynamo.utils.counters.clear()
+    fast = collect_together(lm, specs("fast"), compile=True, **kw)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    for a, b in zip(fast, plain, strict=True):
+        assert a.n_tokens == b.n_tokens and a.hooks == b.hooks
+        for hook in a.hooks:
+            ref = torch.from_numpy(b.activations(hook)[:])
+            _assert_close(torch.from_numpy(a.activations(hook)[:]), ref, 1e-5)
