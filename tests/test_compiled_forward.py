@@ -151,3 +151,18 @@ def test_stores_of_one_pass_share_one_compiled_forward(tmp_path):
         for hook in a.hooks:
             ref = torch.from_numpy(b.activations(hook)[:])
             _assert_close(torch.from_numpy(a.activations(hook)[:]), ref, 1e-5)
+
+
+def test_a_bfloat16_model_compiles_too():
+    """bf16 (the CUDA default, opt-in on CPU): within bf16 rounding of the HF forward."""
+    lm = tiny_model("gemma3", n_layers=3, dtype="bfloat16")
+    hooks = ["hook_embed", "blocks.2.hook_resid_post"]
+    forward = CompiledForward(lm, hooks, batch_size=4, context_len=24)
+    ids = _ids(4, 24)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = forward(ids)
+    ref = lm.run_with_hooks(torch.from_numpy(ids), hooks=hooks)
+    assert forward.fallback is None and got[hooks[1]].dtype == torch.bfloat16
+    np.testing.assert_array_equal(got["hook_embed"].float(), ref["hook_embed"].float())
+    _assert_close(got[hooks[1]], ref[hooks[1]], 5e-2)  # bf16: 8-bit mantissa, 3 blocks
