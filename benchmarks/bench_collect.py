@@ -275,6 +275,9 @@ def main() -> None:
             k: round(v / ours, 2) for k, v in best.items() if k.startswith("crosslayer ")
         },
         "fraction_of_peak": round(ours * flops / (peak * 1e9), 3),
+        "fraction_of_peak_by_method": {
+            k: round(v * flops / (peak * 1e9), 3) for k, v in best.items()
+        },
         "load_average": os.getloadavg(),
     }
     print(json.dumps(result, indent=2))

@@ -44,6 +44,7 @@ from benchmarks.bench_collect import (
     bench_ours,
     bench_transformer_lens,
     contexts,
+    flops_per_token,
     matmul_peak,
     transformer_lens,
 )
@@ -157,6 +158,10 @@ def main() -> None:
         "per_batch_ms": {k: round(v, 1) for k, v in batch_ms.items()},
         "per_batch_vs_transformer_lens": {
             k: round(batch_ms["transformer_lens"] / v, 2) for k, v in batch_ms.items()
+        },
+        "per_batch_fraction_of_peak": {  # forward FLOPs of the batch / time / matmul peak
+            k: round(b * t * flops_per_token(lm, args.mid + 1, t) / (v / 1e3) / (peak * 1e9), 3)
+            for k, v in batch_ms.items()
         },
         "max_rel_error_vs_hf": {"written_out": written_err, "compiled": compiled_err},
         "compile_s": round(compile_s, 1),
