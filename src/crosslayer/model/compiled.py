@@ -117,6 +117,10 @@ class Gemma3Blocks(nn.Module):
             kind: self.rotary(x, positions, kind)
             for kind in {block.self_attn.layer_type for block in blocks}
         }
+        masks = {
+            window: self._mask(t, window, ids.device)
+            for window in {block.self_attn.sliding_window for block in blocks}
+        }
         for i, block in enumerate(blocks):
             attn, mlp, scales = block.self_attn, block.mlp, self.norm_scales[i]
             out[f"blocks.{i}.hook_resid_pre"] = x
@@ -127,7 +131,7 @@ class Gemma3Blocks(nn.Module):
             k = self._norm(attn.k_proj(h).view(b, t, -1, hd), self.qk_scales[i][1])
             v = attn.v_proj(h).view(b, t, -1, hd).transpose(1, 2)
             q, k = _rotate(q.transpose(1, 2), c, s), _rotate(k.transpose(1, 2), c, s)
-            mask = self._mask(t, attn.sliding_window, ids.device)
+            mask = masks[attn.sliding_window]
             o = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, is_causal=mask is None, scale=attn.scaling,
                 enable_gqa=True,
@@ -167,7 +171,6 @@ class CompiledForward:
     ) -> None:
         self.lm, self.batch_size, self.context_len = lm, batch_size, context_len
         self.hooks = sorted(lm.validate_hooks(hooks), key=hook_depth)
-        self.pad = _pad_id(lm)
         self._compiled: Callable[[torch.Tensor], tuple[torch.Tensor, ...]] | None = None
         self.fallback: str | None = unsupported(lm, context_len)
         if self.fallback is None:
@@ -181,8 +184,10 @@ class CompiledForward:
             return self.lm.run_with_hooks(torch.from_numpy(ids), hooks=self.hooks)
         n, length = ids.shape
         rows = n if self.batch_size == 1 else max(n, 2)
-        full = np.full((rows, self.context_len), self.pad, dtype=np.int64)
-        full[:n, :length] = ids  # right padding: causal attention leaves the rows unchanged
+        # Right padding (any id: causal attention keeps it from every kept position, and the
+        # padding rows are cut off), so no pad token is needed.
+        full = np.zeros((rows, self.context_len), dtype=np.int64)
+        full[:n, :length] = ids
         batch = torch.from_numpy(full).to(self.lm.device)
         if self.batch_size > 1:
             torch._dynamo.mark_dynamic(batch, 0)
@@ -229,9 +234,3 @@ def compiled_forward(
 def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     scale = float(b.abs().amax().float())
     return float((a.float() - b.float()).abs().amax()) / max(scale, 1e-30)
-
-
-def _pad_id(lm: LoadedModel) -> int:
-    tok = lm.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    return int(pad if pad is not None else 0)

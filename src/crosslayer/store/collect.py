@@ -522,9 +522,9 @@ def _collect_shards(
     rank, world = runs[0].rank, runs[0].world
     biggest = max(runs, key=lambda r: r.n_tokens)
     bar = _progress_bar(progress and rank == 0)
-    forwards: dict[tuple[str, ...], Forward] = {}  # by hook set
-    # A compiled forward serves every shard with the hooks of all stores (compiling costs
-    # more than copying a few unused outputs); the HF forward computes each shard's own.
+    # A compiled forward (made once per model and hook set: compiled_forward) serves every
+    # shard with the hooks of all stores, since compiling costs more than copying a few
+    # unused outputs; the HF forward computes each shard's own.
     every = list(dict.fromkeys(h for r in runs if not r.finished for h in r.hooks))
     label = "collecting" if world == 1 else f"collecting (rank 0 of {world})"
     with bar, torch.inference_mode():
@@ -535,12 +535,11 @@ def _collect_shards(
         )
         for index, pieces, need in todo:
             hooks = list(dict.fromkeys(h for r in need for h in r.hooks))  # forward order kept
-            key = tuple(every if compile else hooks)
-            if key not in forwards:
-                forwards[key] = _forward(
-                    model, key, compile=compile, batch_size=batch_size, context_len=context_len
-                )
-            arrays = _run_shard(forwards[key], model, hooks, pieces, batch_size=batch_size)
+            forward = _forward(
+                model, every if compile else hooks, compile=compile, batch_size=batch_size,
+                context_len=context_len,
+            )  # fmt: skip
+            arrays = _run_shard(forward, model, hooks, pieces, batch_size=batch_size)
             bar.update(task, description=label)
             rows = len(arrays["tokens"])
             for run in need:
